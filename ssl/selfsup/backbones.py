@@ -1,0 +1,196 @@
+"""One backbone factory over timm: ResNets (with a CIFAR-stem option) and ViTs.
+
+Every backbone answers the same contract:
+
+- ``backbone(x)`` -> pooled features ``(B, D)``, pooled the way the backbone is
+  evaluated (global average for ResNets, CLS token or average of patch tokens
+  for ViTs);
+- ``backbone.embed_dim`` -> ``D``;
+- ``backbone.forward_tokens(x)`` -> ViT patch tokens ``(B, N, D)`` after the
+  final norm (ViTs only);
+- ``backbone.model`` is the plain timm model, so its weights load into
+  ``timm.create_model(name, num_classes=0, **kwargs)`` (except for the CIFAR
+  stem, which timm cannot build; :func:`build_backbone` rebuilds it from the
+  same kwargs).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+import timm
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+Pool = Literal["cls", "avg"]
+
+#: Backbones the factory knows how to configure. Any other timm ResNet or ViT
+#: name works too; these are the ones the configs and tests use.
+KNOWN_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_tiny",
+    "vit_small",
+    "vit_base",
+)
+
+# Short ViT names map to timm's registered architectures; the patch size and
+# image size given to the factory override the registered defaults.
+_VIT_ALIASES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+}
+
+
+def is_vit_name(name: str) -> bool:
+    return name.startswith("vit")
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a ConfigError naming close matches when ``name`` is no ResNet or ViT timm knows."""
+    timm_name = _VIT_ALIASES.get(name, name)
+    if timm.is_model(timm_name) and (name.startswith("resnet") or is_vit_name(name)):
+        return
+    candidates = list(KNOWN_BACKBONES) + timm.list_models("resnet*") + timm.list_models("vit_*")
+    close = difflib.get_close_matches(name, candidates, n=4, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"Unknown backbone {name!r}: selfsup builds timm ResNets and ViTs "
+        f"(e.g. {', '.join(KNOWN_BACKBONES)}).{hint}"
+    )
+
+
+class Backbone(nn.Module):
+    """A timm ResNet or ViT with the selfsup feature contract.
+
+    Args:
+        name: ``resnet18``, ``resnet50``, ... or ``vit_tiny``, ``vit_small``,
+            ``vit_base`` (or any timm ViT name).
+        img_size: input size the ViT is built for (position embeddings are
+            interpolated for other sizes at run time). Ignored by ResNets.
+        patch_size: ViT patch size (default: the architecture's, 16).
+        in_chans: input channels (1 for grayscale medical images).
+        cifar_stem: ResNets only: a 3x3 stride-1 first conv and no max-pool,
+            for inputs of 64 px or less.
+        pool: ViTs only: ``cls`` token or ``avg`` of the patch tokens.
+        class_token: ViTs only: whether the ViT has a CLS token (I-JEPA has none).
+        drop_path_rate: stochastic depth rate.
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet18",
+        img_size: int = 224,
+        patch_size: int | None = None,
+        in_chans: int = 3,
+        cifar_stem: bool = False,
+        pool: Pool = "cls",
+        class_token: bool = True,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_backbone_name(name)
+        self.name = name
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.is_vit = is_vit_name(name)
+        if self.is_vit:
+            if cifar_stem:
+                raise ConfigError("cifar_stem applies to ResNets only; for small ViT inputs use a small patch_size.")
+            if pool == "cls" and not class_token:
+                raise ConfigError("pool='cls' needs a class token: use pool='avg' with class_token=False.")
+            kwargs: dict[str, Any] = dict(
+                img_size=img_size,
+                in_chans=in_chans,
+                num_classes=0,
+                global_pool="token" if pool == "cls" else "avg",
+                class_token=class_token,
+                # Any input size whose sides are multiples of the patch size works:
+                # timm interpolates the position embeddings on the fly.
+                dynamic_img_size=True,
+                drop_path_rate=drop_path_rate,
+            )
+            if patch_size is not None:
+                kwargs["patch_size"] = patch_size
+            self.model = timm.create_model(_VIT_ALIASES.get(name, name), pretrained=False, **kwargs)
+            self.patch_size = self.model.patch_embed.patch_size[0]
+            self.pool: Pool = pool
+            check_input_size(self, img_size)
+        else:
+            self.model = timm.create_model(
+                name, pretrained=False, in_chans=in_chans, num_classes=0, drop_path_rate=drop_path_rate
+            )
+            if cifar_stem:
+                # Why replace modules: timm has no CIFAR-stem option for its ResNets,
+                # and a 7x7/2 conv + max-pool leaves a 1x1 map from a 32 px input.
+                # bn1 follows the stem in every timm ResNet (plain, deep or tiered stem).
+                self.model.conv1 = nn.Conv2d(in_chans, self.model.bn1.num_features, 3, 1, 1, bias=False)
+                self.model.maxpool = nn.Identity()
+            self.patch_size = None
+            self.pool = "avg"
+        self.cifar_stem = cifar_stem
+        self.embed_dim: int = self.model.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> pooled features ``(B, D)``."""
+        return self.model(x)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """ViTs: ``(B, C, H, W)`` -> normalised patch tokens ``(B, N, D)`` (no CLS)."""
+        if not self.is_vit:
+            raise TypeError(f"{self.name} is a ResNet: patch tokens need a ViT backbone.")
+        tokens = self.model.forward_features(x)
+        return tokens[:, self.model.num_prefix_tokens :]
+
+    def min_input_size(self) -> int:
+        if self.is_vit:
+            return self.patch_size
+        # ResNets downsample 32x (8x with the CIFAR stem); below that the last map is empty.
+        return 8 if self.cifar_stem else 32
+
+
+def check_input_size(backbone: Backbone, size: int | tuple[int, int]) -> None:
+    """Raise a ConfigError naming the fix when ``backbone`` cannot take images of ``size``."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if min(h, w) < backbone.min_input_size():
+        raise ConfigError(
+            f"Image size {h}x{w} is too small for {backbone.name} "
+            f"(needs at least {backbone.min_input_size()} px"
+            + ("; set cifar_stem: true in backbone_kwargs for small images)" if not backbone.is_vit and not backbone.cifar_stem else ")")
+        )
+    if backbone.is_vit and (h % backbone.patch_size or w % backbone.patch_size):
+        raise ConfigError(
+            f"Image size {h}x{w} is not a multiple of {backbone.name}'s patch size {backbone.patch_size}: "
+            f"crop to a multiple of {backbone.patch_size} or change backbone_kwargs.patch_size."
+        )
+
+
+def build_backbone(name: str, **kwargs: Any) -> Backbone:
+    """Build a backbone from its name and the kwargs saved in a checkpoint's metadata."""
+    return Backbone(name, **kwargs)
+
+
+def timm_kwargs(backbone: Backbone) -> dict[str, Any] | None:
+    """The kwargs with which ``timm.create_model(timm_name, num_classes=0, **kwargs)``
+    builds ``backbone.model`` exactly, or None when timm cannot (CIFAR stem)."""
+    if backbone.cifar_stem:
+        return None
+    if backbone.is_vit:
+        return dict(
+            img_size=backbone.img_size,
+            patch_size=backbone.patch_size,
+            in_chans=backbone.in_chans,
+            global_pool="token" if backbone.pool == "cls" else "avg",
+            class_token=backbone.model.cls_token is not None,
+            dynamic_img_size=True,
+        )
+    return dict(in_chans=backbone.in_chans)
+
+
+def timm_name(backbone: Backbone) -> str:
+    return _VIT_ALIASES.get(backbone.name, backbone.name)

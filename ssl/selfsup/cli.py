@@ -1,0 +1,226 @@
+"""The ``selfsup`` command.
+
+    selfsup pretrain --config configs/<method>/<name>.yaml [--data.path DATA] [--trainer.max_epochs N] ...
+    selfsup knn      --ckpt CKPT --data DATA
+
+``pretrain`` is a LightningCLI (every value printable with ``--print_config``,
+saved as ``RUN/config.yaml``, overridable on the command line). Evaluation
+commands take plain arguments and end their stdout with one JSON object whose
+``top1`` is the headline figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from selfsup.errors import ConfigError
+
+USAGE = """usage: selfsup <command> [options]
+
+commands:
+  pretrain   pretrain a backbone from a YAML config (selfsup pretrain --config FILE [--key value ...])
+  knn        weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data DATA)
+
+Run 'selfsup <command> --help' for a command's options.
+"""
+
+
+# --------------------------------------------------------------------------- pretrain
+def _pretrain_cli_class():
+    # Imported lazily so that `selfsup --help` and argument errors answer at once.
+    from pytorch_lightning.accelerators import CPUAccelerator
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+    from selfsup.backbones import check_input_size
+    from selfsup.data.module import PretrainDataModule
+    from selfsup.methods.base import SelfSupervisedMethod
+    from selfsup.methods.knn_monitor import KNNMonitor
+    from selfsup.rundir import RunCSVLogger, checkpoint_callback
+
+    class PretrainCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            parser.add_argument(
+                "--resume",
+                type=str,
+                default="auto",
+                help="auto: continue from the run directory's newest checkpoint if there is one; "
+                "never: start from scratch; or a checkpoint path.",
+            )
+            parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+                                help="also write last.ckpt every N optimizer steps (default: each epoch end)")
+            parser.add_argument("--wandb", type=bool, default=False, help="log to Weights & Biases too")
+            parser.add_argument("--wandb_project", type=str, default="selfsup")
+            parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
+
+        def before_instantiate_classes(self) -> None:
+            trainer = self.config.trainer
+            if trainer.default_root_dir is None:
+                configs = self.config.get("config") or []
+                stem = Path(str(configs[0])).stem if configs else "pretrain"
+                trainer.default_root_dir = os.path.join("runs", stem)
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+            run_dir = config["default_root_dir"]
+            if config.get("logger") in (None, True):
+                loggers: list[Any] = [RunCSVLogger(run_dir)]
+                if self.config.wandb:
+                    loggers.append(_wandb_logger(run_dir, self.config.wandb_project))
+                config["logger"] = loggers
+            if config.get("enable_checkpointing", True) is not False:
+                callbacks = [*callbacks, checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps)]
+            callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]
+            return super()._instantiate_trainer(config, callbacks)
+
+    def check_run(cli: PretrainCLI) -> None:
+        """Everything that can be checked before training starts."""
+        model, data, trainer = cli.model, cli.datamodule, cli.trainer
+        data.check(world_size=trainer.world_size)
+        backbone = model.backbone
+        for size in sorted(set(data.transform.view_sizes)):
+            check_input_size(backbone, size)
+        channels = data.data_channels()
+        if channels != backbone.in_chans:
+            raise ConfigError(
+                f"The images have {channels} channel(s) but the backbone takes {backbone.in_chans}: "
+                f"set model.init_args.backbone_kwargs.in_chans: {channels}, or data.init_args.channels: {backbone.in_chans}."
+            )
+        if len(data.transform.mean) != channels or len(data.transform.std) != channels:
+            raise ConfigError(
+                f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
+                f"give transform mean/std with {channels} value(s)."
+            )
+        if cli.config.trainer.sync_batchnorm and isinstance(trainer.accelerator, CPUAccelerator):
+            raise ConfigError(
+                "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
+            )
+
+    return PretrainCLI, SelfSupervisedMethod, PretrainDataModule, check_run
+
+
+def _wandb_logger(run_dir: str, project: str):
+    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.utilities import rank_zero_info
+
+    if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+        rank_zero_info(f"wandb: not logged in, logging offline to {run_dir}/wandb (upload later with `wandb sync`).")
+    id_file = Path(run_dir) / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    logger = WandbLogger(project=project, save_dir=run_dir, name=Path(run_dir).name, id=run_id, resume="allow")
+    if run_id is None:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            id_file.write_text(logger.version or "")
+    return logger
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        hosts = netrc.netrc().hosts
+        return any("wandb" in host for host in hosts)
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def pretrain(argv: list[str]) -> int:
+    from selfsup.rundir import newest_checkpoint
+
+    PretrainCLI, Method, DataModule, check_run = _pretrain_cli_class()
+    cli = PretrainCLI(
+        Method,
+        DataModule,
+        subclass_mode_model=True,
+        run=False,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "selfsup pretrain"},
+        trainer_defaults={"log_every_n_steps": 10},
+    )
+    check_run(cli)
+    run_dir = cli.trainer.default_root_dir
+    resume = cli.config.resume
+    if resume == "auto":
+        ckpt_path = newest_checkpoint(run_dir)
+    elif resume == "never":
+        ckpt_path = None
+    else:
+        ckpt_path = Path(resume)
+        if not ckpt_path.is_file():
+            raise ConfigError(f"--resume {resume}: no such checkpoint (use auto, never or a .ckpt path).")
+    if ckpt_path is not None and cli.trainer.is_global_zero:
+        print(f"selfsup: resuming from {ckpt_path}", file=sys.stderr)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if cli.trainer.is_global_zero:
+        print(f"selfsup: run directory {run_dir}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluation
+def _print_result(result: dict[str, Any]) -> None:
+    print(json.dumps(result), flush=True)
+
+
+def knn(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="selfsup knn", description="Weighted kNN (cosine) top-1 of a checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--data", required=True, help="an .npz, an image folder with train/ and test/, or a named set")
+    parser.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbours; the first is the headline (default 20 200)")
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--backbone", choices=["student", "teacher"], default=None, help="default: the method's choice")
+    parser.add_argument("--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice")
+    parser.add_argument("--root", default=None, help="where named datasets are stored")
+    args = parser.parse_args(argv)
+
+    from selfsup.eval.knn import run_knn
+    from selfsup.eval.loading import load_backbone
+
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool)
+    result = run_knn(loaded, args.data, tuple(args.k), args.temperature, args.batch_size, args.num_workers, args.root)
+    _print_result(result)
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "knn": knn}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        import selfsup
+
+        print(f"selfsup {selfsup.__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"selfsup: unknown command {command!r}\n\n{USAGE}", file=sys.stderr, end="")
+        return 2
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # `selfsup pretrain` hands its own arguments to LightningCLI on purpose.
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    try:
+        return COMMANDS[command](rest)
+    except ConfigError as e:
+        print(f"selfsup {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Datasets: `.npz` arrays, image folders, torchvision sets, MedMNIST, built-in shapes.
+
+Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` tensor
+(``uint8``; ``float32`` in ``[0, 1]`` for 16-bit data) and ``label`` an int
+(-1 when unlabelled). :func:`open_dataset` turns the user's ``DATA`` argument
+(a path or a name) into one.
+
+16-bit intensity policy: ``intensity="dtype"`` (default) maps the dtype's
+full range to ``[0, 1]`` (0..65535); ``intensity="percentile"`` maps each
+image's ``[p_low, p_high]`` percentile window to ``[0, 1]`` and clips, which
+suits CT/X-ray data that uses a small part of the range.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from selfsup.errors import ConfigError
+
+Split = Literal["train", "test"]
+Intensity = Literal["dtype", "percentile"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+NAMED_DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
+
+
+class DataError(ConfigError):
+    """The data the user pointed at cannot be used; the message names the fix."""
+
+
+def default_data_root() -> str:
+    return os.environ.get("SELFSUP_DATA", os.path.join(Path.home(), ".cache", "selfsup", "data"))
+
+
+def to_tensor_image(
+    array: np.ndarray, intensity: Intensity = "dtype", window: tuple[float, float] = (0.5, 99.5)
+) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, C)`` uint8/uint16 array -> ``(C, H, W)`` tensor (see module doc)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if array.dtype in (np.uint16, np.int32, np.int16, np.float32, np.float64):
+        x = array.astype(np.float32)
+        if intensity == "percentile":
+            lo, hi = np.percentile(x, window)
+            x = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        elif array.dtype in (np.float32, np.float64):
+            x = np.clip(x, 0.0, 1.0)
+        else:
+            info = np.iinfo(array.dtype)
+            x = (x - max(info.min, 0)) / (info.max - max(info.min, 0))
+            x = np.clip(x, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    raise DataError(f"Unsupported pixel dtype {array.dtype}: use uint8 or uint16 images.")
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as one ``(N, H, W[, C])`` array."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        classes: Sequence[str] | None = None,
+        intensity: Intensity = "dtype",
+        source: str = "",
+    ) -> None:
+        if images.ndim == 3:
+            images = images[..., None]
+        self.images = images
+        self.labels = None if labels is None else np.asarray(labels).astype(np.int64).reshape(-1)
+        n_classes = 0 if self.labels is None else int(self.labels.max()) + 1
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+        self.intensity = intensity
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def targets(self) -> np.ndarray | None:
+        return self.labels
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[-1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = -1 if self.labels is None else int(self.labels[index])
+        return to_tensor_image(self.images[index], self.intensity), label
+
+
+class ImageFolderDataset(Dataset):
+    """Image files on disk: labelled ``<root>/<class>/*`` or unlabelled (any files under root)."""
+
+    def __init__(self, root: str | Path, labelled: bool, intensity: Intensity = "dtype") -> None:
+        root = Path(root)
+        self.intensity = intensity
+        self.source = str(root)
+        if labelled:
+            self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+            self.files, labels = [], []
+            for label, cls in enumerate(self.classes):
+                for f in sorted((root / cls).rglob("*")):
+                    if f.suffix.lower() in IMAGE_EXTENSIONS:
+                        self.files.append(f)
+                        labels.append(label)
+            self.labels: np.ndarray | None = np.asarray(labels, dtype=np.int64)
+        else:
+            self.classes = []
+            self.files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            self.labels = None
+        if not self.files:
+            raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
+        first = self._read(0)
+        self.channels = first.shape[0]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def targets(self) -> np.ndarray | None:
+        return self.labels
+
+    def _read(self, index: int) -> torch.Tensor:
+        with Image.open(self.files[index]) as im:
+            if im.mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit integer grayscale
+                array = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+            elif im.mode in ("L", "RGB"):
+                array = np.asarray(im)
+            elif im.mode == "LA":
+                array = np.asarray(im.convert("L"))
+            else:  # RGBA, P, CMYK, ...
+                array = np.asarray(im.convert("RGB"))
+        return to_tensor_image(array, self.intensity)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label = -1 if self.labels is None else int(self.labels[index])
+        return self._read(index), label
+
+
+def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayDataset:
+    """An ``.npz`` with ``x_train``/``y_train``/``x_test``/``y_test`` (uint8 HWC), or
+    MedMNIST's own layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``)."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any read failure gets the same explanation
+        raise DataError(f"Cannot read {path} as an .npz archive ({e}).") from e
+    keys = set(data.files)
+    if {f"{split}_images", f"{split}_labels"} <= keys:
+        return _medmnist_arrays(data, split, path, intensity)
+    x_key, y_key = f"x_{split}", f"y_{split}"
+    if x_key not in keys:
+        raise DataError(
+            f"{path} has arrays {sorted(keys)} but no {x_key!r}: selfsup reads npz files with "
+            "x_train, y_train, x_test, y_test (uint8 images, N x H x W x C), or MedMNIST's "
+            "train_images / train_labels layout."
+        )
+    images = data[x_key]
+    _check_images(images, path, x_key)
+    labels = data[y_key] if y_key in keys else None
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise DataError(f"{path}: {y_key} has {labels.shape[0]} labels for {images.shape[0]} images in {x_key}.")
+    classes = [str(c) for c in data["classes"]] if "classes" in keys else None
+    return ArrayDataset(images, labels, classes, intensity, source=str(path))
+
+
+def _check_images(images: np.ndarray, path: Path, key: str) -> None:
+    if images.dtype not in (np.uint8, np.uint16):
+        raise DataError(
+            f"{path}: {key} has dtype {images.dtype}; selfsup expects uint8 (or uint16) pixels. "
+            f"Convert with (x * 255).round().astype(np.uint8) if your images are floats in [0, 1]."
+        )
+    if images.ndim == 3:
+        return  # (N, H, W): grayscale
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        hint = (
+            " It looks channels-first (N, C, H, W): use x.transpose(0, 2, 3, 1)."
+            if images.ndim == 4 and images.shape[1] in (1, 3)
+            else " 3D volumes are not supported yet."
+            if images.ndim >= 4
+            else ""
+        )
+        raise DataError(f"{path}: {key} has shape {images.shape}; expected (N, H, W, C) with C = 1 or 3.{hint}")
+
+
+def _medmnist_arrays(data: np.lib.npyio.NpzFile, split: Split, path: Path, intensity: Intensity) -> ArrayDataset:
+    images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise DataError(
+            f"{path} is a multi-label set ({labels.shape[1]} labels per image): "
+            "selfsup evaluates single-label classification only for now."
+        )
+    if images.ndim == 4 and images.shape[-1] not in (1, 3):
+        raise DataError(f"{path} holds 3D volumes {images.shape[1:]}: 3D MedMNIST sets are not supported yet.")
+    _check_images(images, path, f"{split}_images")
+    return ArrayDataset(images, labels.reshape(-1), None, intensity, source=str(path))
+
+
+def open_dataset(
+    data: str,
+    split: Split,
+    root: str | None = None,
+    download: bool = False,
+    intensity: Intensity = "dtype",
+) -> ArrayDataset | ImageFolderDataset:
+    """Turn ``DATA`` (an ``.npz``, an image folder, or a named set) into the ``split`` dataset."""
+    root = root or default_data_root()
+    name = data.lower()
+    if name == "shapes":
+        from selfsup.data.shapes import make_shapes
+
+        return make_shapes(split)
+    if name in ("cifar10", "cifar100", "stl10"):
+        return _torchvision_dataset(name, split, root, download)
+    if name.startswith("medmnist:"):
+        return _medmnist_download(name.split(":", 1)[1], split, root, download, intensity)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"Data path {data!r} does not exist. DATA is an .npz file, an image folder, "
+            f"or one of the named sets {', '.join(NAMED_DATASETS)}."
+        )
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise DataError(f"{path} is a file but not an .npz archive; point DATA at an .npz or an image folder.")
+        return load_npz(path, split, intensity)
+    split_dir = path / split
+    if split_dir.is_dir():
+        return ImageFolderDataset(split_dir, labelled=True, intensity=intensity)
+    if split == "test":
+        raise DataError(f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and {path}/test/<class>/.")
+    return ImageFolderDataset(path, labelled=False, intensity=intensity)
+
+
+def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> ArrayDataset:
+    import torchvision.datasets as tvd
+
+    try:
+        if name == "stl10":
+            # Pretraining uses the 100k unlabelled images too.
+            ds = tvd.STL10(root, split="train+unlabeled" if split == "train" else "test", download=download)
+            images, labels = ds.data.transpose(0, 2, 3, 1), ds.labels
+            if split == "train":  # unlabelled images carry label -1; keep them unlabelled
+                return ArrayDataset(images, None, list(ds.classes), source=name)
+            return ArrayDataset(images, labels, list(ds.classes), source=name)
+        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+        ds = cls(root, train=split == "train", download=download)
+    except RuntimeError as e:
+        raise DataError(f"{name} is not in {root} ({e}). Add --data.download true on a machine with internet.") from e
+    return ArrayDataset(np.asarray(ds.data), np.asarray(ds.targets), list(ds.classes), source=name)
+
+
+def _medmnist_download(flag: str, split: Split, root: str, download: bool, intensity: Intensity) -> ArrayDataset:
+    path = Path(root) / f"{flag}.npz"
+    if not path.exists():
+        try:
+            import medmnist
+        except ImportError as e:
+            raise DataError(f"{path} is missing; to download MedMNIST sets, pip install medmnist.") from e
+        if flag not in medmnist.INFO:
+            raise DataError(f"Unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(medmnist.INFO))}.")
+        if not download:
+            raise DataError(f"{path} is missing; add --data.download true on a machine with internet.")
+        info = medmnist.INFO[flag]
+        getattr(medmnist, info["python_class"])(split="train", root=root, download=True)
+        if not path.exists():
+            raise DataError(f"MedMNIST wrote no {path}; check the download under {root}.")
+    return load_npz(path, split, intensity)

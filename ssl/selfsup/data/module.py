@@ -1,0 +1,167 @@
+"""The LightningDataModule that pairs a dataset with a method's view pipeline."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from selfsup.data.datasets import DataError, Intensity, open_dataset
+from selfsup.transforms import EvalTransform, ViewTransform
+
+
+class TransformedDataset(Dataset):
+    """``(image, label)`` -> ``(transform(image), label)``."""
+
+    def __init__(self, dataset: Dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def default_num_workers() -> int:
+    """One worker per process on small machines (extra workers steal the model's cores), up to 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+class PretrainDataModule(pl.LightningDataModule):
+    """Unlabelled views for pretraining, plus labelled eval views for the kNN monitor.
+
+    Args:
+        path: DATA: an ``.npz``, an image folder, or a named set (``shapes``,
+            ``cifar10``, ``cifar100``, ``stl10``, ``medmnist:<flag>``).
+        transform: the method's view pipeline (e.g. ``SimCLRTransform``).
+        batch_size: images per process and step; the global batch is
+            ``batch_size x devices x num_nodes`` and learning rates scale with it.
+        num_workers: DataLoader workers per process (default: half the cores, 1 to 8).
+        channels: convert images to 1 or 3 channels (None: keep the data's).
+        intensity: 16-bit policy: ``dtype`` range or per-image ``percentile`` window.
+        root: where named sets are stored / downloaded.
+        download: download named sets that are missing (never in tests).
+    """
+
+    def __init__(
+        self,
+        path: str = "shapes",
+        transform: ViewTransform | None = None,
+        batch_size: int = 256,
+        num_workers: int | None = None,
+        channels: Literal[1, 3] | None = None,
+        intensity: Intensity = "dtype",
+        root: str | None = None,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self.transform = transform
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.channels = channels
+        self.intensity = intensity
+        self.root = root
+        self.download = download
+        self._train: Dataset | None = None
+
+    # -- datasets -------------------------------------------------------------------
+    def _open(self, split: Literal["train", "test"]):
+        ds = open_dataset(self.path, split, self.root, self.download, self.intensity)
+        if self.channels is not None:
+            ds = TransformedDataset(ds, _ChannelConverter(self.channels))
+        return ds
+
+    @property
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            self._train = self._open("train")
+        return self._train
+
+    def data_channels(self) -> int:
+        if self.channels is not None:
+            return self.channels
+        return int(self.train_dataset[0][0].shape[0])
+
+    def check(self, world_size: int = 1) -> None:
+        """Fail before training when the data cannot give full batches."""
+        if self.transform is None:
+            raise DataError("data.transform is not set: give the method's view pipeline, e.g. selfsup.transforms.SimCLRTransform.")
+        if self.batch_size < 2:
+            raise DataError(f"data.batch_size is {self.batch_size}: self-supervised losses compare images in a batch; use at least 2.")
+        n = len(self.train_dataset)
+        if n // world_size < self.batch_size:
+            raise DataError(
+                f"{self.path} has {n} training images: too few for one full batch of {self.batch_size} "
+                f"on each of {world_size} process(es). Lower data.batch_size."
+            )
+
+    def setup(self, stage: str) -> None:
+        self.check()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            TransformedDataset(self.train_dataset, self.transform),
+            batch_size=self.batch_size,
+            shuffle=True,
+            # Every process must gather batches of equal shape.
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    # -- labelled evaluation views (kNN monitor) ---------------------------------------
+    def eval_transform(self) -> EvalTransform:
+        assert self.transform is not None
+        return EvalTransform(self.transform.size, self.transform.mean, self.transform.std)
+
+    def knn_datasets(self, max_train: int, max_test: int, seed: int = 0) -> tuple[Dataset, Dataset] | None:
+        """Labelled (memory bank, query) datasets with eval views, or None when the data has no labels."""
+        try:
+            test = self._open("test")
+        except DataError:
+            return None
+        train = self.train_dataset
+        if _labels(train) is None or _labels(test) is None:
+            return None
+        rng = np.random.default_rng(seed)
+        transform = self.eval_transform()
+
+        def subset(ds: Dataset, n: int) -> Dataset:
+            if len(ds) > n:
+                ds = Subset(ds, np.sort(rng.choice(len(ds), n, replace=False)).tolist())
+            return TransformedDataset(ds, transform)
+
+        return subset(train, max_train), subset(test, max_test)
+
+
+def _labels(ds: Dataset):
+    while isinstance(ds, TransformedDataset):
+        ds = ds.dataset
+    return getattr(ds, "targets", None)
+
+
+class _ChannelConverter:
+    """``(C, H, W)`` -> ``(channels, H, W)``: gray -> RGB by repetition, RGB -> gray by luminance."""
+
+    def __init__(self, channels: int) -> None:
+        self.channels = channels
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        c = image.shape[0]
+        if c == self.channels:
+            return image
+        if self.channels == 3 and c == 1:
+            return image.expand(3, -1, -1).contiguous()
+        if self.channels == 1 and c == 3:
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+            gray = (image.float() * weights).sum(0, keepdim=True)
+            return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
+        raise DataError(f"Cannot convert {c}-channel images to {self.channels} channels.")

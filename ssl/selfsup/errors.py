@@ -1,0 +1,8 @@
+"""The one exception type for input that cannot work; its message names the problem and the fix.
+
+The command line prints such errors as one line (no traceback) and exits with status 2.
+"""
+
+
+class ConfigError(ValueError):
+    """A config, data path or argument that cannot work."""

@@ -1,0 +1,1 @@
+"""Evaluation of pretrained backbones: kNN (and, later, linear probe and fine-tuning)."""

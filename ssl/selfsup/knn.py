@@ -1,0 +1,62 @@
+"""Weighted k-nearest-neighbour classification on features (Wu et al., 2018; DINO's eval_knn).
+
+Each query's k most cosine-similar training features vote for their labels
+with weight ``exp(similarity / T)``; the class with the largest total wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def knn_scores(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    num_classes: int,
+    ks: Sequence[int] = (20,),
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, torch.Tensor]:
+    """Class scores ``(n_test, num_classes)`` of the weighted kNN, for each k in ``ks``.
+
+    Args:
+        train_feats: memory bank ``(n_train, D)``; test_feats: queries ``(n_test, D)``.
+        train_labels: ``(n_train,)`` int labels in ``[0, num_classes)``.
+        chunk_size: queries per similarity block, so memory stays bounded for any size.
+
+    A k larger than the memory bank uses the whole bank.
+    """
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    labels = train_labels.long()
+    k_max = min(max(ks), train.shape[0])
+    scores = {k: torch.zeros(test.shape[0], num_classes) for k in ks}
+    for start in range(0, test.shape[0], chunk_size):
+        sim = test[start : start + chunk_size] @ train.T  # (c, n_train)
+        top_sim, top_idx = sim.topk(k_max, dim=1)  # sorted, most similar first
+        weights = (top_sim / temperature).exp()
+        neighbours = labels[top_idx]
+        for k in ks:
+            kk = min(k, k_max)
+            votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+            votes.scatter_add_(1, neighbours[:, :kk], weights[:, :kk])
+            scores[k][start : start + sim.shape[0]] = votes.cpu()
+    return scores
+
+
+def knn_top1(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
+    num_classes = int(max(train_labels.max(), test_labels.max()).item()) + 1
+    scores = knn_scores(train_feats, train_labels, test_feats, num_classes, (k,), temperature)[k]
+    return (scores.argmax(dim=1) == test_labels.cpu().long()).float().mean().item()

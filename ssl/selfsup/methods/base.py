@@ -1,0 +1,142 @@
+"""The shared base of every method: backbone, optimiser, schedule, checkpoint metadata.
+
+It stays small on purpose: a method adds its heads, its loss and (for
+teacher-student methods) its teacher; evaluation and monitoring live elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.lars import LARS
+
+import selfsup
+from selfsup.backbones import Backbone, Pool
+from selfsup.schedules import warmup_cosine
+
+Optimizer = Literal["sgd", "lars", "adamw"]
+
+
+class SelfSupervisedMethod(pl.LightningModule):
+    """Base LightningModule of the selfsup methods.
+
+    Args:
+        backbone: timm architecture, e.g. ``resnet18``, ``vit_tiny``.
+        backbone_kwargs: passed to :class:`selfsup.backbones.Backbone`
+            (``img_size``, ``patch_size``, ``in_chans``, ``cifar_stem``, ``pool``, ...).
+        optimizer: ``sgd``, ``lars`` (lightly's) or ``adamw``.
+        base_lr: learning rate for a global batch of 256; the run uses
+            ``base_lr x global_batch / 256`` with ``global_batch = batch_size x
+            devices x num_nodes x accumulate_grad_batches``, so a config keeps its
+            recipe on any number of GPUs.
+        weight_decay: applied to weights only; norms, biases, position embeddings
+            and class tokens get none.
+        momentum: SGD/LARS momentum. betas: AdamW betas.
+        warmup_epochs: linear warm-up of the learning rate (fractions allowed).
+        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio x`` peak.
+    """
+
+    #: Which backbone evaluators use by default: "student" or "teacher".
+    eval_backbone: ClassVar[str] = "student"
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        backbone_kwargs: dict[str, Any] | None = None,
+        optimizer: Optimizer = "sgd",
+        base_lr: float = 0.3,
+        weight_decay: float = 1e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 10.0,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = Backbone(backbone, **(backbone_kwargs or {}))
+
+    # -- features for evaluators and monitors --------------------------------------------
+    def eval_module(self) -> Backbone:
+        """The backbone evaluators read: the student's unless the method says teacher."""
+        return getattr(self, "teacher_backbone", self.backbone) if self.eval_backbone == "teacher" else self.backbone
+
+    @torch.no_grad()
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, D)`` features, pooled the way the method is evaluated."""
+        return self.eval_module()(x)
+
+    # -- optimisation -----------------------------------------------------------------
+    def global_batch_size(self) -> int:
+        trainer = self.trainer
+        per_process = trainer.datamodule.batch_size
+        return per_process * trainer.world_size * trainer.accumulate_grad_batches
+
+    def learning_rate(self) -> float:
+        return self.hparams.base_lr * self.global_batch_size() / 256
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weights with weight decay; norms, biases and the ViT's tokens and position embeddings without."""
+        no_decay_names = {"pos_embed", "cls_token", "reg_token", "mask_token", "dist_token"}
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim <= 1 or name.split(".")[-1] in no_decay_names:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp, lr = self.hparams, self.learning_rate()
+        groups = self.parameter_groups()
+        if hp.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
+        elif hp.optimizer == "lars":
+            # lightly's LARS skips the trust ratio for groups without weight decay,
+            # so norms and biases are excluded from adaptation as in SimCLR/BYOL.
+            opt = LARS(groups, lr=lr, momentum=hp.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches
+        steps_per_epoch = max(1, int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches)
+        warmup = min(int(round(hp.warmup_epochs * steps_per_epoch)), total // 2)
+
+        def factor(step: int) -> float:
+            return warmup_cosine(step, total, warmup, 1.0, hp.min_lr_ratio)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoint metadata -------------------------------------------------------------
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """What an evaluator needs to rebuild the backbone without importing the method.
+
+        Plain types only, so ``torch.load(weights_only=True)`` reads it.
+        """
+        transform = getattr(getattr(self.trainer, "datamodule", None), "transform", None) if self._trainer else None
+        backbone = self.backbone
+        pool: Pool = backbone.pool
+        return {
+            "version": selfsup.__version__,
+            "method": type(self).__name__,
+            "backbone": backbone.name,
+            "backbone_kwargs": dict(self.hparams.backbone_kwargs or {}),
+            "image_size": int(transform.size) if transform is not None else int(backbone.img_size),
+            "in_chans": int(backbone.in_chans),
+            "mean": [float(m) for m in transform.mean] if transform is not None else None,
+            "std": [float(s) for s in transform.std] if transform is not None else None,
+            "pool": pool,
+            "student_prefix": "backbone.",
+            "teacher_prefix": "teacher_backbone." if hasattr(self, "teacher_backbone") else None,
+            "eval_backbone": self.eval_backbone,
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["selfsup"] = self.checkpoint_metadata()
+

@@ -1,0 +1,118 @@
+"""Online kNN monitor: watch the representation learn, without choosing any checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from selfsup.distributed import gather_uneven, rank, world_size
+from selfsup.knn import knn_top1
+
+
+class KNNMonitor(pl.Callback):
+    """Every ``every_n_epochs`` epochs (and when training ends), weighted kNN of the current
+    backbone: labelled training images as the memory bank, held-out images as
+    queries, logged as ``val/knn_top1``. Before the first step of a new run it
+    also measures the random-init backbone (``val/knn_top1_random_init``), and
+    at the end prints both side by side.
+
+    Args:
+        every_n_epochs: 0 turns the monitor off.
+        k, temperature: the kNN's neighbours and softmax temperature.
+        max_train, max_test: subset sizes (fixed, seeded), so a check costs seconds.
+        batch_size: feature-extraction batch per process.
+        random_init_baseline: measure the untrained backbone first.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        k: int = 20,
+        temperature: float = 0.07,
+        max_train: int = 5000,
+        max_test: int = 2000,
+        batch_size: int = 256,
+        random_init_baseline: bool = True,
+    ) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.k, self.temperature = k, temperature
+        self.max_train, self.max_test = max_train, max_test
+        self.batch_size = batch_size
+        self.random_init_baseline = random_init_baseline
+        self.baseline: float | None = None
+        self.last: float | None = None
+        self._last_step = -1
+        self._data: tuple[Dataset, Dataset] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.every_n_epochs <= 0 or stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        self._data = datamodule.knn_datasets(self.max_train, self.max_test) if datamodule is not None else None
+        if self._data is None:
+            rank_zero_info("kNN monitor: off (the data has no labelled train/test splits).")
+
+    @torch.no_grad()
+    def _features(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        # Each process embeds its own share (no padding, so no sample counts twice).
+        shard = torch.utils.data.Subset(ds, list(range(rank(), len(ds), world_size())))
+        feats, labels = [], []
+        with trainer.precision_plugin.forward_context():
+            for x, y in DataLoader(shard, batch_size=self.batch_size, num_workers=0):
+                feats.append(pl_module.extract_features(x.to(pl_module.device)).float())
+                labels.append(torch.as_tensor(y, device=pl_module.device))
+        return gather_uneven(torch.cat(feats)).cpu(), gather_uneven(torch.cat(labels)).cpu()
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        assert self._data is not None
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            train_f, train_y = self._features(trainer, pl_module, self._data[0])
+            test_f, test_y = self._features(trainer, pl_module, self._data[1])
+        finally:
+            pl_module.train(was_training)
+        return knn_top1(train_f, train_y, test_f, test_y, self.k, self.temperature)
+
+    def _log(self, trainer: pl.Trainer, name: str, value: float) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({name: value, "epoch": trainer.current_epoch}, step=trainer.global_step)
+        trainer.callback_metrics[name] = torch.tensor(value)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._data is None or not self.random_init_baseline:
+            return
+        if self.baseline is None and trainer.global_step == 0:
+            self.baseline = self.evaluate(trainer, pl_module)
+            self._log(trainer, "val/knn_top1_random_init", self.baseline)
+            rank_zero_info(f"kNN monitor: random-init backbone top-1 {self.baseline:.4f} (k={self.k})")
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.last = self.evaluate(trainer, pl_module)
+        self._last_step = trainer.global_step
+        self._log(trainer, "val/knn_top1", self.last)
+        rank_zero_info(f"kNN monitor: epoch {trainer.current_epoch} step {trainer.global_step} top-1 {self.last:.4f}")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._data is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._check(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._data is None:
+            return
+        if self._last_step != trainer.global_step:
+            self._check(trainer, pl_module)
+        if trainer.is_global_zero:
+            baseline = f"   random-init backbone: {self.baseline:.4f}" if self.baseline is not None else ""
+            print(f"kNN top-1 (k={self.k}): {self.last:.4f}{baseline}", flush=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "last": self.last}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.baseline = state_dict.get("baseline")
+        self.last = state_dict.get("last")

@@ -1,0 +1,164 @@
+"""View pipelines shared by every method, built from torchvision v2 blocks.
+
+Images arrive as tensors ``(C, H, W)``: ``uint8`` for 8-bit data, ``float32`` in
+``[0, 1]`` for 16-bit data after its intensity policy (see ``selfsup.data``).
+Each pipeline first converts to ``float32`` in ``[0, 1]``, so every block acts
+the same on 8- and 16-bit images, and ends with normalisation.
+
+Why not lightly's transforms: they work on PIL images (no 16-bit, no
+single-channel float input) and name their switches ``cj_prob`` & co.; the
+blocks here are torchvision v2 on tensors, named for what they do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def view_pipeline(
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_prob: float = 0.5,
+    color_jitter_prob: float = 0.8,
+    color_jitter_strength: float = 1.0,
+    brightness: float = 0.8,
+    contrast: float = 0.8,
+    saturation: float = 0.8,
+    hue: float = 0.2,
+    grayscale_prob: float = 0.2,
+    blur_prob: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    solarize_prob: float = 0.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    grayscale: bool = False,
+) -> v2.Compose:
+    """One augmented view: crop, flip, colour jitter, grayscale, blur, solarize, normalise.
+
+    A block with probability 0 is left out. ``grayscale=True`` (single-channel
+    medical images) keeps only the intensity part of the colour jitter
+    (brightness, contrast) and drops saturation, hue and random grayscale.
+    """
+    blocks: list[torch.nn.Module] = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, antialias=True),
+    ]
+    if flip_prob > 0:
+        blocks.append(v2.RandomHorizontalFlip(p=flip_prob))
+    if color_jitter_prob > 0:
+        s = color_jitter_strength
+        jitter = (
+            v2.ColorJitter(brightness=brightness * s, contrast=contrast * s)
+            if grayscale
+            else v2.ColorJitter(brightness * s, contrast * s, saturation * s, min(hue * s, 0.5))
+        )
+        blocks.append(v2.RandomApply([jitter], p=color_jitter_prob))
+    if grayscale_prob > 0 and not grayscale:
+        blocks.append(v2.RandomGrayscale(p=grayscale_prob))
+    if blur_prob > 0:
+        # Kernel of ~10 % of the image side, as in SimCLR; odd and at least 3.
+        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+        blocks.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=blur_sigma)], p=blur_prob))
+    if solarize_prob > 0:
+        blocks.append(v2.RandomSolarize(threshold=0.5, p=solarize_prob))
+    blocks.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose(blocks)
+
+
+class ViewTransform:
+    """Base of the multi-view pipelines: ``transform(image) -> list of views``.
+
+    ``size`` is the side of the (global) views, ``mean``/``std`` the
+    normalisation; evaluators read both from the checkpoint.
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pipelines: list[v2.Compose]
+
+    def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [pipeline(image) for pipeline in self.pipelines]
+
+    @property
+    def n_views(self) -> int:
+        return len(self.pipelines)
+
+    @property
+    def view_sizes(self) -> list[int]:
+        return [self.size] * self.n_views
+
+
+class SimCLRTransform(ViewTransform):
+    """SimCLR: two views from one symmetric pipeline (Chen et al., 2020, App. A).
+
+    Defaults are the ImageNet recipe; at 32 px the CIFAR recipes drop the blur
+    (``blur_prob: 0``) and use ``color_jitter_strength: 0.5``.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        flip_prob: float = 0.5,
+        color_jitter_prob: float = 0.8,
+        color_jitter_strength: float = 1.0,
+        grayscale_prob: float = 0.2,
+        blur_prob: float = 0.5,
+        solarize_prob: float = 0.0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        grayscale: bool = False,
+    ) -> None:
+        self.size, self.mean, self.std, self.grayscale = size, tuple(mean), tuple(std), grayscale
+        pipeline = view_pipeline(
+            size,
+            scale=scale,
+            flip_prob=flip_prob,
+            color_jitter_prob=color_jitter_prob,
+            color_jitter_strength=color_jitter_strength,
+            grayscale_prob=grayscale_prob,
+            blur_prob=blur_prob,
+            solarize_prob=solarize_prob,
+            mean=mean,
+            std=std,
+            grayscale=grayscale,
+        )
+        self.pipelines = [pipeline, pipeline]
+
+
+class EvalTransform:
+    """Deterministic evaluation view: resize, centre crop, normalise.
+
+    ``crop_ratio`` is the crop's share of the resized image: 0.875 is the
+    ImageNet convention at 224 px; small images (<= 64 px) are used whole (1.0).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        crop_ratio: float | None = None,
+    ) -> None:
+        if crop_ratio is None:
+            crop_ratio = 1.0 if size <= 64 else 0.875
+        self.size = size
+        self.pipeline = v2.Compose(
+            [
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Resize(round(size / crop_ratio), antialias=True),
+                v2.CenterCrop(size),
+                v2.Normalize(mean=list(mean), std=list(std)),
+            ]
+        )
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.pipeline(image)
