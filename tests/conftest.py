@@ -1,0 +1,43 @@
+"""Shared fixtures: small synthetic data that the tests make themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Never touch the network or a real wandb account from tests.
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def make_blob_images(n: int, size: int, seed: int, n_classes: int = 4, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Class-dependent coloured squares on noise: ``(n, size, size, C)`` uint8 and labels."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % n_classes).astype(np.uint8)
+    images = rng.integers(0, 60, (n, size, size, channels), dtype=np.int64)
+    for i, y in enumerate(labels):
+        s = size // 3
+        r, c = rng.integers(0, size - s, 2)
+        images[i, r : r + s, c : c + s] = 255 * np.array([y & 1, (y >> 1) & 1, 1])[:channels]
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> Path:
+    """A 32 px labelled npz in selfsup's format: 96 train / 48 test images, 4 classes."""
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    x_train, y_train = make_blob_images(96, 32, seed=0)
+    x_test, y_test = make_blob_images(48, 32, seed=1)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _wandb_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))

@@ -1,0 +1,34 @@
+"""NT-Xent with two real gloo processes equals one process holding both batches."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(name: str, out: Path, timeout: int = 180) -> dict:
+    env = {**__import__("os").environ, "SELFSUP_TEST_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), str(out)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
+    r = run_script("ntxent_two_procs.py", tmp_path / "out.json")
+    assert r["loss_two"] == pytest.approx(r["loss_one"], abs=1e-5)
+    assert r["grad_max_abs_diff"] <= 1e-5 * max(1.0, r["grad_max_abs"])
+    # Negatives really come from the other process: rank 0's loss is not its local-only loss.
+    assert r["rank0_loss"] != pytest.approx(r["ungathered_rank0_loss"], abs=1e-4)
