@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,15 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-def make_blob_images(n: int, size: int, seed: int, n_classes: int = 4, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_blob_images(
+    n: int, size: int, seed: int, n_classes: int = 4, channels: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent coloured squares on noise: ``(n, size, size, C)`` uint8 and labels."""
     rng = np.random.default_rng(seed)
     labels = (np.arange(n) % n_classes).astype(np.uint8)

@@ -101,14 +101,21 @@ class Backbone(nn.Module):
         self.is_vit = is_vit_name(name)
         if self.is_vit:
             if cifar_stem:
-                raise ConfigError("cifar_stem applies to ResNets only; for small ViT inputs use a small patch_size.")
+                raise ConfigError(
+                    "cifar_stem applies to ResNets only; for small ViT inputs use a small patch_size."
+                )
             if pool == "cls" and not class_token:
-                raise ConfigError("pool='cls' needs a class token: use pool='avg' with class_token=False.")
+                raise ConfigError(
+                    "pool='cls' needs a class token: use pool='avg' with class_token=False."
+                )
             kwargs: dict[str, Any] = dict(
                 img_size=img_size,
                 in_chans=in_chans,
                 num_classes=0,
                 global_pool="token" if pool == "cls" else "avg",
+                # One final norm on the tokens for both poolings (timm would move it after
+                # the average otherwise), so `pool` can be switched without new weights.
+                fc_norm=False,
                 class_token=class_token,
                 # Any input size whose sides are multiples of the patch size works:
                 # timm interpolates the position embeddings on the fly.
@@ -123,13 +130,19 @@ class Backbone(nn.Module):
             check_input_size(self, img_size)
         else:
             self.model = timm.create_model(
-                name, pretrained=False, in_chans=in_chans, num_classes=0, drop_path_rate=drop_path_rate
+                name,
+                pretrained=False,
+                in_chans=in_chans,
+                num_classes=0,
+                drop_path_rate=drop_path_rate,
             )
             if cifar_stem:
                 # Why replace modules: timm has no CIFAR-stem option for its ResNets,
                 # and a 7x7/2 conv + max-pool leaves a 1x1 map from a 32 px input.
                 # bn1 follows the stem in every timm ResNet (plain, deep or tiered stem).
-                self.model.conv1 = nn.Conv2d(in_chans, self.model.bn1.num_features, 3, 1, 1, bias=False)
+                self.model.conv1 = nn.Conv2d(
+                    in_chans, self.model.bn1.num_features, 3, 1, 1, bias=False
+                )
                 self.model.maxpool = nn.Identity()
             self.patch_size = None
             self.pool = "avg"
@@ -161,7 +174,11 @@ def check_input_size(backbone: Backbone, size: int | tuple[int, int]) -> None:
         raise ConfigError(
             f"Image size {h}x{w} is too small for {backbone.name} "
             f"(needs at least {backbone.min_input_size()} px"
-            + ("; set cifar_stem: true in backbone_kwargs for small images)" if not backbone.is_vit and not backbone.cifar_stem else ")")
+            + (
+                "; set cifar_stem: true in backbone_kwargs for small images)"
+                if not backbone.is_vit and not backbone.cifar_stem
+                else ")"
+            )
         )
     if backbone.is_vit and (h % backbone.patch_size or w % backbone.patch_size):
         raise ConfigError(
@@ -187,6 +204,7 @@ def timm_kwargs(backbone: Backbone) -> dict[str, Any] | None:
             in_chans=backbone.in_chans,
             global_pool="token" if backbone.pool == "cls" else "avg",
             class_token=backbone.model.cls_token is not None,
+            fc_norm=False,
             dynamic_img_size=True,
         )
     return dict(in_chans=backbone.in_chans)

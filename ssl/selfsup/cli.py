@@ -53,9 +53,15 @@ def _pretrain_cli_class():
                 help="auto: continue from the run directory's newest checkpoint if there is one; "
                 "never: start from scratch; or a checkpoint path.",
             )
-            parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
-                                help="also write last.ckpt every N optimizer steps (default: each epoch end)")
-            parser.add_argument("--wandb", type=bool, default=False, help="log to Weights & Biases too")
+            parser.add_argument(
+                "--checkpoint_every_n_steps",
+                type=int | None,
+                default=None,
+                help="also write last.ckpt every N optimizer steps (default: each epoch end)",
+            )
+            parser.add_argument(
+                "--wandb", type=bool, default=False, help="log to Weights & Biases too"
+            )
             parser.add_argument("--wandb_project", type=str, default="selfsup")
             parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
 
@@ -74,17 +80,21 @@ def _pretrain_cli_class():
                     loggers.append(_wandb_logger(run_dir, self.config.wandb_project))
                 config["logger"] = loggers
             if config.get("enable_checkpointing", True) is not False:
-                callbacks = [*callbacks, checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps)]
+                callbacks = [
+                    *callbacks,
+                    checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps),
+                ]
             callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]
             return super()._instantiate_trainer(config, callbacks)
 
     def check_run(cli: PretrainCLI) -> None:
         """Everything that can be checked before training starts."""
         model, data, trainer = cli.model, cli.datamodule, cli.trainer
-        data.check(world_size=trainer.world_size)
         backbone = model.backbone
-        for size in sorted(set(data.transform.view_sizes)):
-            check_input_size(backbone, size)
+        if data.transform is not None:
+            for size in sorted(set(data.transform.view_sizes)):
+                check_input_size(backbone, size)
+        data.check(world_size=trainer.world_size)
         channels = data.data_channels()
         if channels != backbone.in_chans:
             raise ConfigError(
@@ -110,10 +120,14 @@ def _wandb_logger(run_dir: str, project: str):
 
     if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
-        rank_zero_info(f"wandb: not logged in, logging offline to {run_dir}/wandb (upload later with `wandb sync`).")
+        rank_zero_info(
+            f"wandb: not logged in, logging offline to {run_dir}/wandb (upload later with `wandb sync`)."
+        )
     id_file = Path(run_dir) / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    logger = WandbLogger(project=project, save_dir=run_dir, name=Path(run_dir).name, id=run_id, resume="allow")
+    logger = WandbLogger(
+        project=project, save_dir=run_dir, name=Path(run_dir).name, id=run_id, resume="allow"
+    )
     if run_id is None:
         from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
@@ -159,10 +173,14 @@ def pretrain(argv: list[str]) -> int:
     else:
         ckpt_path = Path(resume)
         if not ckpt_path.is_file():
-            raise ConfigError(f"--resume {resume}: no such checkpoint (use auto, never or a .ckpt path).")
+            raise ConfigError(
+                f"--resume {resume}: no such checkpoint (use auto, never or a .ckpt path)."
+            )
     if ckpt_path is not None and cli.trainer.is_global_zero:
         print(f"selfsup: resuming from {ckpt_path}", file=sys.stderr)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    cli.trainer.fit(
+        cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None
+    )
     if cli.trainer.is_global_zero:
         print(f"selfsup: run directory {run_dir}", file=sys.stderr)
     return 0
@@ -174,15 +192,34 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def knn(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="selfsup knn", description="Weighted kNN (cosine) top-1 of a checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog="selfsup knn", description="Weighted kNN (cosine) top-1 of a checkpoint."
+    )
     parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
-    parser.add_argument("--data", required=True, help="an .npz, an image folder with train/ and test/, or a named set")
-    parser.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbours; the first is the headline (default 20 200)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="an .npz, an image folder with train/ and test/, or a named set",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[20, 200],
+        help="neighbours; the first is the headline (default 20 200)",
+    )
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--backbone", choices=["student", "teacher"], default=None, help="default: the method's choice")
-    parser.add_argument("--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice")
+    parser.add_argument(
+        "--backbone",
+        choices=["student", "teacher"],
+        default=None,
+        help="default: the method's choice",
+    )
+    parser.add_argument(
+        "--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice"
+    )
     parser.add_argument("--root", default=None, help="where named datasets are stored")
     args = parser.parse_args(argv)
 
@@ -190,7 +227,15 @@ def knn(argv: list[str]) -> int:
     from selfsup.eval.loading import load_backbone
 
     loaded = load_backbone(args.ckpt, args.backbone, args.pool)
-    result = run_knn(loaded, args.data, tuple(args.k), args.temperature, args.batch_size, args.num_workers, args.root)
+    result = run_knn(
+        loaded,
+        args.data,
+        tuple(args.k),
+        args.temperature,
+        args.batch_size,
+        args.num_workers,
+        args.root,
+    )
     _print_result(result)
     return 0
 

@@ -1,9 +1,9 @@
 """The run directory: one flat folder per run, which a restart resumes.
 
-    RUN/config.yaml               resolved config (rewritten on each start)
-    RUN/checkpoints/last.ckpt     always the newest state
-    RUN/metrics.csv               every logged metric, kept across restarts
-    RUN/wandb/                    the wandb run, when wandb is on
+RUN/config.yaml               resolved config (rewritten on each start)
+RUN/checkpoints/last.ckpt     always the newest state
+RUN/metrics.csv               every logged metric, kept across restarts
+RUN/wandb/                    the wandb run, when wandb is on
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def checkpoint_callback(run_dir: str | os.PathLike, every_n_train_steps: int | None = None) -> ModelCheckpoint:
+def checkpoint_callback(
+    run_dir: str | os.PathLike, every_n_train_steps: int | None = None
+) -> ModelCheckpoint:
     """Writes ``RUN/checkpoints/last.ckpt`` at every epoch end (and every N steps if given).
 
     ``enable_version_counter=False``: a resumed run overwrites ``last.ckpt``
@@ -67,7 +69,11 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The checkpoint a restart continues from: the highest global step among
     ``last.ckpt`` and Lightning's ``hpc_ckpt_*.ckpt`` in the run directory."""
     run_dir = Path(run_dir)
-    candidates = [p for p in [run_dir / CHECKPOINT_DIR / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    candidates = [
+        p
+        for p in [run_dir / CHECKPOINT_DIR / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")]
+        if p.is_file()
+    ]
     if not candidates:
         return None
     if len(candidates) == 1:
@@ -88,6 +94,8 @@ def resolve_checkpoint(ckpt: str | os.PathLike) -> Path:
     if path.is_dir():
         found = newest_checkpoint(path)
         if found is None:
-            raise ConfigError(f"{path} is a directory without checkpoints ({CHECKPOINT_DIR}/{LAST}): is it a selfsup run directory?")
+            raise ConfigError(
+                f"{path} is a directory without checkpoints ({CHECKPOINT_DIR}/{LAST}): is it a selfsup run directory?"
+            )
         return found
     raise ConfigError(f"Checkpoint {ckpt!r} does not exist: pass a .ckpt file or a run directory.")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, start: float, end: float, warmup_start: float = 0.0) -> float:
+def warmup_cosine(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    start: float,
+    end: float,
+    warmup_start: float = 0.0,
+) -> float:
     """Linear warm-up from ``warmup_start`` to ``start`` over ``warmup_steps``, then a
     half-cosine from ``start`` to ``end`` at ``total_steps`` (held there after)."""
     if step < warmup_steps:

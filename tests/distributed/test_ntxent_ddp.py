@@ -1,26 +1,26 @@
 """NT-Xent with two real gloo processes equals one process holding both batches."""
 
 import json
-import socket
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_script(name: str, out: Path, timeout: int = 180) -> dict:
-    env = {**__import__("os").environ, "SELFSUP_TEST_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SELFSUP_TEST_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), str(out)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(SCRIPTS / name), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

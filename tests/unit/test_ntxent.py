@@ -30,7 +30,9 @@ def naive_nt_xent(z0: torch.Tensor, z1: torch.Tensor, tau: float) -> float:
 def test_matches_algorithm_1(n, d, tau):
     g = torch.Generator().manual_seed(n * d)
     z0, z1 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
-    assert nt_xent_loss(z0, z1, tau).item() == pytest.approx(naive_nt_xent(z0, z1, tau), rel=1e-5, abs=1e-6)
+    assert nt_xent_loss(z0, z1, tau).item() == pytest.approx(
+        naive_nt_xent(z0, z1, tau), rel=1e-5, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("n", [1, 4, 32])
@@ -42,13 +44,17 @@ def test_collapsed_embeddings_give_log_2n_minus_1(n):
 def test_swapping_views_changes_nothing():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
-    assert nt_xent_loss(z0, z1, 0.2).item() == pytest.approx(nt_xent_loss(z1, z0, 0.2).item(), rel=1e-6)
+    assert nt_xent_loss(z0, z1, 0.2).item() == pytest.approx(
+        nt_xent_loss(z1, z0, 0.2).item(), rel=1e-6
+    )
 
 
 def test_scale_invariant_and_perfect_pairs_are_near_zero():
     g = torch.Generator().manual_seed(1)
     z0 = torch.nn.functional.normalize(torch.randn(6, 64, generator=g), dim=1)
-    assert nt_xent_loss(z0, 3 * z0, 0.5).item() == pytest.approx(nt_xent_loss(z0, z0, 0.5).item(), rel=1e-6)
+    assert nt_xent_loss(z0, 3 * z0, 0.5).item() == pytest.approx(
+        nt_xent_loss(z0, z0, 0.5).item(), rel=1e-6
+    )
     # Orthogonal embeddings with identical pairs: loss -> 0 as tau -> 0.
     eye = torch.eye(6)
     assert nt_xent_loss(eye, eye, 0.01).item() < 1e-6

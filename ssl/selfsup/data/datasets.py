@@ -153,7 +153,7 @@ def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayD
     MedMNIST's own layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``)."""
     try:
         data = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any read failure gets the same explanation
+    except Exception as e:
         raise DataError(f"Cannot read {path} as an .npz archive ({e}).") from e
     keys = set(data.files)
     if {f"{split}_images", f"{split}_labels"} <= keys:
@@ -169,7 +169,9 @@ def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayD
     _check_images(images, path, x_key)
     labels = data[y_key] if y_key in keys else None
     if labels is not None and labels.shape[0] != images.shape[0]:
-        raise DataError(f"{path}: {y_key} has {labels.shape[0]} labels for {images.shape[0]} images in {x_key}.")
+        raise DataError(
+            f"{path}: {y_key} has {labels.shape[0]} labels for {images.shape[0]} images in {x_key}."
+        )
     classes = [str(c) for c in data["classes"]] if "classes" in keys else None
     return ArrayDataset(images, labels, classes, intensity, source=str(path))
 
@@ -190,10 +192,14 @@ def _check_images(images: np.ndarray, path: Path, key: str) -> None:
             if images.ndim >= 4
             else ""
         )
-        raise DataError(f"{path}: {key} has shape {images.shape}; expected (N, H, W, C) with C = 1 or 3.{hint}")
+        raise DataError(
+            f"{path}: {key} has shape {images.shape}; expected (N, H, W, C) with C = 1 or 3.{hint}"
+        )
 
 
-def _medmnist_arrays(data: np.lib.npyio.NpzFile, split: Split, path: Path, intensity: Intensity) -> ArrayDataset:
+def _medmnist_arrays(
+    data: np.lib.npyio.NpzFile, split: Split, path: Path, intensity: Intensity
+) -> ArrayDataset:
     images, labels = data[f"{split}_images"], data[f"{split}_labels"]
     if labels.ndim == 2 and labels.shape[1] > 1:
         raise DataError(
@@ -201,7 +207,9 @@ def _medmnist_arrays(data: np.lib.npyio.NpzFile, split: Split, path: Path, inten
             "selfsup evaluates single-label classification only for now."
         )
     if images.ndim == 4 and images.shape[-1] not in (1, 3):
-        raise DataError(f"{path} holds 3D volumes {images.shape[1:]}: 3D MedMNIST sets are not supported yet.")
+        raise DataError(
+            f"{path} holds 3D volumes {images.shape[1:]}: 3D MedMNIST sets are not supported yet."
+        )
     _check_images(images, path, f"{split}_images")
     return ArrayDataset(images, labels.reshape(-1), None, intensity, source=str(path))
 
@@ -232,13 +240,17 @@ def open_dataset(
         )
     if path.is_file():
         if path.suffix != ".npz":
-            raise DataError(f"{path} is a file but not an .npz archive; point DATA at an .npz or an image folder.")
+            raise DataError(
+                f"{path} is a file but not an .npz archive; point DATA at an .npz or an image folder."
+            )
         return load_npz(path, split, intensity)
     split_dir = path / split
     if split_dir.is_dir():
         return ImageFolderDataset(split_dir, labelled=True, intensity=intensity)
     if split == "test":
-        raise DataError(f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and {path}/test/<class>/.")
+        raise DataError(
+            f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and {path}/test/<class>/."
+        )
     return ImageFolderDataset(path, labelled=False, intensity=intensity)
 
 
@@ -248,7 +260,9 @@ def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> 
     try:
         if name == "stl10":
             # Pretraining uses the 100k unlabelled images too.
-            ds = tvd.STL10(root, split="train+unlabeled" if split == "train" else "test", download=download)
+            ds = tvd.STL10(
+                root, split="train+unlabeled" if split == "train" else "test", download=download
+            )
             images, labels = ds.data.transpose(0, 2, 3, 1), ds.labels
             if split == "train":  # unlabelled images carry label -1; keep them unlabelled
                 return ArrayDataset(images, None, list(ds.classes), source=name)
@@ -256,21 +270,31 @@ def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> 
         cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
         ds = cls(root, train=split == "train", download=download)
     except RuntimeError as e:
-        raise DataError(f"{name} is not in {root} ({e}). Add --data.download true on a machine with internet.") from e
+        raise DataError(
+            f"{name} is not in {root} ({e}). Add --data.download true on a machine with internet."
+        ) from e
     return ArrayDataset(np.asarray(ds.data), np.asarray(ds.targets), list(ds.classes), source=name)
 
 
-def _medmnist_download(flag: str, split: Split, root: str, download: bool, intensity: Intensity) -> ArrayDataset:
+def _medmnist_download(
+    flag: str, split: Split, root: str, download: bool, intensity: Intensity
+) -> ArrayDataset:
     path = Path(root) / f"{flag}.npz"
     if not path.exists():
         try:
             import medmnist
         except ImportError as e:
-            raise DataError(f"{path} is missing; to download MedMNIST sets, pip install medmnist.") from e
+            raise DataError(
+                f"{path} is missing; to download MedMNIST sets, pip install medmnist."
+            ) from e
         if flag not in medmnist.INFO:
-            raise DataError(f"Unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(medmnist.INFO))}.")
+            raise DataError(
+                f"Unknown MedMNIST flag {flag!r}; known: {', '.join(sorted(medmnist.INFO))}."
+            )
         if not download:
-            raise DataError(f"{path} is missing; add --data.download true on a machine with internet.")
+            raise DataError(
+                f"{path} is missing; add --data.download true on a machine with internet."
+            )
         info = medmnist.INFO[flag]
         getattr(medmnist, info["python_class"])(split="train", root=root, download=True)
         if not path.exists():

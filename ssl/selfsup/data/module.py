@@ -92,9 +92,13 @@ class PretrainDataModule(pl.LightningDataModule):
     def check(self, world_size: int = 1) -> None:
         """Fail before training when the data cannot give full batches."""
         if self.transform is None:
-            raise DataError("data.transform is not set: give the method's view pipeline, e.g. selfsup.transforms.SimCLRTransform.")
+            raise DataError(
+                "data.transform is not set: give the method's view pipeline, e.g. selfsup.transforms.SimCLRTransform."
+            )
         if self.batch_size < 2:
-            raise DataError(f"data.batch_size is {self.batch_size}: self-supervised losses compare images in a batch; use at least 2.")
+            raise DataError(
+                f"data.batch_size is {self.batch_size}: self-supervised losses compare images in a batch; use at least 2."
+            )
         n = len(self.train_dataset)
         if n // world_size < self.batch_size:
             raise DataError(
@@ -122,7 +126,9 @@ class PretrainDataModule(pl.LightningDataModule):
         assert self.transform is not None
         return EvalTransform(self.transform.size, self.transform.mean, self.transform.std)
 
-    def knn_datasets(self, max_train: int, max_test: int, seed: int = 0) -> tuple[Dataset, Dataset] | None:
+    def knn_datasets(
+        self, max_train: int, max_test: int, seed: int = 0
+    ) -> tuple[Dataset, Dataset] | None:
         """Labelled (memory bank, query) datasets with eval views, or None when the data has no labels."""
         try:
             test = self._open("test")

@@ -75,7 +75,9 @@ def generate_shapes(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np
 
     # Shape: random centre, radius, rotation and aspect.
     radius = rng.uniform(0.22, 0.4, (n, 1, 1))
-    cy, cx = (rng.uniform(radius[:, 0, 0] + 0.02, 0.98 - radius[:, 0, 0])[:, None, None] for _ in range(2))
+    cy, cx = (
+        rng.uniform(radius[:, 0, 0] + 0.02, 0.98 - radius[:, 0, 0])[:, None, None] for _ in range(2)
+    )
     rot = rng.uniform(0, 2 * np.pi, (n, 1, 1))
     aspect = rng.uniform(0.8, 1.25, (n, 1, 1))
     dy, dx = (yy - cy) / radius, (xx - cx) / radius

@@ -8,15 +8,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.datasets import open_dataset
-from selfsup.errors import ConfigError
 from selfsup.data.module import TransformedDataset, default_num_workers
+from selfsup.errors import ConfigError
 from selfsup.eval.loading import LoadedBackbone
 from selfsup.knn import knn_scores
 
 
 @torch.no_grad()
 def extract_features(
-    backbone: torch.nn.Module, dataset: Dataset, batch_size: int = 256, num_workers: int | None = None
+    backbone: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 256,
+    num_workers: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``(N, D)`` and labels ``(N,)`` of a labelled dataset of eval views."""
     workers = default_num_workers() if num_workers is None else num_workers
@@ -40,9 +43,15 @@ def run_knn(
     train = open_dataset(data, "train", root)
     test = open_dataset(data, "test", root)
     if train.targets is None:
-        raise ConfigError(f"{data} has no labels: kNN evaluation needs labelled train and test splits.")
-    train_f, train_y = extract_features(loaded.backbone, TransformedDataset(train, transform), batch_size, num_workers)
-    test_f, test_y = extract_features(loaded.backbone, TransformedDataset(test, transform), batch_size, num_workers)
+        raise ConfigError(
+            f"{data} has no labels: kNN evaluation needs labelled train and test splits."
+        )
+    train_f, train_y = extract_features(
+        loaded.backbone, TransformedDataset(train, transform), batch_size, num_workers
+    )
+    test_f, test_y = extract_features(
+        loaded.backbone, TransformedDataset(test, transform), batch_size, num_workers
+    )
     num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
     scores = knn_scores(train_f, train_y, test_f, num_classes, ks, temperature)
     acc = {k: (s.argmax(1) == test_y).float().mean().item() for k, s in scores.items()}

@@ -46,7 +46,9 @@ def load_backbone(
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     meta = checkpoint.get("selfsup")
     if meta is None:
-        raise ConfigError(f"{path} has no selfsup metadata: is it a checkpoint written by selfsup pretrain?")
+        raise ConfigError(
+            f"{path} has no selfsup metadata: is it a checkpoint written by selfsup pretrain?"
+        )
     which = which or meta["eval_backbone"]
     prefix = meta["teacher_prefix"] if which == "teacher" else meta["student_prefix"]
     if prefix is None:
@@ -55,7 +57,9 @@ def load_backbone(
     if pool is not None:
         kwargs["pool"] = pool
     backbone = build_backbone(meta["backbone"], **kwargs)
-    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {
+        k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+    }
     backbone.load_state_dict(state, strict=True)
     meta = {**meta, "loaded": which, "pool": backbone.pool}
     return LoadedBackbone(backbone.eval(), meta, str(path))

@@ -60,7 +60,11 @@ class SelfSupervisedMethod(pl.LightningModule):
     # -- features for evaluators and monitors --------------------------------------------
     def eval_module(self) -> Backbone:
         """The backbone evaluators read: the student's unless the method says teacher."""
-        return getattr(self, "teacher_backbone", self.backbone) if self.eval_backbone == "teacher" else self.backbone
+        return (
+            getattr(self, "teacher_backbone", self.backbone)
+            if self.eval_backbone == "teacher"
+            else self.backbone
+        )
 
     @torch.no_grad()
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +108,10 @@ class SelfSupervisedMethod(pl.LightningModule):
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches
-        steps_per_epoch = max(1, int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches)
-        warmup = min(int(round(hp.warmup_epochs * steps_per_epoch)), total // 2)
+        steps_per_epoch = max(
+            1, int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches
+        )
+        warmup = min(round(hp.warmup_epochs * steps_per_epoch), total // 2)
 
         def factor(step: int) -> float:
             return warmup_cosine(step, total, warmup, 1.0, hp.min_lr_ratio)
@@ -119,7 +125,11 @@ class SelfSupervisedMethod(pl.LightningModule):
 
         Plain types only, so ``torch.load(weights_only=True)`` reads it.
         """
-        transform = getattr(getattr(self.trainer, "datamodule", None), "transform", None) if self._trainer else None
+        transform = (
+            getattr(getattr(self.trainer, "datamodule", None), "transform", None)
+            if self._trainer
+            else None
+        )
         backbone = self.backbone
         pool: Pool = backbone.pool
         return {
@@ -139,4 +149,3 @@ class SelfSupervisedMethod(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selfsup"] = self.checkpoint_metadata()
-

@@ -52,12 +52,18 @@ class KNNMonitor(pl.Callback):
         if self.every_n_epochs <= 0 or stage != "fit":
             return
         datamodule = trainer.datamodule
-        self._data = datamodule.knn_datasets(self.max_train, self.max_test) if datamodule is not None else None
+        self._data = (
+            datamodule.knn_datasets(self.max_train, self.max_test)
+            if datamodule is not None
+            else None
+        )
         if self._data is None:
             rank_zero_info("kNN monitor: off (the data has no labelled train/test splits).")
 
     @torch.no_grad()
-    def _features(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def _features(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ds: Dataset
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Each process embeds its own share (no padding, so no sample counts twice).
         shard = torch.utils.data.Subset(ds, list(range(rank(), len(ds), world_size())))
         feats, labels = [], []
@@ -80,7 +86,9 @@ class KNNMonitor(pl.Callback):
 
     def _log(self, trainer: pl.Trainer, name: str, value: float) -> None:
         for logger in trainer.loggers:
-            logger.log_metrics({name: value, "epoch": trainer.current_epoch}, step=trainer.global_step)
+            logger.log_metrics(
+                {name: value, "epoch": trainer.current_epoch}, step=trainer.global_step
+            )
         trainer.callback_metrics[name] = torch.tensor(value)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -89,13 +97,17 @@ class KNNMonitor(pl.Callback):
         if self.baseline is None and trainer.global_step == 0:
             self.baseline = self.evaluate(trainer, pl_module)
             self._log(trainer, "val/knn_top1_random_init", self.baseline)
-            rank_zero_info(f"kNN monitor: random-init backbone top-1 {self.baseline:.4f} (k={self.k})")
+            rank_zero_info(
+                f"kNN monitor: random-init backbone top-1 {self.baseline:.4f} (k={self.k})"
+            )
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.last = self.evaluate(trainer, pl_module)
         self._last_step = trainer.global_step
         self._log(trainer, "val/knn_top1", self.last)
-        rank_zero_info(f"kNN monitor: epoch {trainer.current_epoch} step {trainer.global_step} top-1 {self.last:.4f}")
+        rank_zero_info(
+            f"kNN monitor: epoch {trainer.current_epoch} step {trainer.global_step} top-1 {self.last:.4f}"
+        )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._data is not None and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -107,7 +119,9 @@ class KNNMonitor(pl.Callback):
         if self._last_step != trainer.global_step:
             self._check(trainer, pl_module)
         if trainer.is_global_zero:
-            baseline = f"   random-init backbone: {self.baseline:.4f}" if self.baseline is not None else ""
+            baseline = (
+                f"   random-init backbone: {self.baseline:.4f}" if self.baseline is not None else ""
+            )
             print(f"kNN top-1 (k={self.k}): {self.last:.4f}{baseline}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:

@@ -48,7 +48,9 @@ class SimCLR(SelfSupervisedMethod):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection_head(self.backbone(x))
 
-    def training_step(self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         (x0, x1), _ = batch
         # One pass over both views: batch-norm statistics span the 2B views, as in SimCLR.
         z0, z1 = self(torch.cat([x0, x1])).chunk(2)

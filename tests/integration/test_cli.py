@@ -1,0 +1,155 @@
+"""End to end through the `selfsup` command, in-process: pretrain -> run directory -> knn JSON."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from selfsup.cli import main
+
+CONFIG = str(REPO / "configs" / "simclr" / "resnet18_cifar.yaml")
+FAST = [
+    "--data.batch_size",
+    "16",
+    "--data.num_workers",
+    "0",
+    "--trainer.precision",
+    "32",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--model.init_args.projection_hidden_dim",
+    "64",
+]
+
+
+def pretrain(run: Path, data: Path, *extra: str, config: str = CONFIG) -> int:
+    return main(
+        [
+            "pretrain",
+            "--config",
+            config,
+            "--data.path",
+            str(data),
+            "--trainer.default_root_dir",
+            str(run),
+            *FAST,
+            *extra,
+        ]
+    )
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="session")
+def simclr_run(tiny_npz, tmp_path_factory) -> Path:
+    """One tiny SimCLR run shared by the tests of this session."""
+    run = tmp_path_factory.mktemp("runs") / "simclr"
+    assert pretrain(run, tiny_npz, "--trainer.max_steps", "3") == 0
+    return run
+
+
+def test_pretrain_writes_a_flat_run_directory(simclr_run):
+    assert (simclr_run / "config.yaml").is_file()
+    assert (simclr_run / "checkpoints" / "last.ckpt").is_file()
+    assert (simclr_run / "metrics.csv").is_file()
+    assert not (simclr_run / "lightning_logs").exists()
+    assert not list(simclr_run.rglob("version_*"))
+    rows = read_metrics(simclr_run)
+    assert any(r.get("train/loss") for r in rows)
+    assert any(r.get("val/knn_top1") for r in rows)
+    assert any(r.get("val/knn_top1_random_init") for r in rows)
+
+
+def test_checkpoint_carries_plain_metadata(simclr_run):
+    ckpt = torch.load(
+        simclr_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    meta = ckpt["selfsup"]
+    assert meta["backbone"] == "resnet18" and meta["backbone_kwargs"] == {"cifar_stem": True}
+    assert meta["image_size"] == 32 and meta["pool"] == "avg"
+    assert meta["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
+    assert meta["student_prefix"] == "backbone." and meta["teacher_prefix"] is None
+    assert ckpt["global_step"] == 3
+
+
+def test_knn_prints_json_last(simclr_run, tiny_npz, capsys):
+    for ckpt in (simclr_run, simclr_run / "checkpoints" / "last.ckpt"):
+        assert (
+            main(["knn", "--ckpt", str(ckpt), "--data", str(tiny_npz), "--num-workers", "0"]) == 0
+        )
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["task"] == "knn" and 0.0 <= result["top1"] <= 1.0
+        assert result["n_train"] == 96 and result["n_test"] == 48 and result["k"] == 20
+        assert "top1_k200" in result
+
+
+def test_restart_in_the_same_directory_resumes(simclr_run, tiny_npz, tmp_path):
+    run = tmp_path / "resumed"
+    assert pretrain(run, tiny_npz, "--trainer.max_steps", "2") == 0
+    first = read_metrics(run)
+    assert pretrain(run, tiny_npz, "--trainer.max_steps", "4") == 0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "last.ckpt"
+    ]  # no last-v1.ckpt
+    rows = read_metrics(run)
+    assert len(rows) > len(first)  # history kept across the restart
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and max(steps) >= 3  # continued, not restarted from 0
+
+
+def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((4, 8, 8, 3), np.uint8))
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, x_train=np.zeros((40, 32, 32, 3), np.float32), y_train=np.zeros(40))
+    cases = [
+        (["--data.path", str(tmp_path / "missing.npz")], "does not exist"),
+        (["--data.path", str(bad)], "x_train"),
+        (["--data.path", str(floats)], "uint8"),
+        (["--data.path", str(tiny_npz), "--data.batch_size", "1"], "at least 2"),
+        (["--data.path", str(tiny_npz), "--data.batch_size", "500"], "Lower data.batch_size"),
+        (
+            [
+                "--data.path",
+                str(tiny_npz),
+                "--data.batch_size",
+                "16",
+                "--data.transform.init_args.size",
+                "30",
+                "--model.init_args.backbone",
+                "vit_tiny",
+                "--model.init_args.backbone_kwargs",
+                '{"img_size": 32, "patch_size": 4}',
+            ],
+            "patch size",
+        ),
+    ]
+    for args, message in cases:
+        code = main(
+            [
+                "pretrain",
+                "--config",
+                CONFIG,
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+                *args,
+            ]
+        )
+        err = capsys.readouterr().err
+        assert code == 2, (args, err[-2000:])
+        assert message in err, (args, err[-2000:])
+        assert "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
