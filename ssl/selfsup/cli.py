@@ -116,24 +116,32 @@ def _pretrain_cli_class():
 
 def _wandb_logger(run_dir: str, project: str):
     from pytorch_lightning.loggers import WandbLogger
-    from pytorch_lightning.utilities import rank_zero_info
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    # Never a login prompt: without credentials the run logs offline.
+    os.environ.setdefault("WANDB_SILENT", "true")
     if "WANDB_MODE" not in os.environ and not _wandb_logged_in():
         os.environ["WANDB_MODE"] = "offline"
-        rank_zero_info(
-            f"wandb: not logged in, logging offline to {run_dir}/wandb (upload later with `wandb sync`)."
-        )
+        if rank_zero_only.rank == 0:
+            print(
+                f"selfsup: wandb is not logged in; logging offline to {run_dir}/wandb "
+                "(upload later with `wandb sync`).",
+                file=sys.stderr,
+            )
+    # The run id lives in the run directory, so a restarted run continues the same curves.
     id_file = Path(run_dir) / "wandb_id.txt"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        import secrets
+
+        run_id = secrets.token_hex(4)  # wandb run ids: lowercase letters and digits
+        if rank_zero_only.rank == 0:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id)
     logger = WandbLogger(
         project=project, save_dir=run_dir, name=Path(run_dir).name, id=run_id, resume="allow"
     )
-    if run_id is None:
-        from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-        if rank_zero_only.rank == 0:
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            id_file.write_text(logger.version or "")
     return logger
 
 

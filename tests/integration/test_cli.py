@@ -153,3 +153,20 @@ def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_pa
         assert message in err, (args, err[-2000:])
         assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_wandb_switch_without_login_logs_offline_and_says_so(
+    tiny_npz, tmp_path, monkeypatch, capsys
+):
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run = tmp_path / "wb"
+    assert pretrain(run, tiny_npz, "--trainer.max_steps", "2", "--wandb", "true") == 0
+    err = capsys.readouterr().err
+    assert err.count("wandb is not logged in; logging offline") == 1
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    run_id = (run / "wandb_id.txt").read_text().strip()
+    assert offline[0].name.endswith(run_id)
