@@ -115,8 +115,12 @@ def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_pa
     np.savez(bad, images=np.zeros((4, 8, 8, 3), np.uint8))
     floats = tmp_path / "floats.npz"
     np.savez(floats, x_train=np.zeros((40, 32, 32, 3), np.float32), y_train=np.zeros(40))
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, x_train=np.zeros((40, 32, 32), np.uint8), y_train=np.zeros(40, np.uint8))
     cases = [
         (["--data.path", str(tmp_path / "missing.npz")], "does not exist"),
+        (["--data.path", str(gray), "--data.batch_size", "8"], "in_chans: 1"),
+        (["--data.path", str(tiny_npz), "--data.batch_size", "8", "--trainer.sync_batchnorm", "true"], "needs GPUs"),
         (["--data.path", str(bad)], "x_train"),
         (["--data.path", str(floats)], "uint8"),
         (["--data.path", str(tiny_npz), "--data.batch_size", "1"], "at least 2"),
