@@ -87,31 +87,33 @@ def _pretrain_cli_class():
             callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]
             return super()._instantiate_trainer(config, callbacks)
 
-    def check_run(cli: PretrainCLI) -> None:
-        """Everything that can be checked before training starts."""
-        model, data, trainer = cli.model, cli.datamodule, cli.trainer
-        backbone = model.backbone
-        if data.transform is not None:
-            for size in sorted(set(data.transform.view_sizes)):
-                check_input_size(backbone, size)
-        data.check(world_size=trainer.world_size)
-        channels = data.data_channels()
-        if channels != backbone.in_chans:
-            raise ConfigError(
-                f"The images have {channels} channel(s) but the backbone takes {backbone.in_chans}: "
-                f"set model.init_args.backbone_kwargs.in_chans: {channels}, or data.init_args.channels: {backbone.in_chans}."
-            )
-        if len(data.transform.mean) != channels or len(data.transform.std) != channels:
-            raise ConfigError(
-                f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
-                f"give transform mean/std with {channels} value(s)."
-            )
-        if cli.config.trainer.sync_batchnorm and isinstance(trainer.accelerator, CPUAccelerator):
-            raise ConfigError(
-                "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
-            )
+        def check_run(self) -> None:
+            """Everything that can be checked before training starts."""
+            model, data, trainer = self.model, self.datamodule, self.trainer
+            backbone = model.backbone
+            if data.transform is not None:
+                for size in sorted(set(data.transform.view_sizes)):
+                    check_input_size(backbone, size)
+            data.check(world_size=trainer.world_size)
+            channels = data.data_channels()
+            if channels != backbone.in_chans:
+                raise ConfigError(
+                    f"The images have {channels} channel(s) but the backbone takes {backbone.in_chans}: "
+                    f"set model.init_args.backbone_kwargs.in_chans: {channels}, or data.channels: {backbone.in_chans}."
+                )
+            if len(data.transform.mean) != channels or len(data.transform.std) != channels:
+                raise ConfigError(
+                    f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
+                    f"give transform mean/std with {channels} value(s)."
+                )
+            if self.config.trainer.sync_batchnorm and isinstance(
+                trainer.accelerator, CPUAccelerator
+            ):
+                raise ConfigError(
+                    "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
+                )
 
-    return PretrainCLI, SelfSupervisedMethod, PretrainDataModule, check_run
+    return PretrainCLI, SelfSupervisedMethod, PretrainDataModule
 
 
 def _wandb_logger(run_dir: str, project: str):
@@ -157,10 +159,9 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def pretrain(argv: list[str]) -> int:
-    from selfsup.rundir import newest_checkpoint
-
-    PretrainCLI, Method, DataModule, check_run = _pretrain_cli_class()
+def build_pretrain_cli(argv: list[str]) -> Any:
+    """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no training)."""
+    PretrainCLI, Method, DataModule = _pretrain_cli_class()
     cli = PretrainCLI(
         Method,
         DataModule,
@@ -171,7 +172,14 @@ def pretrain(argv: list[str]) -> int:
         parser_kwargs={"prog": "selfsup pretrain"},
         trainer_defaults={"log_every_n_steps": 10},
     )
-    check_run(cli)
+    return cli
+
+
+def pretrain(argv: list[str]) -> int:
+    from selfsup.rundir import newest_checkpoint
+
+    cli = build_pretrain_cli(argv)
+    cli.check_run()
     run_dir = cli.trainer.default_root_dir
     resume = cli.config.resume
     if resume == "auto":

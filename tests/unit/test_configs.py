@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from selfsup.cli import _pretrain_cli_class
+from selfsup.cli import build_pretrain_cli
 from selfsup.methods.base import SelfSupervisedMethod
 
 CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
@@ -20,14 +20,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_instantiates(config, tmp_path):
-    PretrainCLI, Method, DataModule, _ = _pretrain_cli_class()
-    cli = PretrainCLI(
-        Method,
-        DataModule,
-        subclass_mode_model=True,
-        run=False,
-        args=["--config", str(REPO / config), "--trainer.default_root_dir", str(tmp_path)],
-    )
+    cli = build_pretrain_cli(["--config", str(REPO / config), "--trainer.default_root_dir", str(tmp_path)])
     assert isinstance(cli.model, SelfSupervisedMethod)
     assert cli.datamodule.transform is not None
     assert Path(cli.trainer.default_root_dir) == tmp_path
