@@ -120,7 +120,17 @@ def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_pa
     cases = [
         (["--data.path", str(tmp_path / "missing.npz")], "does not exist"),
         (["--data.path", str(gray), "--data.batch_size", "8"], "in_chans: 1"),
-        (["--data.path", str(tiny_npz), "--data.batch_size", "8", "--trainer.sync_batchnorm", "true"], "needs GPUs"),
+        (
+            [
+                "--data.path",
+                str(tiny_npz),
+                "--data.batch_size",
+                "8",
+                "--trainer.sync_batchnorm",
+                "true",
+            ],
+            "needs GPUs",
+        ),
         (["--data.path", str(bad)], "x_train"),
         (["--data.path", str(floats)], "uint8"),
         (["--data.path", str(tiny_npz), "--data.batch_size", "1"], "at least 2"),

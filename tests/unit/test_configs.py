@@ -20,7 +20,9 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_instantiates(config, tmp_path):
-    cli = build_pretrain_cli(["--config", str(REPO / config), "--trainer.default_root_dir", str(tmp_path)])
+    cli = build_pretrain_cli(
+        ["--config", str(REPO / config), "--trainer.default_root_dir", str(tmp_path)]
+    )
     assert isinstance(cli.model, SelfSupervisedMethod)
     assert cli.datamodule.transform is not None
     assert Path(cli.trainer.default_root_dir) == tmp_path

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from selfsup.data.datasets import DataError, load_npz, open_dataset, to_tensor_image
-from selfsup.data.shapes import CLASSES, generate_shapes
+from selfsup.data.patterns import CLASSES, generate_patterns
 from selfsup.transforms import EvalTransform, SimCLRTransform
 
 
@@ -130,11 +130,11 @@ def test_transforms_give_views_of_the_right_size_for_8_and_16_bit():
     )
 
 
-def test_builtin_shapes_are_deterministic_balanced_and_split():
-    x0, y0 = generate_shapes(200, seed=0)
-    x1, y1 = generate_shapes(200, seed=0)
+def test_builtin_patterns_are_deterministic_balanced_and_split():
+    x0, y0 = generate_patterns(200, seed=0)
+    x1, y1 = generate_patterns(200, seed=0)
     assert np.array_equal(x0, x1) and np.array_equal(y0, y1)
     assert x0.shape == (200, 32, 32, 3) and x0.dtype == np.uint8
     assert np.bincount(y0, minlength=len(CLASSES)).tolist() == [200 // len(CLASSES)] * len(CLASSES)
-    xt, _ = generate_shapes(200, seed=1)
+    xt, _ = generate_patterns(200, seed=1)
     assert not np.array_equal(x0, xt)

@@ -1,4 +1,4 @@
-"""Datasets: `.npz` arrays, image folders, torchvision sets, MedMNIST, built-in shapes.
+"""Datasets: `.npz` arrays, image folders, torchvision sets, MedMNIST, built-in patterns set.
 
 Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` tensor
 (``uint8``; ``float32`` in ``[0, 1]`` for 16-bit data) and ``label`` an int
@@ -29,7 +29,7 @@ Split = Literal["train", "test"]
 Intensity = Literal["dtype", "percentile"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-NAMED_DATASETS = ("shapes", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
+NAMED_DATASETS = ("patterns", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
 
 
 class DataError(ConfigError):
@@ -224,10 +224,10 @@ def open_dataset(
     """Turn ``DATA`` (an ``.npz``, an image folder, or a named set) into the ``split`` dataset."""
     root = root or default_data_root()
     name = data.lower()
-    if name == "shapes":
-        from selfsup.data.shapes import make_shapes
+    if name == "patterns":
+        from selfsup.data.patterns import make_patterns
 
-        return make_shapes(split)
+        return make_patterns(split)
     if name in ("cifar10", "cifar100", "stl10"):
         return _torchvision_dataset(name, split, root, download)
     if name.startswith("medmnist:"):

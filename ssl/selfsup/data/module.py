@@ -37,7 +37,7 @@ class PretrainDataModule(pl.LightningDataModule):
     """Unlabelled views for pretraining, plus labelled eval views for the kNN monitor.
 
     Args:
-        path: DATA: an ``.npz``, an image folder, or a named set (``shapes``,
+        path: DATA: an ``.npz``, an image folder, or a named set (``patterns``,
             ``cifar10``, ``cifar100``, ``stl10``, ``medmnist:<flag>``).
         transform: the method's view pipeline (e.g. ``SimCLRTransform``).
         batch_size: images per process and step; the global batch is
@@ -51,7 +51,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str = "shapes",
+        path: str = "patterns",
         transform: ViewTransform | None = None,
         batch_size: int = 256,
         num_workers: int | None = None,
