@@ -42,6 +42,7 @@ def _pretrain_cli_class():
     from selfsup.data.module import PretrainDataModule
     from selfsup.methods.base import SelfSupervisedMethod
     from selfsup.methods.knn_monitor import KNNMonitor
+    from selfsup.methods.teacher import TeacherStudentMethod
     from selfsup.rundir import RunCSVLogger, checkpoint_callback
 
     class PretrainCLI(LightningCLI):
@@ -105,6 +106,13 @@ def _pretrain_cli_class():
                 raise ConfigError(
                     f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
                     f"give transform mean/std with {channels} value(s)."
+                )
+            if str(self.config.trainer.precision) == "bf16-true" and isinstance(
+                model, TeacherStudentMethod
+            ):
+                raise ConfigError(
+                    f"{type(model).__name__}'s EMA teacher needs fp32 weights: with bf16-true an update of "
+                    "1 - momentum vanishes below bf16's resolution. Use --trainer.precision bf16-mixed."
                 )
             if self.config.trainer.sync_batchnorm and isinstance(
                 trainer.accelerator, CPUAccelerator

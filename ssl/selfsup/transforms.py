@@ -162,3 +162,49 @@ class EvalTransform:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.pipeline(image)
+
+
+class BYOLTransform(ViewTransform):
+    """BYOL: two views from asymmetric pipelines (Grill et al., 2020, Table 6).
+
+    View 1 always blurs and never solarizes; view 2 rarely blurs and sometimes
+    solarizes. Colour jitter (0.4, 0.4, 0.2, 0.1) with p = 0.8, grayscale p = 0.2.
+    At 32 px, the CIFAR recipes drop the blur (``blur_prob: [0, 0]``) and use
+    ``color_jitter_strength: 0.5``.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        flip_prob: float = 0.5,
+        color_jitter_prob: float = 0.8,
+        color_jitter_strength: float = 1.0,
+        grayscale_prob: float = 0.2,
+        blur_prob: tuple[float, float] = (1.0, 0.1),
+        solarize_prob: tuple[float, float] = (0.0, 0.2),
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        grayscale: bool = False,
+    ) -> None:
+        self.size, self.mean, self.std, self.grayscale = size, tuple(mean), tuple(std), grayscale
+        self.pipelines = [
+            view_pipeline(
+                size,
+                scale=scale,
+                flip_prob=flip_prob,
+                color_jitter_prob=color_jitter_prob,
+                color_jitter_strength=color_jitter_strength,
+                brightness=0.4,
+                contrast=0.4,
+                saturation=0.2,
+                hue=0.1,
+                grayscale_prob=grayscale_prob,
+                blur_prob=blur,
+                solarize_prob=solarize,
+                mean=mean,
+                std=std,
+                grayscale=grayscale,
+            )
+            for blur, solarize in zip(blur_prob, solarize_prob, strict=True)
+        ]

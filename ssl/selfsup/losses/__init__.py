@@ -1,5 +1,6 @@
 """Self-supervised losses: one formula each, testable without Lightning."""
 
+from selfsup.losses.cosine import negative_cosine_loss
 from selfsup.losses.ntxent import NTXentLoss, nt_xent_loss
 
-__all__ = ["NTXentLoss", "nt_xent_loss"]
+__all__ = ["NTXentLoss", "negative_cosine_loss", "nt_xent_loss"]

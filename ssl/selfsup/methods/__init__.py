@@ -1,6 +1,8 @@
 """Pretraining methods: one LightningModule each, on a shared base."""
 
 from selfsup.methods.base import SelfSupervisedMethod
+from selfsup.methods.byol import BYOL
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.teacher import TeacherStudentMethod
 
-__all__ = ["SelfSupervisedMethod", "SimCLR"]
+__all__ = ["BYOL", "SelfSupervisedMethod", "SimCLR", "TeacherStudentMethod"]

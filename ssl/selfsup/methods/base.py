@@ -6,6 +6,7 @@ teacher-student methods) its teacher; evaluation and monitoring live elsewhere.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -107,10 +108,11 @@ class SelfSupervisedMethod(pl.LightningModule):
             opt = LARS(groups, lr=lr, momentum=hp.momentum)
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
-        total = int(self.trainer.estimated_stepping_batches)  # also sets num_training_batches
-        steps_per_epoch = max(
-            1, int(self.trainer.num_training_batches) // self.trainer.accumulate_grad_batches
-        )
+        total = int(self.trainer.estimated_stepping_batches)
+        self.trainer.fit_loop.setup_data()  # sets num_training_batches (inf for iterable data)
+        batches = self.trainer.num_training_batches
+        accumulate = self.trainer.accumulate_grad_batches
+        steps_per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else total
         warmup = min(round(hp.warmup_epochs * steps_per_epoch), total // 2)
 
         def factor(step: int) -> float:
