@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,22 @@ def _wandb_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+def ddp_pretrain(
+    config: str, data: Path, run: Path, *extra: str, pythonpath: str = ""
+) -> subprocess.CompletedProcess:
+    """`selfsup pretrain` with two CPU processes (gloo) in a subprocess: Lightning's DDP
+    re-runs sys.argv for rank 1, which must not be pytest."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.environ.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "selfsup.cli", "pretrain", "--config", str(REPO / config),
+           "--data.path", str(data), "--data.batch_size", "8", "--data.num_workers", "0",
+           "--model.init_args.projection_hidden_dim", "64",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.precision", "32", "--trainer.enable_progress_bar", "false",
+           "--trainer.default_root_dir", str(run), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=run.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

@@ -4,50 +4,19 @@ Lightning re-runs sys.argv for rank 1, so the command runs in a subprocess.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import torch
 
-from conftest import REPO, free_port
+from conftest import ddp_pretrain
 
 
 def test_two_process_pretraining_writes_one_run_and_its_checkpoint(tiny_npz, tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
-    cmd = [
-        sys.executable,
-        "-m",
-        "selfsup.cli",
-        "pretrain",
-        "--config",
-        str(REPO / "configs/simclr/resnet18_cifar.yaml"),
-        "--data.path",
-        str(tiny_npz),
-        "--data.batch_size",
-        "8",
-        "--data.num_workers",
-        "0",
-        "--model.init_args.projection_hidden_dim",
-        "64",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-        "--trainer.precision",
-        "32",
-        "--trainer.max_steps",
-        "3",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.default_root_dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = ddp_pretrain(
+        "configs/simclr/resnet18_cifar.yaml", tiny_npz, run, "--trainer.max_steps", "3"
+    )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3
     # The summary line is printed once, by rank 0.
