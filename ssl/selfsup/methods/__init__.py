@@ -4,5 +4,6 @@ from selfsup.methods.base import SelfSupervisedMethod
 from selfsup.methods.byol import BYOL
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.teacher import TeacherStudentMethod
+from selfsup.methods.triplet import Triplet
 
-__all__ = ["BYOL", "SelfSupervisedMethod", "SimCLR", "TeacherStudentMethod"]
+__all__ = ["BYOL", "SelfSupervisedMethod", "SimCLR", "TeacherStudentMethod", "Triplet"]

@@ -1,4 +1,4 @@
-"""NT-Xent with two real gloo processes equals one process holding both batches."""
+"""Batch losses with two real gloo processes equal one process holding both batches."""
 
 import json
 import os
@@ -13,10 +13,10 @@ from conftest import free_port
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def run_script(name: str, out: Path, timeout: int = 180) -> dict:
+def run_script(name: str, out: Path, *args: str, timeout: int = 180) -> dict:
     env = {**os.environ, "SELFSUP_TEST_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), str(out)],
+        [sys.executable, str(SCRIPTS / name), str(out), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -26,8 +26,9 @@ def run_script(name: str, out: Path, timeout: int = 180) -> dict:
     return json.loads(out.read_text())
 
 
-def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
-    r = run_script("ntxent_two_procs.py", tmp_path / "out.json")
+@pytest.mark.parametrize("loss", ["ntxent", "triplet_batch_hard", "triplet_semi_hard"])
+def test_two_processes_equal_one_process_with_the_whole_batch(loss, tmp_path):
+    r = run_script("loss_two_procs.py", tmp_path / "out.json", loss)
     assert r["loss_two"] == pytest.approx(r["loss_one"], abs=1e-5)
     assert r["grad_max_abs_diff"] <= 1e-5 * max(1.0, r["grad_max_abs"])
     # Negatives really come from the other process: rank 0's loss is not its local-only loss.
