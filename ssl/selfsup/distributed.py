@@ -45,3 +45,17 @@ def gather_uneven(x: torch.Tensor) -> torch.Tensor:
     out = [torch.zeros_like(padded) for _ in range(world_size())]
     dist.all_gather(out, padded)
     return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)], dim=0)
+
+
+def global_views(
+    z0: torch.Tensor, z1: torch.Tensor, gather: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Both views' embeddings of the global batch and this process's row offset in them.
+
+    ``z0, z1`` ``(B, D)`` -> ``(all0, all1, offset)`` with ``all0[offset + i]`` this
+    process's ``z0[i]``; gradients flow back through the gather. Without ``gather``
+    (or a process group) the local batch is the global one.
+    """
+    if not gather:
+        return z0, z1, 0
+    return gather_with_grad(z0), gather_with_grad(z1), rank() * z0.shape[0]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.distributed import gather_with_grad, rank
+from selfsup.distributed import global_views
 
 
 def nt_xent_loss(
@@ -37,10 +37,7 @@ def nt_xent_loss(
         z0 = F.normalize(z0.float(), dim=1)
         z1 = F.normalize(z1.float(), dim=1)
         b = z0.shape[0]
-        if gather:
-            all0, all1, offset = gather_with_grad(z0), gather_with_grad(z1), rank() * b
-        else:
-            all0, all1, offset = z0, z1, 0
+        all0, all1, offset = global_views(z0, z1, gather)
         n = all0.shape[0]
         # Anchors: this process's 2B views. Candidates: all 2N views of the global batch,
         # laid out [all0; all1]; the positive of z0[i] is all1[offset + i] and vice versa.

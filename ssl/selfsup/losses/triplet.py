@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from selfsup.distributed import gather_with_grad, rank
+from selfsup.distributed import global_views
 
 Mining = Literal["random", "batch_hard", "semi_hard"]
 
@@ -53,10 +53,7 @@ def triplet_loss(
     with torch.autocast(device_type=z0.device.type, enabled=False):
         z0, z1 = F.normalize(z0.float(), dim=1), F.normalize(z1.float(), dim=1)
         b = z0.shape[0]
-        if gather:
-            all0, all1, offset = gather_with_grad(z0), gather_with_grad(z1), rank() * b
-        else:
-            all0, all1, offset = z0, z1, 0
+        all0, all1, offset = global_views(z0, z1, gather)
         n = all0.shape[0]
         anchors = torch.cat([z0, z1])  # (2B, D)
         positives = torch.cat([z1, z0])
