@@ -8,10 +8,9 @@ Every backbone answers the same contract:
 - ``backbone.embed_dim`` -> ``D``;
 - ``backbone.forward_tokens(x)`` -> ViT patch tokens ``(B, N, D)`` after the
   final norm (ViTs only);
-- ``backbone.model`` is the plain timm model, so its weights load into
-  ``timm.create_model(name, num_classes=0, **kwargs)`` (except for the CIFAR
-  stem, which timm cannot build; :func:`build_backbone` rebuilds it from the
-  same kwargs).
+- ``backbone.model`` is the plain timm model (the CIFAR stem replaces two of
+  its modules); :func:`build_backbone` rebuilds any backbone from its name and
+  kwargs.
 """
 
 from __future__ import annotations
@@ -191,24 +190,3 @@ def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a backbone from its name and the kwargs saved in a checkpoint's metadata."""
     return Backbone(name, **kwargs)
 
-
-def timm_kwargs(backbone: Backbone) -> dict[str, Any] | None:
-    """The kwargs with which ``timm.create_model(timm_name, num_classes=0, **kwargs)``
-    builds ``backbone.model`` exactly, or None when timm cannot (CIFAR stem)."""
-    if backbone.cifar_stem:
-        return None
-    if backbone.is_vit:
-        return dict(
-            img_size=backbone.img_size,
-            patch_size=backbone.patch_size,
-            in_chans=backbone.in_chans,
-            global_pool="token" if backbone.pool == "cls" else "avg",
-            class_token=backbone.model.cls_token is not None,
-            fc_norm=False,
-            dynamic_img_size=True,
-        )
-    return dict(in_chans=backbone.in_chans)
-
-
-def timm_name(backbone: Backbone) -> str:
-    return _VIT_ALIASES.get(backbone.name, backbone.name)
