@@ -189,4 +189,3 @@ def check_input_size(backbone: Backbone, size: int | tuple[int, int]) -> None:
 def build_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a backbone from its name and the kwargs saved in a checkpoint's metadata."""
     return Backbone(name, **kwargs)
-

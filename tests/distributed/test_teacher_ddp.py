@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ddp_pretrain
@@ -9,11 +10,19 @@ from conftest import ddp_pretrain
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def test_byol_teacher_identical_on_both_ranks_after_several_steps(tiny_npz, tmp_path):
-    run = tmp_path / "byol"
+METHODS = {
+    "byol": ("configs/byol/vit_tiny_cifar.yaml", "--model.init_args.prediction_hidden_dim", "64"),
+    "dino": ("configs/dino/vit_tiny_cifar.yaml", "--model.init_args.out_dim", "256",
+             "--data.transform.init_args.n_local", "2"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_teacher_identical_on_both_ranks_after_several_steps(method, tiny_npz, tmp_path):
+    run = tmp_path / method
+    config, *extra = METHODS[method]
     ddp_pretrain(
-        "configs/byol/vit_tiny_cifar.yaml", tiny_npz, run,
-        "--model.init_args.prediction_hidden_dim", "64", "--trainer.max_steps", "4",
+        config, tiny_npz, run, *extra, "--trainer.max_steps", "4",
         "--trainer.callbacks+=teacher_dump.DumpTeacher", "--knn_monitor.every_n_epochs", "0",
         pythonpath=str(SCRIPTS),
     )  # fmt: skip
@@ -27,3 +36,6 @@ def test_byol_teacher_identical_on_both_ranks_after_several_steps(tiny_npz, tmp_
     assert ckpt["global_step"] == 4
     student = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     assert any(not torch.equal(student[k], t0["teacher_" + k]) for k in student)
+    if method == "dino":
+        assert "criterion.center" in t0 and t0["criterion.center"].abs().sum() > 0
+        assert torch.equal(ckpt["state_dict"]["criterion.center"], t0["criterion.center"])

@@ -189,6 +189,8 @@ def test_wandb_switch_without_login_logs_offline_and_says_so(
 METHOD_CONFIGS = [
     "configs/byol/resnet18_cifar.yaml",
     "configs/byol/vit_tiny_cifar.yaml",
+    "configs/dino/resnet18_cifar.yaml",
+    "configs/dino/vit_tiny_cifar.yaml",
     "configs/triplet/resnet18_cifar.yaml",
     "configs/triplet/vit_tiny_cifar.yaml",
 ]
@@ -200,12 +202,15 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
     assert pretrain(run, tiny_npz, "--trainer.max_steps", "2", config=str(REPO / config)) == 0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     has_teacher = ckpt["selfsup"]["teacher_prefix"] == "teacher_backbone."
-    assert has_teacher == ("byol" in config)
+    assert has_teacher == ("byol" in config or "dino" in config)
+    evaluated = "teacher" if "dino" in config else "student"  # DINO evaluates its teacher
+    assert ckpt["selfsup"]["eval_backbone"] == evaluated
     knn = ["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--num-workers", "0"]
     capsys.readouterr()
     assert main(knn) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["task"] == "knn" and result["backbone"] == "student"
-    if has_teacher:  # the teacher's weights load too
-        assert main([*knn, "--backbone", "teacher"]) == 0
-        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == "teacher"
+    assert result["task"] == "knn" and result["backbone"] == evaluated
+    if has_teacher:  # the other set of weights loads too
+        other = "student" if evaluated == "teacher" else "teacher"
+        assert main([*knn, "--backbone", other]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == other

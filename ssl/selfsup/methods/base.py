@@ -12,10 +12,42 @@ from typing import Any, ClassVar, Literal
 import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
+from pytorch_lightning.utilities import rank_zero_warn
 
 import selfsup
 from selfsup.backbones import Backbone, Pool
 from selfsup.schedules import warmup_cosine
+
+
+class CollapseWatch:
+    """Decides when a run has collapsed: the symptom held for ``patience`` steps in a row.
+
+    Random-init networks can look collapsed for their first steps (a ViT maps
+    every image to nearly the same token), so a single low reading proves nothing.
+    The warning is given once per run.
+    """
+
+    def __init__(self, std_ratio_threshold: float = 0.05, patience: int = 100) -> None:
+        self.threshold, self.patience = std_ratio_threshold, patience
+        self.since: int | None = None
+        self.warned = False
+
+    def update(self, step: int, std_ratio: float, symptom: str | None = None) -> str | None:
+        if symptom is None and std_ratio < self.threshold:
+            symptom = (
+                f"the normalised embeddings' per-dimension std is {std_ratio:.3f} x 1/sqrt(D) "
+                "(about 1 when they spread over the sphere; 0 when every image maps to one point)."
+            )
+        if symptom is None:
+            self.since = None
+            return None
+        if self.since is None:
+            self.since = step
+        if self.warned or step - self.since < self.patience:
+            return None
+        self.warned = True
+        return f"for {step - self.since} steps {symptom}"
+
 
 Optimizer = Literal["sgd", "lars", "adamw"]
 
@@ -34,6 +66,9 @@ class SelfSupervisedMethod(pl.LightningModule):
             recipe on any number of GPUs.
         weight_decay: applied to weights only; norms, biases, position embeddings
             and class tokens get none.
+        weight_decay_end: if given, the weight decay follows a cosine from
+            ``weight_decay`` to this value over the run (DINO and I-JEPA's ViT
+            recipes: 0.04 -> 0.4); constant otherwise.
         momentum: SGD/LARS momentum. betas: AdamW betas.
         warmup_epochs: linear warm-up of the learning rate (fractions allowed).
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio x`` peak.
@@ -49,6 +84,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         optimizer: Optimizer = "sgd",
         base_lr: float = 0.3,
         weight_decay: float = 1e-6,
+        weight_decay_end: float | None = None,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 10.0,
@@ -57,6 +93,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = Backbone(backbone, **(backbone_kwargs or {}))
+        self.steps_per_epoch = 1  # optimizer steps; set when the optimiser is configured
+        self._collapse = CollapseWatch()
 
     # -- features for evaluators and monitors --------------------------------------------
     def eval_module(self) -> Backbone:
@@ -93,8 +131,8 @@ class SelfSupervisedMethod(pl.LightningModule):
             else:
                 decay.append(p)
         return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": self.hparams.weight_decay, "decayed": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False},
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -114,12 +152,59 @@ class SelfSupervisedMethod(pl.LightningModule):
         accumulate = self.trainer.accumulate_grad_batches
         steps_per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else total
         warmup = min(round(hp.warmup_epochs * steps_per_epoch), total // 2)
+        self.steps_per_epoch = steps_per_epoch
 
         def factor(step: int) -> float:
             return warmup_cosine(step, total, warmup, 1.0, hp.min_lr_ratio)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def weight_decay_at(self, step: int) -> float:
+        hp = self.hparams
+        if hp.weight_decay_end is None:
+            return hp.weight_decay
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return warmup_cosine(step, total, 0, hp.weight_decay, hp.weight_decay_end)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.hparams.weight_decay_end is not None:
+            wd = self.weight_decay_at(self.global_step)
+            for group in optimizer.param_groups:
+                if group.get("decayed"):
+                    group["weight_decay"] = wd
+            self.log("train/weight_decay", wd)
+
+    # -- collapse monitor --------------------------------------------------------------
+    #: One sentence on what usually prevents collapse for this method (in the warning).
+    collapse_hint: ClassVar[str] = "lower the learning rate or lengthen its warm-up"
+
+    @torch.no_grad()
+    def monitor_collapse(self, z: torch.Tensor, **stats: float) -> None:
+        """Log the mean per-dimension std of the normalised embeddings ``z`` (B, D).
+
+        Healthy embeddings spread over the sphere have a std near ``1/sqrt(D)``;
+        on collapse every image maps to one point and the std goes to 0. The
+        ratio to ``1/sqrt(D)`` is logged as ``train/embedding_std_ratio``.
+        ``stats`` are extra collapse statistics of the method, logged as given.
+        """
+        z = torch.nn.functional.normalize(z.detach().float(), dim=1)
+        std = z.std(dim=0).mean().item() if len(z) > 1 else float("nan")
+        ratio = std * math.sqrt(z.shape[1])
+        self.log("train/embedding_std", std)
+        self.log("train/embedding_std_ratio", ratio)
+        for name, value in stats.items():
+            self.log(f"train/{name}", value)
+        message = self._collapse.update(self.global_step, ratio, self.collapse_symptom(stats))
+        if message is not None:
+            rank_zero_warn(
+                f"selfsup: {type(self).__name__} looks collapsed: {message} "
+                f"Likely fix: {self.collapse_hint}."
+            )
+
+    def collapse_symptom(self, stats: dict[str, float]) -> str | None:
+        """A method's own collapse signature in ``stats`` (DINO: entropy and KL), or None."""
+        return None
 
     # -- checkpoint metadata -------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:

@@ -30,6 +30,10 @@ class BYOL(TeacherStudentMethod):
     """
 
     eval_backbone = "student"
+    collapse_hint = (
+        "keep the predictor (it is what prevents collapse), raise the target momentum "
+        "(0.99-0.996), or lower the learning rate"
+    )
 
     def __init__(
         self,
@@ -53,9 +57,11 @@ class BYOL(TeacherStudentMethod):
     ) -> torch.Tensor:
         (x0, x1), _ = batch
         x = torch.cat([x0, x1])
-        p0, p1 = self.prediction_head(self.projection_head(self.backbone(x))).chunk(2)
+        online = self.projection_head(self.backbone(x))
+        p0, p1 = self.prediction_head(online).chunk(2)
         with torch.no_grad():
             z0, z1 = self.teacher_projection_head(self.teacher_backbone(x)).chunk(2)
         loss = negative_cosine_loss(p0, z1) + negative_cosine_loss(p1, z0)
         self.log("train/loss", loss, prog_bar=True)
+        self.monitor_collapse(online)
         return loss

@@ -31,6 +31,8 @@ class SimCLR(SelfSupervisedMethod):
         **kwargs: the shared base's arguments (backbone, optimizer, base_lr, ...).
     """
 
+    collapse_hint = "raise the temperature or lower the learning rate"
+
     def __init__(
         self,
         projection_hidden_dim: int = 2048,
@@ -56,4 +58,5 @@ class SimCLR(SelfSupervisedMethod):
         z0, z1 = self(torch.cat([x0, x1])).chunk(2)
         loss = nt_xent_loss(z0, z1, self.hparams.temperature, gather=self.hparams.gather_negatives)
         self.log("train/loss", loss, prog_bar=True)
+        self.monitor_collapse(z0)
         return loss

@@ -34,6 +34,11 @@ class Triplet(SelfSupervisedMethod):
         **kwargs: the shared base's arguments.
     """
 
+    collapse_hint = (
+        "use semi_hard mining (batch_hard is known to collapse early in training, "
+        "FaceNet Sec. 3.2) or lower the learning rate"
+    )
+
     def __init__(
         self,
         projection_hidden_dim: int = 2048,
@@ -58,4 +63,5 @@ class Triplet(SelfSupervisedMethod):
         hp = self.hparams
         loss = triplet_loss(z0, z1, hp.margin, hp.mining, hp.squared, gather=hp.gather_negatives)
         self.log("train/loss", loss, prog_bar=True)
+        self.monitor_collapse(z0)
         return loss

@@ -1,0 +1,118 @@
+"""Two gloo processes with batch B each against one process with batch 2B: a whole
+method's loss, its gradients and (DINO) its centre after the update.
+
+Run as a standalone script (never inside pytest's process):
+    python method_two_procs.py OUT.json METHOD      METHOD: byol | dino
+
+The backbone is a ViT and BYOL's heads have their BatchNorm replaced by identity:
+BN statistics are per process without SyncBatchNorm (which has no CPU kernel), so
+only BN-free networks can be compared exactly on CPU.
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from selfsup.methods import BYOL, DINO
+
+B = 3
+VIT = {"backbone": "vit_tiny", "backbone_kwargs": {"img_size": 16, "patch_size": 4}}
+
+
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm1d):
+            setattr(module, name, nn.Identity())
+        else:
+            without_batchnorm(child)
+    return module
+
+
+def build(method: str) -> nn.Module:
+    torch.manual_seed(0)
+    if method == "byol":
+        model = BYOL(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, **VIT)
+        return without_batchnorm(model)
+    model = DINO(projection_hidden_dim=32, bottleneck_dim=16, out_dim=64, **VIT)
+    model.criterion.center.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def make_views(method: str) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    views = [torch.randn(2 * B, 3, 16, 16, generator=g) for _ in range(2)]
+    if method == "dino":
+        views += [torch.randn(2 * B, 3, 8, 8, generator=g) for _ in range(2)]
+    return views
+
+
+def loss_of(model: nn.Module, method: str, views: list[torch.Tensor]) -> torch.Tensor:
+    if method == "byol":
+        return model.training_step((views, None), 0)
+    return model.dino_loss(views, teacher_temp=0.05)[0]
+
+
+def step(method: str, part: slice) -> tuple[nn.Module, torch.Tensor]:
+    model = build(method)
+    model.train()
+    # Drop path would draw different random numbers on each process.
+    for m in model.modules():
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    loss = loss_of(model, method, [v[part] for v in make_views(method)])
+    loss.backward()
+    return model, loss.detach()
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def worker(rank: int, port: int, out: str, method: str) -> None:
+    torch.set_num_threads(1)
+    # The reference: one process, the whole batch, before any process group exists.
+    if rank == 0:
+        ref_model, ref_loss = step(method, slice(0, 2 * B))
+        ref_grads = grads(ref_model)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    model, loss = step(method, slice(rank * B, (rank + 1) * B))
+    two_grads = grads(model)
+    for g in two_grads.values():  # what DDP does with the gradients
+        dist.all_reduce(g)
+        g /= 2
+    mean_loss = loss.clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= 2
+    if rank == 0:
+        assert two_grads.keys() == ref_grads.keys() and len(ref_grads) > 10
+        diff = max((two_grads[n] - ref_grads[n]).abs().max().item() for n in ref_grads)
+        scale = max(ref_grads[n].abs().max().item() for n in ref_grads)
+        result = {
+            "loss_two": mean_loss.item(),
+            "loss_one": ref_loss.item(),
+            "rank0_loss": loss.item(),
+            "grad_max_abs_diff": diff,
+            "grad_max_abs": scale,
+            "n_grads": len(ref_grads),
+        }
+        if method == "dino":
+            result["centre_diff"] = (
+                (model.criterion.center - ref_model.criterion.center).abs().max().item()
+            )
+            result["centre_moved"] = (
+                (model.criterion.center - build(method).criterion.center).abs().max().item()
+            )
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    out_path, method_name = sys.argv[1], sys.argv[2]
+    port = int(os.environ.get("SELFSUP_TEST_PORT", "29532"))
+    mp.spawn(worker, args=(port, out_path, method_name), nprocs=2, join=True)
