@@ -41,6 +41,7 @@ def _pretrain_cli_class():
     from selfsup.backbones import check_input_size
     from selfsup.data.module import PretrainDataModule
     from selfsup.methods.base import SelfSupervisedMethod
+    from selfsup.methods.collapse_monitor import CollapseMonitor
     from selfsup.methods.knn_monitor import KNNMonitor
     from selfsup.methods.teacher import TeacherStudentMethod
     from selfsup.rundir import RunCSVLogger, checkpoint_callback
@@ -65,6 +66,7 @@ def _pretrain_cli_class():
             )
             parser.add_argument("--wandb_project", type=str, default="selfsup")
             parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
+            parser.add_lightning_class_args(CollapseMonitor, "collapse_monitor")
 
         def before_instantiate_classes(self) -> None:
             trainer = self.config.trainer

@@ -12,42 +12,10 @@ from typing import Any, ClassVar, Literal
 import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
-from pytorch_lightning.utilities import rank_zero_warn
 
 import selfsup
 from selfsup.backbones import Backbone, Pool
 from selfsup.schedules import warmup_cosine
-
-
-class CollapseWatch:
-    """Decides when a run has collapsed: the symptom held for ``patience`` steps in a row.
-
-    Random-init networks can look collapsed for their first steps (a ViT maps
-    every image to nearly the same token), so a single low reading proves nothing.
-    The warning is given once per run.
-    """
-
-    def __init__(self, std_ratio_threshold: float = 0.05, patience: int = 100) -> None:
-        self.threshold, self.patience = std_ratio_threshold, patience
-        self.since: int | None = None
-        self.warned = False
-
-    def update(self, step: int, std_ratio: float, symptom: str | None = None) -> str | None:
-        if symptom is None and std_ratio < self.threshold:
-            symptom = (
-                f"the normalised embeddings' per-dimension std is {std_ratio:.3f} x 1/sqrt(D) "
-                "(about 1 when they spread over the sphere; 0 when every image maps to one point)."
-            )
-        if symptom is None:
-            self.since = None
-            return None
-        if self.since is None:
-            self.since = step
-        if self.warned or step - self.since < self.patience:
-            return None
-        self.warned = True
-        return f"for {step - self.since} steps {symptom}"
-
 
 Optimizer = Literal["sgd", "lars", "adamw"]
 
@@ -94,7 +62,6 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.save_hyperparameters()
         self.backbone = Backbone(backbone, **(backbone_kwargs or {}))
         self.steps_per_epoch = 1  # optimizer steps; set when the optimiser is configured
-        self._collapse = CollapseWatch()
 
     # -- features for evaluators and monitors --------------------------------------------
     def eval_module(self) -> Backbone:
@@ -175,35 +142,12 @@ class SelfSupervisedMethod(pl.LightningModule):
                     group["weight_decay"] = wd
             self.log("train/weight_decay", wd)
 
-    # -- collapse monitor --------------------------------------------------------------
+    # -- collapse monitor (selfsup.methods.collapse_monitor reads these) ---------------
     #: One sentence on what usually prevents collapse for this method (in the warning).
     collapse_hint: ClassVar[str] = "lower the learning rate or lengthen its warm-up"
 
-    @torch.no_grad()
-    def monitor_collapse(self, z: torch.Tensor, **stats: float) -> None:
-        """Log the mean per-dimension std of the normalised embeddings ``z`` (B, D).
-
-        Healthy embeddings spread over the sphere have a std near ``1/sqrt(D)``;
-        on collapse every image maps to one point and the std goes to 0. The
-        ratio to ``1/sqrt(D)`` is logged as ``train/embedding_std_ratio``.
-        ``stats`` are extra collapse statistics of the method, logged as given.
-        """
-        z = torch.nn.functional.normalize(z.detach().float(), dim=1)
-        std = z.std(dim=0).mean().item() if len(z) > 1 else float("nan")
-        ratio = std * math.sqrt(z.shape[1])
-        self.log("train/embedding_std", std)
-        self.log("train/embedding_std_ratio", ratio)
-        for name, value in stats.items():
-            self.log(f"train/{name}", value)
-        message = self._collapse.update(self.global_step, ratio, self.collapse_symptom(stats))
-        if message is not None:
-            rank_zero_warn(
-                f"selfsup: {type(self).__name__} looks collapsed: {message} "
-                f"Likely fix: {self.collapse_hint}."
-            )
-
     def collapse_symptom(self, stats: dict[str, float]) -> str | None:
-        """A method's own collapse signature in ``stats`` (DINO: entropy and KL), or None."""
+        """The method's own collapse signature in ``stats`` (DINO: entropy and KL), or None."""
         return None
 
     # -- checkpoint metadata -------------------------------------------------------------

@@ -54,7 +54,7 @@ class BYOL(TeacherStudentMethod):
 
     def training_step(
         self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         (x0, x1), _ = batch
         x = torch.cat([x0, x1])
         online = self.projection_head(self.backbone(x))
@@ -63,5 +63,4 @@ class BYOL(TeacherStudentMethod):
             z0, z1 = self.teacher_projection_head(self.teacher_backbone(x)).chunk(2)
         loss = negative_cosine_loss(p0, z1) + negative_cosine_loss(p1, z0)
         self.log("train/loss", loss, prog_bar=True)
-        self.monitor_collapse(online)
-        return loss
+        return {"loss": loss, "embeddings": online.detach()}

@@ -99,7 +99,7 @@ class DINO(TeacherStudentMethod):
 
     def dino_loss(
         self, views: list[torch.Tensor], teacher_temp: float
-    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Loss on ``views = [global_1, global_2, local_1, ...]``, collapse statistics,
         and the student's global features. Updates the centre."""
         with torch.no_grad():
@@ -116,22 +116,18 @@ class DINO(TeacherStudentMethod):
             loss = self.criterion(teacher, student, teacher_temp=teacher_temp)
         # The loss is the mean cross-entropy H(t) + KL(t || s) over its pairs, and every
         # teacher view appears in equally many pairs, so KL = loss - mean H(t).
-        stats = {
-            "teacher_entropy": entropy.item(),
-            "student_teacher_kl": (loss.detach() - entropy).item(),
-        }
+        stats = {"teacher_entropy": entropy, "student_teacher_kl": loss.detach() - entropy}
         return loss, stats, features
 
     def training_step(
         self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> dict[str, Any]:
         views, _ = batch
         temp = self.teacher_temperature()
         loss, stats, features = self.dino_loss(views, temp)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/teacher_temp", temp)
-        self.monitor_collapse(features, **stats)
-        return loss
+        return {"loss": loss, "embeddings": features.detach(), "collapse_stats": stats}
 
     def collapse_symptom(self, stats: dict[str, float]) -> str | None:
         # DINO, Fig. 7: in both collapse modes the student matches the teacher

@@ -52,11 +52,10 @@ class SimCLR(SelfSupervisedMethod):
 
     def training_step(
         self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         (x0, x1), _ = batch
         # One pass over both views: batch-norm statistics span the 2B views, as in SimCLR.
         z0, z1 = self(torch.cat([x0, x1])).chunk(2)
         loss = nt_xent_loss(z0, z1, self.hparams.temperature, gather=self.hparams.gather_negatives)
         self.log("train/loss", loss, prog_bar=True)
-        self.monitor_collapse(z0)
-        return loss
+        return {"loss": loss, "embeddings": z0.detach()}

@@ -57,11 +57,10 @@ class Triplet(SelfSupervisedMethod):
 
     def training_step(
         self, batch: tuple[list[torch.Tensor], torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         (x0, x1), _ = batch
         z0, z1 = self.projection_head(self.backbone(torch.cat([x0, x1]))).chunk(2)
         hp = self.hparams
         loss = triplet_loss(z0, z1, hp.margin, hp.mining, hp.squared, gather=hp.gather_negatives)
         self.log("train/loss", loss, prog_bar=True)
-        self.monitor_collapse(z0)
-        return loss
+        return {"loss": loss, "embeddings": z0.detach()}

@@ -53,7 +53,7 @@ def make_views(method: str) -> list[torch.Tensor]:
 
 def loss_of(model: nn.Module, method: str, views: list[torch.Tensor]) -> torch.Tensor:
     if method == "byol":
-        return model.training_step((views, None), 0)
+        return model.training_step((views, None), 0)["loss"]
     return model.dino_loss(views, teacher_temp=0.05)[0]
 
 
