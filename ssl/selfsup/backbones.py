@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from selfsup.errors import ConfigError
@@ -154,10 +155,60 @@ class Backbone(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """ViTs: ``(B, C, H, W)`` -> normalised patch tokens ``(B, N, D)`` (no CLS)."""
-        if not self.is_vit:
-            raise TypeError(f"{self.name} is a ResNet: patch tokens need a ViT backbone.")
-        tokens = self.model.forward_features(x)
+        tokens = self._vit().forward_features(x)
         return tokens[:, self.model.num_prefix_tokens :]
+
+    # -- patch-level access (MAE, I-JEPA) ------------------------------------------------
+    @property
+    def num_prefix_tokens(self) -> int:
+        """ViTs: tokens before the patches (CLS, registers); 0 without a class token."""
+        return self._vit().num_prefix_tokens
+
+    def grid_size(self, size: int | tuple[int, int]) -> tuple[int, int]:
+        """ViTs: the patch grid ``(rows, cols)`` of an image of ``size`` px."""
+        h, w = (size, size) if isinstance(size, int) else size
+        return h // self.patch_size, w // self.patch_size
+
+    def patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ViTs: ``(B, C, H, W)`` -> patch tokens ``(B, L, D)`` in row-major grid order and
+        prefix tokens ``(B, P, D)``, each with its position embedding (resampled to the
+        image's grid, as timm's forward does)."""
+        vit = self._vit()
+        tokens = vit.patch_embed(x)  # (B, h, w, D): built with dynamic_img_size
+        b, h, w, d = tokens.shape
+        tokens = tokens.reshape(b, h * w, d)
+        n_prefix = vit.num_prefix_tokens
+        prefix_list = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
+        prefix = torch.cat(prefix_list, 1) if prefix_list else tokens.new_zeros(b, 0, d)
+        pos = resample_abs_pos_embed(
+            vit.pos_embed,
+            new_size=(h, w),
+            old_size=vit.patch_embed.grid_size,
+            num_prefix_tokens=0 if vit.no_embed_class else n_prefix,
+        )
+        if vit.no_embed_class:
+            return tokens + pos, prefix
+        return tokens + pos[:, n_prefix:], prefix + pos[:, :n_prefix]
+
+    def encode_patches(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """ViTs: encode only the patches ``keep`` ``(B, K)`` (indices into the row-major grid).
+
+        Returns the output tokens ``(B, P + K, D)`` after the final norm, the P prefix
+        tokens first, in ``keep``'s order. ``keep=None`` encodes every patch, as timm's
+        ``forward_features``. Built from timm's public modules (patch_embed, blocks,
+        norm) rather than a private ViT copy, so any timm ViT works.
+        """
+        vit = self._vit()
+        tokens, prefix = self.patch_tokens(x)
+        if keep is not None:
+            tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        tokens = vit.norm_pre(vit.pos_drop(torch.cat([prefix, tokens], 1)))
+        return vit.norm(vit.blocks(tokens))
+
+    def _vit(self) -> nn.Module:
+        if not self.is_vit:
+            raise TypeError(f"{self.name} is a ResNet: patch-level access needs a ViT backbone.")
+        return self.model
 
     def min_input_size(self) -> int:
         if self.is_vit:

@@ -97,6 +97,7 @@ def _pretrain_cli_class():
             if data.transform is not None:
                 for size in sorted(set(data.transform.view_sizes)):
                     check_input_size(backbone, size)
+                    model.check_view_size(size)
             data.check(world_size=trainer.world_size)
             channels = data.data_channels()
             if channels != backbone.in_chans:

@@ -274,3 +274,50 @@ class DINOTransform(ViewTransform):
     @property
     def view_sizes(self) -> list[int]:
         return [self.size, self.size] + [self.local_size] * self.n_local
+
+
+class CropTransform(ViewTransform):
+    """One view: random resized crop, optional flip, normalise (no colour augmentation).
+
+    The view of the masked-image methods, whose pretext task supplies the
+    difficulty: :class:`MAETransform` and :class:`IJEPATransform` set their papers' defaults.
+    """
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.2, 1.0),
+        flip_prob: float = 0.5,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        self.size, self.mean, self.std = size, tuple(mean), tuple(std)
+        self.pipelines = [
+            view_pipeline(
+                size,
+                scale=scale,
+                flip_prob=flip_prob,
+                color_jitter_prob=0.0,
+                grayscale_prob=0.0,
+                mean=mean,
+                std=std,
+            )
+        ]
+
+
+class MAETransform(CropTransform):
+    """MAE: random resized crop at scale (0.2, 1) and horizontal flip (He et al., 2022)."""
+
+
+class IJEPATransform(CropTransform):
+    """I-JEPA: random resized crop at scale (0.3, 1), no flip (Assran et al., 2023)."""
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.3, 1.0),
+        flip_prob: float = 0.0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(size, scale, flip_prob, mean, std)

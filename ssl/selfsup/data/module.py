@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -69,6 +70,8 @@ class PretrainDataModule(pl.LightningDataModule):
         self.intensity = intensity
         self.root = root
         self.download = download
+        # A method that draws its masks in the loader workers sets this (I-JEPA).
+        self.collate_fn: Callable[[list[Any]], Any] | None = None
         self._train: Dataset | None = None
 
     # -- datasets -------------------------------------------------------------------
@@ -119,6 +122,7 @@ class PretrainDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            collate_fn=self.collate_fn,
         )
 
     # -- labelled evaluation views (kNN monitor) ---------------------------------------

@@ -142,6 +142,10 @@ class SelfSupervisedMethod(pl.LightningModule):
                     group["weight_decay"] = wd
             self.log("train/weight_decay", wd)
 
+    def check_view_size(self, size: int) -> None:
+        """Raise a ConfigError when the method cannot train on views of ``size`` px
+        (beyond what the backbone checks; MAE and I-JEPA need their built size)."""
+
     # -- collapse monitor (selfsup.methods.collapse_monitor reads these) ---------------
     #: One sentence on what usually prevents collapse for this method (in the warning).
     collapse_hint: ClassVar[str] = "lower the learning rate or lengthen its warm-up"

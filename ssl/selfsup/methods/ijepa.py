@@ -1,0 +1,129 @@
+"""I-JEPA (Assran et al., "Self-Supervised Learning from Images with a Joint-Embedding
+Predictive Architecture", CVPR 2023).
+
+One view -> multi-block masks (one context block minus four target blocks) ->
+the context encoder on the context patches -> a narrow predictor, fed with mask
+tokens at each target block's positions, predicts the target encoder's
+(layer-normed) patch representations there -> smooth-L1 (or L2). The target
+encoder is an EMA of the context encoder (linear 0.996 -> 1.0, once per
+optimizer step) and sees the whole image. No CLS token anywhere: evaluation
+features are the average-pooled patch tokens of the target encoder.
+
+Masks are drawn in the DataLoader workers (the method installs its collator in
+the DataModule), and can be passed in directly: :meth:`IJEPA.ijepa_loss`.
+
+Gradient accumulation averages gradients over micro-batches; the target encoder
+moves once per optimizer step, as without accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightly.models.modules import IJEPAPredictorTIMM
+
+from selfsup.errors import ConfigError
+from selfsup.masks import MultiBlockMaskCollator, MultiBlockMaskSampler
+from selfsup.methods.teacher import TeacherStudentMethod
+
+
+class IJEPA(TeacherStudentMethod):
+    """I-JEPA on the shared teacher-student base; the backbone must be a ViT without a
+    class token (``backbone_kwargs: {class_token: false, pool: avg}``).
+
+    Args:
+        predictor_dim, predictor_depth, predictor_heads: the predictor (384 wide, 6-12
+            deep in the paper; narrower than the encoder).
+        n_targets, target_scale, target_aspect_ratio, context_scale, min_keep: the
+            multi-block masks (:class:`selfsup.masks.MultiBlockMaskSampler`).
+        loss: ``smooth_l1`` (the paper) or ``l2``.
+        **kwargs: teacher momentum (default linear 0.996 -> 1) and the shared base's arguments.
+    """
+
+    eval_backbone = "teacher"
+
+    def __init__(
+        self,
+        predictor_dim: int = 384,
+        predictor_depth: int = 6,
+        predictor_heads: int = 12,
+        n_targets: int = 4,
+        target_scale: tuple[float, float] = (0.15, 0.2),
+        target_aspect_ratio: tuple[float, float] = (0.75, 1.5),
+        context_scale: tuple[float, float] = (0.85, 1.0),
+        min_keep: int = 10,
+        loss: Literal["smooth_l1", "l2"] = "smooth_l1",
+        teacher_momentum: float = 0.996,
+        teacher_momentum_schedule: Literal["cosine", "linear"] = "linear",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            teacher_momentum=teacher_momentum,
+            teacher_momentum_schedule=teacher_momentum_schedule,
+            **kwargs,
+        )
+        b = self.backbone
+        if not b.is_vit or b.num_prefix_tokens:
+            raise ConfigError(
+                "I-JEPA needs a ViT without a class token: set backbone_kwargs "
+                "class_token: false and pool: avg."
+            )
+        self.grid = b.grid_size(b.img_size)
+        self.mask_sampler = MultiBlockMaskSampler(
+            self.grid,
+            n_targets=n_targets,
+            target_scale=tuple(target_scale),
+            target_aspect_ratio=tuple(target_aspect_ratio),
+            context_scale=tuple(context_scale),
+            min_keep=min_keep,
+        )
+        self.predictor = IJEPAPredictorTIMM(
+            num_patches=self.grid[0] * self.grid[1],
+            depth=predictor_depth,
+            mlp_dim=b.embed_dim,
+            predictor_embed_dim=predictor_dim,
+            num_heads=predictor_heads,
+        )
+        self.teacher_backbone = self.make_teacher(self.backbone)
+
+    def check_view_size(self, size: int) -> None:
+        if size != self.backbone.img_size:
+            raise ConfigError(
+                f"I-JEPA's predictor and masks are built for {self.backbone.img_size} px images but "
+                f"the views are {size} px: set backbone_kwargs.img_size: {size}."
+            )
+
+    def setup(self, stage: str) -> None:
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "collate_fn"):
+            datamodule.collate_fn = MultiBlockMaskCollator(self.mask_sampler)
+
+    def ijepa_loss(
+        self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss for ``images`` ``(B, C, H, W)``, ``context`` ``(B, Nc)`` and ``targets``
+        ``(B, M, Nt)`` patch indices; and the context encoder's pooled features ``(B, D)``."""
+        target_blocks = list(targets.unbind(1))  # M x (B, Nt)
+        with torch.no_grad():
+            h = self.teacher_backbone.encode_patches(images)
+            h = F.layer_norm(h, (h.shape[-1],))
+            h = torch.cat([_gather(h, block) for block in target_blocks])  # (M*B, Nt, D)
+        z = self.backbone.encode_patches(images, keep=context)
+        pred = self.predictor(z, context, target_blocks)  # (M*B, Nt, D), target-major like h
+        with torch.autocast(self.device.type, enabled=False):
+            pred, h = pred.float(), h.float()
+            loss = F.mse_loss(pred, h) if self.hparams.loss == "l2" else F.smooth_l1_loss(pred, h)
+        return loss, z.mean(dim=1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        ((images,), _), (context, targets) = batch
+        loss, features = self.ijepa_loss(images, context, targets)
+        self.log("train/loss", loss, prog_bar=True)
+        return {"loss": loss, "embeddings": features.detach()}
+
+
+def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens`` ``(B, L, D)`` at ``index`` ``(B, K)`` -> ``(B, K, D)``."""
+    return torch.gather(tokens, 1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
