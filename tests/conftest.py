@@ -64,7 +64,6 @@ def ddp_pretrain(
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, os.environ.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "selfsup.cli", "pretrain", "--config", str(REPO / config),
            "--data.path", str(data), "--data.batch_size", "8", "--data.num_workers", "0",
-           "--model.init_args.projection_hidden_dim", "64",
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
            "--trainer.precision", "32", "--trainer.enable_progress_bar", "false",
            "--trainer.default_root_dir", str(run), *extra]  # fmt: skip

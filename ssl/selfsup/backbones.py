@@ -80,6 +80,8 @@ class Backbone(nn.Module):
         pool: ViTs only: ``cls`` token or ``avg`` of the patch tokens.
         class_token: ViTs only: whether the ViT has a CLS token (I-JEPA has none).
         drop_path_rate: stochastic depth rate.
+        depth, embed_dim, num_heads: ViTs only: override the architecture's blocks,
+            width and heads (e.g. a 6-block ViT-Tiny for small data sets).
     """
 
     def __init__(
@@ -92,6 +94,9 @@ class Backbone(nn.Module):
         pool: Pool = "cls",
         class_token: bool = True,
         drop_path_rate: float = 0.0,
+        depth: int | None = None,
+        embed_dim: int | None = None,
+        num_heads: int | None = None,
     ) -> None:
         super().__init__()
         check_backbone_name(name)
@@ -122,13 +127,19 @@ class Backbone(nn.Module):
                 dynamic_img_size=True,
                 drop_path_rate=drop_path_rate,
             )
-            if patch_size is not None:
-                kwargs["patch_size"] = patch_size
+            overrides = {"patch_size": patch_size, "depth": depth, "embed_dim": embed_dim,
+                         "num_heads": num_heads}  # fmt: skip
+            kwargs.update({k: v for k, v in overrides.items() if v is not None})
             self.model = timm.create_model(_VIT_ALIASES.get(name, name), pretrained=False, **kwargs)
             self.patch_size = self.model.patch_embed.patch_size[0]
             self.pool: Pool = pool
             check_input_size(self, img_size)
         else:
+            if depth is not None or embed_dim is not None or num_heads is not None:
+                raise ConfigError(
+                    "depth, embed_dim and num_heads apply to ViTs only; choose a deeper or "
+                    "wider ResNet by name (resnet18, resnet34, resnet50, ...)."
+                )
             self.model = timm.create_model(
                 name,
                 pretrained=False,

@@ -267,7 +267,27 @@ def knn(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": pretrain, "knn": knn}
+def reconstruct(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="selfsup reconstruct",
+        description="MAE: write original | masked | reconstruction panels as PNG, one file per image.",
+    )
+    parser.add_argument("--ckpt", required=True, help="an MAE checkpoint file or run directory")
+    parser.add_argument("--image", required=True, nargs="+", help="image files (PNG, JPEG, TIFF)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--upscale", type=int, default=None, help="pixel repeat per panel (default: >= 96 px)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random mask")
+    args = parser.parse_args(argv)
+
+    from selfsup.eval.reconstruct import write_reconstructions
+
+    _print_result(write_reconstructions(args.ckpt, args.image, args.out, args.upscale, args.seed))
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "knn": knn, "reconstruct": reconstruct}
 
 
 def main(argv: list[str] | None = None) -> int:

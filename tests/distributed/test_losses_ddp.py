@@ -35,8 +35,8 @@ def test_two_processes_equal_one_process_with_the_whole_batch(loss, tmp_path):
     assert r["rank0_loss"] != pytest.approx(r["ungathered_rank0_loss"], abs=1e-4)
 
 
-@pytest.mark.parametrize("method", ["byol", "dino"])
-def test_two_processes_equal_one_process_for_teacher_student_methods(method, tmp_path):
+@pytest.mark.parametrize("method", ["byol", "dino", "mae", "ijepa"])
+def test_two_processes_equal_one_process_for_whole_methods(method, tmp_path):
     r = run_script("method_two_procs.py", tmp_path / "out.json", method, timeout=300)
     assert r["loss_two"] == pytest.approx(r["loss_one"], rel=1e-5)
     assert r["grad_max_abs_diff"] <= 1e-5 * max(1.0, r["grad_max_abs"])

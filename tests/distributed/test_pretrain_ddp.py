@@ -15,7 +15,13 @@ from conftest import ddp_pretrain
 def test_two_process_pretraining_writes_one_run_and_its_checkpoint(tiny_npz, tmp_path):
     run = tmp_path / "ddp"
     proc = ddp_pretrain(
-        "configs/simclr/resnet18_cifar.yaml", tiny_npz, run, "--trainer.max_steps", "3"
+        "configs/simclr/resnet18_cifar.yaml",
+        tiny_npz,
+        run,
+        "--trainer.max_steps",
+        "3",
+        "--model.init_args.projection_hidden_dim",
+        "64",
     )
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3

@@ -11,9 +11,12 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 
 METHODS = {
-    "byol": ("configs/byol/vit_tiny_cifar.yaml", "--model.init_args.prediction_hidden_dim", "64"),
+    "byol": ("configs/byol/vit_tiny_cifar.yaml", "--model.init_args.prediction_hidden_dim", "64",
+             "--model.init_args.projection_hidden_dim", "64"),
     "dino": ("configs/dino/vit_tiny_cifar.yaml", "--model.init_args.out_dim", "256",
+             "--model.init_args.projection_hidden_dim", "64",
              "--data.transform.init_args.n_local", "2"),
+    "ijepa": ("configs/ijepa/vit_tiny_cifar.yaml", "--model.init_args.predictor_depth", "1"),
 }  # fmt: skip
 
 

@@ -25,9 +25,16 @@ FAST = [
     "false",
     "--trainer.log_every_n_steps",
     "1",
-    "--model.init_args.projection_hidden_dim",
-    "64",
 ]
+
+
+def small_heads(config: str) -> list[str]:
+    """Narrow heads, so a CPU test spends its time in the backbone."""
+    if "/mae/" in config:
+        return ["--model.init_args.decoder_depth", "1"]
+    if "/ijepa/" in config:
+        return ["--model.init_args.predictor_depth", "1"]
+    return ["--model.init_args.projection_hidden_dim", "64"]
 
 
 def pretrain(run: Path, data: Path, *extra: str, config: str = CONFIG) -> int:
@@ -41,6 +48,7 @@ def pretrain(run: Path, data: Path, *extra: str, config: str = CONFIG) -> int:
             "--trainer.default_root_dir",
             str(run),
             *FAST,
+            *small_heads(config),
             *extra,
         ]
     )
@@ -191,6 +199,8 @@ METHOD_CONFIGS = [
     "configs/byol/vit_tiny_cifar.yaml",
     "configs/dino/resnet18_cifar.yaml",
     "configs/dino/vit_tiny_cifar.yaml",
+    "configs/ijepa/vit_tiny_cifar.yaml",
+    "configs/mae/vit_tiny_cifar.yaml",
     "configs/triplet/resnet18_cifar.yaml",
     "configs/triplet/vit_tiny_cifar.yaml",
 ]
@@ -202,8 +212,9 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
     assert pretrain(run, tiny_npz, "--trainer.max_steps", "2", config=str(REPO / config)) == 0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     has_teacher = ckpt["selfsup"]["teacher_prefix"] == "teacher_backbone."
-    assert has_teacher == ("byol" in config or "dino" in config)
-    evaluated = "teacher" if "dino" in config else "student"  # DINO evaluates its teacher
+    assert has_teacher == any(m in config for m in ("byol", "dino", "ijepa"))
+    # DINO and I-JEPA evaluate their teacher (target encoder), as their papers do.
+    evaluated = "teacher" if any(m in config for m in ("dino", "ijepa")) else "student"
     assert ckpt["selfsup"]["eval_backbone"] == evaluated
     knn = ["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--num-workers", "0"]
     capsys.readouterr()
@@ -214,3 +225,30 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
         other = "student" if evaluated == "teacher" else "teacher"
         assert main([*knn, "--backbone", other]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == other
+
+
+def test_reconstruct_writes_a_grid_per_image(tiny_npz, simclr_run, tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "mae"
+    config = str(REPO / "configs/mae/vit_tiny_cifar.yaml")
+    assert pretrain(run, tiny_npz, "--trainer.max_steps", "2", config=config) == 0
+    images = np.load(tiny_npz)["x_test"][:2]
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(im).save(paths[-1])
+    out = tmp_path / "recon"
+    capsys.readouterr()
+    argv = ["reconstruct", "--ckpt", str(run), "--image", *map(str, paths), "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "reconstruct" and len(result["files"]) == 2
+    # Three 32 px panels, repeated 3x to >= 96 px, with 2 px padding around each.
+    with Image.open(result["files"][0]) as grid:
+        assert grid.size == (3 * 96 + 4 * 2, 96 + 2 * 2) and grid.mode == "RGB"
+    assert all(v >= 0 for v in result["mse_masked"])
+    # A method without a decoder is refused in one line that says what to give.
+    assert main(["reconstruct", "--ckpt", str(simclr_run), "--image", str(paths[0]),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "give an MAE checkpoint" in capsys.readouterr().err

@@ -99,6 +99,21 @@ class ArrayDataset(Dataset):
         return to_tensor_image(self.images[index], self.intensity), label
 
 
+def read_image(path: str | Path, intensity: Intensity = "dtype") -> torch.Tensor:
+    """An image file -> ``(C, H, W)`` tensor: uint8 for 8-bit files, float in [0, 1] for
+    16-bit ones (after the intensity policy); gray stays 1 channel, colour becomes RGB."""
+    with Image.open(path) as im:
+        if im.mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit integer grayscale
+            array = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        elif im.mode in ("L", "RGB"):
+            array = np.asarray(im)
+        elif im.mode == "LA":
+            array = np.asarray(im.convert("L"))
+        else:  # RGBA, P, CMYK, ...
+            array = np.asarray(im.convert("RGB"))
+    return to_tensor_image(array, intensity)
+
+
 class ImageFolderDataset(Dataset):
     """Image files on disk: labelled ``<root>/<class>/*`` or unlabelled (any files under root)."""
 
@@ -132,16 +147,7 @@ class ImageFolderDataset(Dataset):
         return self.labels
 
     def _read(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as im:
-            if im.mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit integer grayscale
-                array = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-            elif im.mode in ("L", "RGB"):
-                array = np.asarray(im)
-            elif im.mode == "LA":
-                array = np.asarray(im.convert("L"))
-            else:  # RGBA, P, CMYK, ...
-                array = np.asarray(im.convert("RGB"))
-        return to_tensor_image(array, self.intensity)
+        return read_image(self.files[index], self.intensity)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         label = -1 if self.labels is None else int(self.labels[index])

@@ -2,7 +2,9 @@
 method's loss, its gradients and (DINO) its centre after the update.
 
 Run as a standalone script (never inside pytest's process):
-    python method_two_procs.py OUT.json METHOD      METHOD: byol | dino
+    python method_two_procs.py OUT.json METHOD      METHOD: byol | dino | mae | ijepa
+
+MAE and I-JEPA get the same masks in both runs (drawn once for the whole batch).
 
 The backbone is a ViT and BYOL's heads have their BatchNorm replaced by identity:
 BN statistics are per process without SyncBatchNorm (which has no CPU kernel), so
@@ -18,7 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from selfsup.methods import BYOL, DINO
+from selfsup.masks import random_masking
+from selfsup.methods import BYOL, DINO, IJEPA, MAE
 
 B = 3
 VIT = {"backbone": "vit_tiny", "backbone_kwargs": {"img_size": 16, "patch_size": 4}}
@@ -38,6 +41,12 @@ def build(method: str) -> nn.Module:
     if method == "byol":
         model = BYOL(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, **VIT)
         return without_batchnorm(model)
+    if method == "mae":
+        return MAE(decoder_dim=32, decoder_depth=1, decoder_heads=2, **VIT)
+    if method == "ijepa":
+        vit = {"img_size": 16, "patch_size": 2, "class_token": False, "pool": "avg"}
+        return IJEPA(backbone="vit_tiny", backbone_kwargs=vit, predictor_dim=32,
+                     predictor_depth=1, predictor_heads=2, min_keep=4)  # fmt: skip
     model = DINO(projection_hidden_dim=32, bottleneck_dim=16, out_dim=64, **VIT)
     model.criterion.center.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
     return model
@@ -51,20 +60,34 @@ def make_views(method: str) -> list[torch.Tensor]:
     return views
 
 
-def loss_of(model: nn.Module, method: str, views: list[torch.Tensor]) -> torch.Tensor:
+def make_masks(model: nn.Module, method: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    g = torch.Generator().manual_seed(3)
+    if method == "mae":
+        return random_masking(2 * B, model.n_patches, 0.75, generator=g)
+    if method == "ijepa":
+        return model.mask_sampler.sample(2 * B, generator=g)
+    return None
+
+
+def loss_of(model: nn.Module, method: str, views: list[torch.Tensor], masks, part) -> torch.Tensor:
     if method == "byol":
         return model.training_step((views, None), 0)["loss"]
+    if method == "mae":
+        return model.mae_step(views[0], masks[0][part], masks[1][part])[0]
+    if method == "ijepa":
+        return model.ijepa_loss(views[0], masks[0][part], masks[1][part])[0]
     return model.dino_loss(views, teacher_temp=0.05)[0]
 
 
 def step(method: str, part: slice) -> tuple[nn.Module, torch.Tensor]:
     model = build(method)
     model.train()
+    masks = make_masks(model, method)
     # Drop path would draw different random numbers on each process.
     for m in model.modules():
         if hasattr(m, "drop_prob"):
             m.drop_prob = 0.0
-    loss = loss_of(model, method, [v[part] for v in make_views(method)])
+    loss = loss_of(model, method, [v[part] for v in make_views(method)], masks, part)
     loss.backward()
     return model, loss.detach()
 
