@@ -213,3 +213,15 @@ def test_last_layer_frozen_in_epoch_0_and_schedules_follow_the_recipe(tmp_path):
     # Recorded after each step, so row k shows the value for step k + 1.
     temps = [r["teacher_temp"] for r in rows]
     assert temps == pytest.approx([0.05, 0.06, 0.07, 0.07, 0.07, 0.07])
+
+
+def test_teacher_has_no_stochastic_depth_and_logits_are_fp32_under_bf16():
+    model = tiny_dino(backbone_kwargs={"img_size": 16, "patch_size": 4, "drop_path_rate": 0.5})
+    model.train()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.teacher_backbone(x), model.teacher_backbone(x))
+        assert not torch.equal(model.backbone(x), model.backbone(x))  # the student keeps it
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model.head(model.backbone(x))
+    assert logits.dtype == torch.float32

@@ -163,6 +163,13 @@ def test_ijepa_targets_are_layer_normed_teacher_tokens_and_the_context_sees_only
     assert not torch.allclose(model.teacher_backbone.encode_patches(y), full, atol=1e-3)
 
 
+def test_mae_refuses_a_mask_ratio_without_masked_or_visible_patches():
+    for ratio in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="mask_ratio"):
+            MAE(backbone="vit_tiny", backbone_kwargs={"img_size": 16, "patch_size": 4, **MICRO},
+                mask_ratio=ratio)  # fmt: skip
+
+
 def test_ijepa_refuses_a_class_token_and_other_view_sizes():
     with pytest.raises(ConfigError, match="class_token: false"):
         IJEPA(backbone="vit_tiny", backbone_kwargs={"img_size": 16, "patch_size": 2, **MICRO})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -55,6 +56,9 @@ class DINOHead(nn.Module):
         magnitude.data.fill_(1.0)
         magnitude.requires_grad_(not norm_last_layer)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.normalize(self.mlp(x), dim=-1)
-        return self.last_layer(x)
+        # The prototypes' logits in fp32: they are divided by a teacher temperature of
+        # 0.04, which would magnify bf16's rounding (~0.004 near 1) to ~0.1.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.last_layer(x.float())

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightly.models.modules import IJEPAPredictorTIMM
+from lightly.models.utils import initialize_positional_embedding
 
 from selfsup.errors import ConfigError
 from selfsup.masks import MultiBlockMaskCollator, MultiBlockMaskSampler
@@ -71,6 +72,8 @@ class IJEPA(TeacherStudentMethod):
                 "class_token: false and pool: avg."
             )
         self.grid = b.grid_size(b.img_size)
+        # Fixed 2D sin-cos position embeddings in the encoders, as the reference.
+        initialize_positional_embedding(b.model.pos_embed, strategy="sincos", num_prefix_tokens=0)
         self.mask_sampler = MultiBlockMaskSampler(
             self.grid,
             n_targets=n_targets,

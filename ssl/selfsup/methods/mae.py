@@ -76,8 +76,8 @@ class MAE(SelfSupervisedMethod):
         )
         if not self.backbone.is_vit:
             raise ConfigError(f"MAE needs a ViT backbone, not {self.backbone.name}.")
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ConfigError(f"mask_ratio is {mask_ratio}: use a value in [0, 1), e.g. 0.75.")
+        if not 0.0 < mask_ratio < 1.0:
+            raise ConfigError(f"mask_ratio is {mask_ratio}: use a value in (0, 1), e.g. 0.75.")
         b = self.backbone
         self.grid = b.grid_size(b.img_size)
         self.n_patches = self.grid[0] * self.grid[1]

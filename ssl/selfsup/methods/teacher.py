@@ -15,6 +15,7 @@ import copy
 from typing import Any, Literal
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from selfsup.methods.base import SelfSupervisedMethod
@@ -49,6 +50,12 @@ class TeacherStudentMethod(SelfSupervisedMethod):
         """A frozen copy of ``student`` that :meth:`update_teacher` moves."""
         teacher = copy.deepcopy(student)
         teacher.requires_grad_(False)
+        # The teacher's targets are deterministic: no stochastic depth (the reference
+        # teachers are built with drop-path rate 0). It stays in train mode otherwise,
+        # so a ResNet teacher's BatchNorm uses batch statistics, as in BYOL and DINO.
+        for module in teacher.modules():
+            if isinstance(module, DropPath):
+                module.drop_prob = 0.0
         self._ema_pairs.append((student, teacher))
         return teacher
 
