@@ -65,8 +65,8 @@ class MultiBlockMaskSampler:
         context_scale: range of the context block's area as a fraction of the grid.
         context_aspect_ratio: range of the context block's height / width.
         min_keep: fewest context patches left after removing the targets.
-        max_tries: context positions tried per placement of the targets, and placements
-            of the targets tried per sample, before giving up with a ConfigError.
+        max_tries: placements of the targets tried per sample (when no context position
+            keeps ``min_keep`` patches) before giving up with a ConfigError.
     """
 
     def __init__(
@@ -179,23 +179,37 @@ class MultiBlockMaskSampler:
         context_hw: tuple[int, int],
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sample's context indices ``(Nc,)`` and target indices ``(n_targets, h * w)``."""
+        """One sample's context indices ``(Nc,)`` and target indices ``(n_targets, h * w)``.
+
+        The context block goes to a uniform position among those that keep at least
+        ``min_keep`` patches outside the targets (the distribution of redrawing until one
+        does, found in one pass); only when no position does are the targets redrawn.
+        """
+        h, w = context_hw
         for _ in range(self.max_tries):
             blocks = torch.stack([self._place(target_hw, generator) for _ in range(self.n_targets)])
             covered = blocks.any(dim=0)
-            for _ in range(self.max_tries):
-                context = self._place(context_hw, generator) & ~covered
-                if int(context.sum()) >= self.min_keep:
-                    # nonzero() lists a row-major mask's indices in ascending order.
-                    return (
-                        context.flatten().nonzero().squeeze(1),
-                        blocks.flatten(1).nonzero()[:, 1].view(self.n_targets, -1),
-                    )
+            # Free patches under every context position, from an integral image.
+            free = torch.nn.functional.pad((~covered).long().cumsum(0).cumsum(1), (1, 0, 1, 0))
+            kept = free[h:, w:] - free[:-h, w:] - free[h:, :-w] + free[:-h, :-w]
+            valid = (kept >= self.min_keep).flatten().nonzero().squeeze(1)
+            if len(valid) == 0:
+                continue
+            pick = int(valid[torch.randint(len(valid), (1,), generator=generator)])
+            top, left = divmod(pick, self.width - w + 1)
+            context = torch.zeros_like(covered)
+            context[top : top + h, left : left + w] = True
+            context &= ~covered
+            # nonzero() lists a row-major mask's indices in ascending order.
+            return (
+                context.flatten().nonzero().squeeze(1),
+                blocks.flatten(1).nonzero()[:, 1].view(self.n_targets, -1),
+            )
         raise ConfigError(
             f"Could not keep min_keep={self.min_keep} context patches outside {self.n_targets} "
             f"target blocks of {target_hw[0]}x{target_hw[1]} patches (context block "
             f"{context_hw[0]}x{context_hw[1]}) on a {self.height}x{self.width} grid after "
-            f"{self.max_tries}x{self.max_tries} tries: use fewer targets (n_targets) or smaller "
+            f"{self.max_tries} placements of the targets: use fewer targets (n_targets) or smaller "
             "ones (target_scale), a larger context_scale, or a lower min_keep."
         )
 

@@ -152,6 +152,46 @@ def test_min_keep_is_respected():
     assert min(shortest_contexts(20)) >= 20
 
 
+def test_context_position_is_uniform_over_the_positions_that_keep_enough():
+    # One 4 x 4 target in the top-left corner of 8 x 8 (scale 0.25, aspect 1), a 6 x 6
+    # context block (scale 0.5625): of its 9 positions, those keeping >= 30 free
+    # patches are the ones overlapping the target by <= 6 patches.
+    sampler = MultiBlockMaskSampler(8, n_targets=1, target_scale=(0.25, 0.25),
+                                    target_aspect_ratio=(1.0, 1.0), context_scale=(0.5625, 0.5625),
+                                    min_keep=30)  # fmt: skip
+    sampler._place = lambda hw, g: _corner_block(hw)  # the target always in the corner
+    counts = {}
+    g = torch.Generator().manual_seed(5)
+    for _ in range(900):
+        corner = _context_corner(sampler, g)
+        counts[corner] = counts.get(corner, 0) + 1
+    expected = {(t, c) for t in range(3) for c in range(3) if (4 - t) * (4 - c) <= 6}
+    assert set(counts) == expected
+    n = 900 / len(expected)
+    assert all(abs(k - n) < 4 * n**0.5 for k in counts.values())
+
+
+def _corner_block(hw):
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[: hw[0], : hw[1]] = True
+    return mask
+
+
+def _context_corner(sampler, g) -> tuple[int, int]:
+    """Top-left corner of the 6 x 6 context block whose free patches were kept."""
+    context, _ = sampler._sample_one((4, 4), (6, 6), g)
+    kept = torch.zeros(8, 8, dtype=torch.bool)
+    kept.view(-1)[context] = True
+    for t in range(3):
+        for c in range(3):
+            window = torch.zeros(8, 8, dtype=torch.bool)
+            window[t : t + 6, c : c + 6] = True
+            window[:4, :4] = False
+            if torch.equal(window, kept):
+                return t, c
+    raise AssertionError("the context is not a 6 x 6 block minus the target")
+
+
 def test_impossible_settings_raise():
     sampler = MultiBlockMaskSampler(8, n_targets=4, target_scale=(0.9, 1.0), max_tries=10)
     with pytest.raises(ValueError, match=r"n_targets.*target_scale.*min_keep"):
