@@ -18,6 +18,7 @@ moves once per optimizer step, as without accumulation.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -89,7 +90,22 @@ class IJEPA(TeacherStudentMethod):
             predictor_embed_dim=predictor_dim,
             num_heads=predictor_heads,
         )
+        self._init_predictor()
         self.teacher_backbone = self.make_teacher(self.backbone)
+
+    @torch.no_grad()
+    def _init_predictor(self) -> None:
+        # The reference's initialisation (lightly leaves PyTorch's default): truncated
+        # normal (std 0.02) linears, zero biases, and each block's output projections
+        # scaled down by sqrt(2 x depth index).
+        for module in self.predictor.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+        for index, block in enumerate(self.predictor.decoder.blocks, start=1):
+            block.attn.proj.weight.div_(math.sqrt(2.0 * index))
+            block.mlp.fc2.weight.div_(math.sqrt(2.0 * index))
 
     def check_view_size(self, size: int) -> None:
         if size != self.backbone.img_size:
