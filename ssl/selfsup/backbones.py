@@ -130,7 +130,9 @@ class Backbone(nn.Module):
             overrides = {"patch_size": patch_size, "depth": depth, "embed_dim": embed_dim,
                          "num_heads": num_heads}  # fmt: skip
             kwargs.update({k: v for k, v in overrides.items() if v is not None})
-            self.model = timm.create_model(_VIT_ALIASES.get(name, name), pretrained=False, **kwargs)
+            self.timm_name = _VIT_ALIASES.get(name, name)
+            self.timm_kwargs = {k: v for k, v in kwargs.items() if k != "drop_path_rate"}
+            self.model = timm.create_model(self.timm_name, pretrained=False, **kwargs)
             self.patch_size = self.model.patch_embed.patch_size[0]
             self.pool: Pool = pool
             check_input_size(self, img_size)
@@ -140,12 +142,10 @@ class Backbone(nn.Module):
                     "depth, embed_dim and num_heads apply to ViTs only; choose a deeper or "
                     "wider ResNet by name (resnet18, resnet34, resnet50, ...)."
                 )
+            self.timm_name = name
+            self.timm_kwargs = {"in_chans": in_chans, "num_classes": 0}
             self.model = timm.create_model(
-                name,
-                pretrained=False,
-                in_chans=in_chans,
-                num_classes=0,
-                drop_path_rate=drop_path_rate,
+                name, pretrained=False, drop_path_rate=drop_path_rate, **self.timm_kwargs
             )
             if cifar_stem:
                 # Why replace modules: timm has no CIFAR-stem option for its ResNets,
@@ -158,6 +158,9 @@ class Backbone(nn.Module):
             self.patch_size = None
             self.pool = "avg"
         self.cifar_stem = cifar_stem
+        #: Whether ``timm.create_model(timm_name, **timm_kwargs)`` builds this very
+        #: architecture (a CIFAR stem is selfsup's own surgery).
+        self.timm_buildable = not cifar_stem
         self.embed_dim: int = self.model.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

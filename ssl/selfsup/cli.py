@@ -287,7 +287,31 @@ def reconstruct(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": pretrain, "knn": knn, "reconstruct": reconstruct}
+def export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="selfsup export",
+        description="Write a checkpoint's backbone as .safetensors, with what rebuilds it in the metadata.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument(
+        "--backbone",
+        choices=["student", "teacher"],
+        default=None,
+        help="default: the method's choice",
+    )
+    parser.add_argument(
+        "--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice"
+    )
+    args = parser.parse_args(argv)
+
+    from selfsup.export import export_backbone
+
+    _print_result(export_backbone(args.ckpt, args.out, args.backbone, args.pool))
+    return 0
+
+
+COMMANDS = {"pretrain": pretrain, "knn": knn, "reconstruct": reconstruct, "export": export}
 
 
 def main(argv: list[str] | None = None) -> int:

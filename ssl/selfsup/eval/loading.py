@@ -7,6 +7,7 @@ the student's and the teacher's.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,12 +37,14 @@ def load_backbone(
     which: Literal["student", "teacher"] | None = None,
     pool: Literal["cls", "avg"] | None = None,
 ) -> LoadedBackbone:
-    """Backbone (eval mode) of a selfsup checkpoint file or run directory.
+    """Backbone (eval mode) of a selfsup checkpoint file, run directory or backbone export.
 
     Args:
         which: ``student`` or ``teacher`` weights (default: the method's own choice).
         pool: ViTs: ``cls`` or ``avg`` pooling (default: the method's own choice).
     """
+    if str(ckpt).endswith(".safetensors"):
+        return _load_export(ckpt, which, pool)
     path = resolve_checkpoint(ckpt)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     meta = checkpoint.get("selfsup")
@@ -62,4 +65,36 @@ def load_backbone(
     }
     backbone.load_state_dict(state, strict=True)
     meta = {**meta, "loaded": which, "pool": backbone.pool}
+    return LoadedBackbone(backbone.eval(), meta, str(path))
+
+
+def _load_export(
+    path: str | os.PathLike, which: str | None, pool: Literal["cls", "avg"] | None
+) -> LoadedBackbone:
+    from selfsup.export import read_export
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"Backbone export {path} does not exist.")
+    weights, file_meta = read_export(path)
+    if which is not None and which != file_meta["weights"]:
+        raise ConfigError(
+            f"{path} holds the {file_meta['weights']} backbone only: drop --backbone {which}."
+        )
+    kwargs = json.loads(file_meta["backbone_kwargs"])
+    if pool is not None:
+        kwargs["pool"] = pool
+    backbone = build_backbone(file_meta["backbone"], **kwargs)
+    backbone.model.load_state_dict(weights, strict=True)
+    meta = {
+        "method": file_meta["method"],
+        "backbone": file_meta["backbone"],
+        "backbone_kwargs": kwargs,
+        "image_size": int(file_meta["image_size"]),
+        "in_chans": int(file_meta["in_chans"]),
+        "mean": json.loads(file_meta["mean"]),
+        "std": json.loads(file_meta["std"]),
+        "eval_backbone": file_meta["weights"],
+        "loaded": file_meta["weights"],
+        "pool": backbone.pool,
+    }
     return LoadedBackbone(backbone.eval(), meta, str(path))
