@@ -52,6 +52,7 @@ def _wandb_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "selfsup-cache"))  # never ~/.cache
 
 
 def ddp_pretrain(

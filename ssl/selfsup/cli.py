@@ -218,26 +218,17 @@ def _print_result(result: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
 
 
-def knn(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="selfsup knn", description="Weighted kNN (cosine) top-1 of a checkpoint."
+def _eval_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """Arguments every frozen-feature evaluator shares."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--ckpt", required=True, help="checkpoint file, run directory or .safetensors export"
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint file or run directory")
     parser.add_argument(
         "--data",
         required=True,
         help="an .npz, an image folder with train/ and test/, or a named set",
     )
-    parser.add_argument(
-        "--k",
-        type=int,
-        nargs="+",
-        default=[20, 200],
-        help="neighbours; the first is the headline (default 20 200)",
-    )
-    parser.add_argument("--temperature", type=float, default=0.07)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument(
         "--backbone",
         choices=["student", "teacher"],
@@ -247,22 +238,113 @@ def knn(argv: list[str]) -> int:
     parser.add_argument(
         "--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice"
     )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--root", default=None, help="where named datasets are stored")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="extract features again (and do not store them)"
+    )
+    parser.add_argument(
+        "--devices", type=int, default=1, help="processes (GPUs, or CPU processes) for extraction"
+    )
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    return parser
+
+
+def _start_processes(devices: int, accelerator: str) -> tuple[Any, Any]:
+    """Lightning Fabric's DDP launch when more than one process is asked for (or SLURM
+    started several): the other ranks re-run this command. Returns (fabric, device)."""
+    import torch
+
+    if devices <= 1 and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        use_gpu = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
+        return None, torch.device("cuda" if use_gpu else "cpu")
+    from lightning_fabric import Fabric
+
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp")
+    fabric.launch()
+    return fabric, fabric.device
+
+
+def knn(argv: list[str]) -> int:
+    parser = _eval_parser("selfsup knn", "Weighted kNN (cosine) top-1 of a checkpoint.")
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[20, 200],
+        help="neighbours; the first is the headline (default 20 200)",
+    )
+    parser.add_argument("--temperature", type=float, default=0.07)
     args = parser.parse_args(argv)
 
     from selfsup.eval.knn import run_knn
     from selfsup.eval.loading import load_backbone
 
     loaded = load_backbone(args.ckpt, args.backbone, args.pool)
+    fabric, device = _start_processes(args.devices, args.accelerator)
     result = run_knn(
-        loaded,
-        args.data,
-        tuple(args.k),
-        args.temperature,
-        args.batch_size,
-        args.num_workers,
-        args.root,
+        loaded, args.data, tuple(args.k), args.temperature, args.batch_size,
+        args.num_workers, args.root, not args.no_cache, device,
+    )  # fmt: skip
+    if fabric is None or fabric.is_global_zero:
+        _print_result(result)
+    return 0
+
+
+def _eval_dir(ckpt: str, task: str, data: str, out: str | None) -> Path:
+    """Where an evaluation writes: --out, else beside the run (RUN/eval/<task>-<data>)."""
+    if out:
+        return Path(out)
+    path = Path(ckpt)
+    run = path if path.is_dir() else path.parent
+    if run.name == "checkpoints":
+        run = run.parent
+    return run / "eval" / f"{task}-{Path(data).stem}"
+
+
+def probe(argv: list[str]) -> int:
+    parser = _eval_parser(
+        "selfsup probe",
+        "Linear probe on frozen, cached features (a grid of heads, picked on a validation split).",
     )
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--out", default=None, help="evaluation directory (metrics.json, confusion matrix)"
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        raise ConfigError(
+            f"--val-fraction {args.val_fraction}: give a fraction in (0, 1), e.g. 0.1."
+        )
+
+    from selfsup.eval.knn import labelled_features
+    from selfsup.eval.loading import load_backbone
+    from selfsup.eval.metrics import save_confusion_matrix
+    from selfsup.eval.probe import run_probe
+
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool)
+    fabric, device = _start_processes(args.devices, args.accelerator)
+    train_f, train_y, test_f, test_y, classes = labelled_features(
+        loaded, args.data, "the linear probe", args.batch_size, args.num_workers,
+        args.root, not args.no_cache, device,
+    )  # fmt: skip
+    if fabric is not None and not fabric.is_global_zero:
+        return 0  # features are on every rank; rank 0 trains the heads and reports
+    result = run_probe(train_f, train_y, test_f, test_y, classes, args.val_fraction, args.epochs)
+    result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"], checkpoint=loaded.path)
+    out = _eval_dir(args.ckpt, "probe", args.data, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    confusion = result.pop("confusion_matrix")
+    names = list(result["per_class_accuracy"]) if len(classes) != len(confusion) else classes
+    save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
+    (out / "metrics.json").write_text(
+        json.dumps({**result, "confusion_matrix": confusion}, indent=2)
+    )
+    result["eval_dir"] = str(out)
     _print_result(result)
     return 0
 
@@ -311,7 +393,13 @@ def export(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"pretrain": pretrain, "knn": knn, "reconstruct": reconstruct, "export": export}
+COMMANDS = {
+    "pretrain": pretrain,
+    "knn": knn,
+    "probe": probe,
+    "reconstruct": reconstruct,
+    "export": export,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,29 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.datasets import open_dataset
-from selfsup.data.module import TransformedDataset, default_num_workers
 from selfsup.errors import ConfigError
+from selfsup.eval.features import cached_features
 from selfsup.eval.loading import LoadedBackbone
 from selfsup.knn import knn_scores
 
 
-@torch.no_grad()
-def extract_features(
-    backbone: torch.nn.Module,
-    dataset: Dataset,
+def labelled_features(
+    loaded: LoadedBackbone,
+    data: str,
+    task: str,
     batch_size: int = 256,
     num_workers: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(N, D)`` and labels ``(N,)`` of a labelled dataset of eval views."""
-    workers = default_num_workers() if num_workers is None else num_workers
-    feats, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
-        feats.append(backbone(x).float())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels)
+    root: str | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Train and test features and labels of a labelled data set, and its class names."""
+    train = open_dataset(data, "train", root)
+    test = open_dataset(data, "test", root)
+    if train.targets is None or test.targets is None:
+        raise ConfigError(f"{data} has no labels: {task} needs labelled train and test splits.")
+    train_f, train_y, _ = cached_features(
+        loaded, data, "train", train, batch_size, num_workers, use_cache, device
+    )
+    test_f, test_y, _ = cached_features(
+        loaded, data, "test", test, batch_size, num_workers, use_cache, device
+    )
+    return train_f, train_y, test_f, test_y, list(train.classes)
 
 
 def run_knn(
@@ -38,21 +45,14 @@ def run_knn(
     batch_size: int = 256,
     num_workers: int | None = None,
     root: str | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    transform = loaded.eval_transform()
-    train = open_dataset(data, "train", root)
-    test = open_dataset(data, "test", root)
-    if train.targets is None:
-        raise ConfigError(
-            f"{data} has no labels: kNN evaluation needs labelled train and test splits."
-        )
-    train_f, train_y = extract_features(
-        loaded.backbone, TransformedDataset(train, transform), batch_size, num_workers
+    train_f, train_y, test_f, test_y, classes = labelled_features(
+        loaded, data, "kNN evaluation", batch_size, num_workers, root, use_cache, device
     )
-    test_f, test_y = extract_features(
-        loaded.backbone, TransformedDataset(test, transform), batch_size, num_workers
-    )
-    num_classes = max(len(train.classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
+    train, test = train_f, test_f
+    num_classes = max(len(classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
     scores = knn_scores(train_f, train_y, test_f, num_classes, ks, temperature)
     acc = {k: (s.argmax(1) == test_y).float().mean().item() for k, s in scores.items()}
     result: dict[str, Any] = {"task": "knn", "top1": acc[ks[0]]}

@@ -1,0 +1,85 @@
+"""The linear probe and the evaluation metrics, against constructions with known answers."""
+
+import itertools
+
+import pytest
+import torch
+
+from selfsup.eval.metrics import auroc, classification_metrics
+from selfsup.eval.probe import LinearGrid, run_probe, train_linear_grid, validation_split
+
+
+def separable(n: int, num_classes: int, dim: int, seed: int):
+    """Class c sits around 3 * e_c in a noisy space: linearly separable by construction."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = torch.randn(n, dim, generator=g) * 0.3
+    x[torch.arange(n), y] += 3.0
+    return x, y
+
+
+def test_probe_reaches_100_percent_on_separable_features():
+    train_f, train_y = separable(400, 5, 16, seed=0)
+    test_f, test_y = separable(200, 5, 16, seed=1)
+    result = run_probe(train_f, train_y, test_f, test_y, epochs=10, batch_size=64)
+    assert result["top1"] == 1.0 and result["val_top1"] == 1.0
+    assert result["n_train"] + result["n_val"] == 400 and result["n_val"] == 40
+    assert result["balanced_accuracy"] == 1.0 and len(result["grid_val_top1"]) == 18
+
+
+def test_each_head_of_the_grid_equals_a_head_trained_alone_with_torch_sgd():
+    x, y = separable(100, 3, 8, seed=0)
+    lrs, wds, epochs, bs = (0.1, 1.0), (0.0, 1e-2), 3, 32
+    grid_heads, grid = train_linear_grid(x, y, 3, lrs, wds, epochs=epochs, batch_size=bs, seed=7)
+    assert [(h["lr"], h["weight_decay"]) for h in grid] == list(itertools.product(lrs, wds))
+    # The same initial weights and batches, one head at a time, with torch's own SGD.
+    torch.manual_seed(7)
+    init = LinearGrid(len(grid), 8, 3)
+    for h, hp in enumerate(grid):
+        w = init.weight[h].detach().clone().requires_grad_(True)
+        b = init.bias[h, 0].detach().clone().requires_grad_(True)
+        opt = torch.optim.SGD([w, b], lr=hp["lr"], momentum=0.9, weight_decay=hp["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * 4)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(epochs):
+            order = torch.randperm(100, generator=g)
+            for start in range(0, 100, bs):
+                idx = order[start : start + bs]
+                loss = torch.nn.functional.cross_entropy(x[idx] @ w + b, y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+        assert torch.allclose(grid_heads.weight[h], w, atol=1e-5), hp
+        assert torch.allclose(grid_heads.bias[h, 0], b, atol=1e-5), hp
+
+
+def test_validation_split_is_carved_from_train_per_class():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 2 + [3])
+    fit, val = validation_split(y, 0.1, seed=0)
+    assert set(fit.tolist()).isdisjoint(val.tolist())
+    assert sorted(fit.tolist() + val.tolist()) == list(range(len(y)))
+    assert [int((y[val] == c).sum()) for c in range(4)] == [5, 3, 1, 0]
+
+
+def test_metrics_against_naive_definitions():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(60, 2, generator=g)
+    labels = torch.tensor([0] * 45 + [1] * 15)  # imbalanced, binary
+    m = classification_metrics(scores, labels, ["healthy", "lesion"])
+    pred = scores.argmax(1)
+    per_class = [float((pred[labels == c] == c).float().mean()) for c in (0, 1)]
+    assert m["balanced_accuracy"] == pytest.approx(sum(per_class) / 2)
+    assert m["per_class_accuracy"]["lesion"] == pytest.approx(per_class[1], abs=1e-6)
+    p = scores.softmax(1)[:, 1]
+    pairs = list(itertools.product(p[labels == 1].tolist(), p[labels == 0].tolist()))
+    naive = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+    assert m["auroc"] == pytest.approx(naive)
+    assert sum(map(sum, m["confusion_matrix"])) == 60
+    assert auroc(torch.tensor([0.1, 0.9]), torch.tensor([0, 1])) == 1.0
+
+
+def test_top5_for_many_classes():
+    scores = torch.arange(10.0).repeat(3, 1)  # every row ranks 9, 8, ..., 0
+    m = classification_metrics(scores, torch.tensor([9, 5, 0]))
+    assert m["top1"] == pytest.approx(1 / 3) and m["top5"] == pytest.approx(2 / 3)
