@@ -1,0 +1,48 @@
+"""kNN and the cached-feature probe: two CPU processes (Lightning Fabric, gloo) against one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import free_port
+from selfsup.methods import SimCLR
+
+
+def evaluate(task: str, ckpt, data, devices: int, *extra: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+    cmd = [sys.executable, "-m", "selfsup.cli", task, "--ckpt", str(ckpt), "--data", str(data),
+           "--devices", str(devices), "--accelerator", "cpu", "--num-workers", "0",
+           "--batch-size", "16", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # one JSON line, from rank 0 only
+    return json.loads(lines[0])
+
+
+def test_one_and_two_processes_give_the_same_knn_and_probe(tiny_npz, tmp_path):
+    torch.manual_seed(0)
+    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True},
+                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
+    ckpt = tmp_path / "simclr.ckpt"
+    meta = {**model.checkpoint_metadata(), "image_size": 32}
+    torch.save({"state_dict": model.state_dict(), "selfsup": meta}, ckpt)
+    # 96 train / 48 test images: with 2 processes and batches of 16 a DistributedSampler
+    # would pad; every image must still count exactly once.
+    one = evaluate("knn", ckpt, tiny_npz, 1, "--no-cache")
+    two = evaluate("knn", ckpt, tiny_npz, 2, "--no-cache")
+    assert (one["n_train"], one["n_test"]) == (two["n_train"], two["n_test"]) == (96, 48)
+    assert one["top1"] == two["top1"] and one["top1_k200"] == two["top1_k200"]
+    probe_args = ("--epochs", "5", "--out", str(tmp_path / "probe"))
+    p1 = evaluate("probe", ckpt, tiny_npz, 1, "--no-cache", *probe_args)
+    p2 = evaluate("probe", ckpt, tiny_npz, 2, *probe_args)  # fills the cache
+    p3 = evaluate("probe", ckpt, tiny_npz, 1, *probe_args)  # reads it
+    assert p1["n_train"] + p1["n_val"] == 96 and p1["n_test"] == 48
+    for p in (p2, p3):
+        assert p["top1"] == p1["top1"] and p["val_top1"] == p1["val_top1"] and p["lr"] == p1["lr"]
+    assert (tmp_path / "probe" / "metrics.json").is_file()
+    assert (tmp_path / "probe" / "confusion_matrix.png").is_file()
+    assert len(list((tmp_path / "selfsup-cache" / "features").glob("*.pt"))) == 2  # train, test
