@@ -218,7 +218,7 @@ def _print_result(result: dict[str, Any]) -> None:
     print(json.dumps(result), flush=True)
 
 
-def _eval_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def _eval_parser(prog: str, description: str, cache: bool = True) -> argparse.ArgumentParser:
     """Arguments every frozen-feature evaluator shares."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
@@ -241,9 +241,10 @@ def _eval_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--root", default=None, help="where named datasets are stored")
-    parser.add_argument(
-        "--no-cache", action="store_true", help="extract features again (and do not store them)"
-    )
+    if cache:
+        parser.add_argument(
+            "--no-cache", action="store_true", help="extract features again (and do not store them)"
+        )
     parser.add_argument(
         "--devices", type=int, default=1, help="processes (GPUs, or CPU processes) for extraction"
     )
@@ -369,6 +370,89 @@ def reconstruct(argv: list[str]) -> int:
     return 0
 
 
+def finetune(argv: list[str]) -> int:
+    parser = _eval_parser(
+        "selfsup finetune",
+        "Fine-tune the whole network on labels (layer-wise lr decay, mixup/cutmix, label smoothing).",
+        cache=False,
+    )
+    parser.set_defaults(batch_size=64)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3, help="per 256 images")
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--layer-decay", type=float, default=0.75, help="ViTs: 0.65-0.75")
+    parser.add_argument("--drop-path", type=float, default=0.1)
+    parser.add_argument("--mixup", type=float, default=0.8)
+    parser.add_argument("--cutmix", type=float, default=1.0)
+    parser.add_argument("--smoothing", type=float, default=0.1)
+    parser.add_argument("--warmup-epochs", type=float, default=5.0)
+    parser.add_argument("--precision", default="32", help="32, bf16-mixed, 16-mixed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="evaluation directory")
+    args = parser.parse_args(argv)
+
+    import pytorch_lightning as pl
+
+    from selfsup.data.datasets import open_dataset
+    from selfsup.data.module import TransformedDataset
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.finetune import Classifier, FineTune, train_loader
+    from selfsup.eval.loading import load_backbone
+    from selfsup.eval.metrics import classification_metrics, save_confusion_matrix
+
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool, {"drop_path_rate": args.drop_path})
+    train = open_dataset(args.data, "train", args.root)
+    test = open_dataset(args.data, "test", args.root)
+    if train.targets is None or test.targets is None:
+        raise ConfigError(
+            f"{args.data} has no labels: fine-tuning needs labelled train and test splits."
+        )
+    num_classes = max(len(train.classes), int(max(train.targets)) + 1)
+    pl.seed_everything(args.seed, verbose=False)
+    classifier = Classifier(loaded.backbone.train(), num_classes)
+    module = FineTune(
+        classifier, num_classes, args.lr, args.weight_decay, args.layer_decay,
+        args.warmup_epochs, args.mixup, args.cutmix, args.smoothing, args.batch_size,
+    )  # fmt: skip
+    out = _eval_dir(args.ckpt, "finetune", args.data, args.out)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto", precision=args.precision,
+        logger=pl.loggers.CSVLogger(str(out), name="", version=""), enable_checkpointing=False,
+        default_root_dir=str(out), enable_model_summary=False, log_every_n_steps=10,
+    )  # fmt: skip
+    trainer.fit(
+        module, train_dataloaders=train_loader(train, loaded, args.batch_size, args.num_workers)
+    )
+    # Test logits, each image once, in dataset order, on every process.
+    logits, labels = extract_features(
+        classifier.eval(), TransformedDataset(test, loaded.eval_transform()),
+        args.batch_size, args.num_workers, module.device,
+    )  # fmt: skip
+    if not trainer.is_global_zero:
+        return 0
+    result = {"task": "finetune", **classification_metrics(logits, labels, list(train.classes))}
+    confusion = result.pop("confusion_matrix")
+    result.update(
+        epochs=args.epochs, lr=args.lr, layer_decay=args.layer_decay, drop_path=args.drop_path,
+        mixup=args.mixup, cutmix=args.cutmix, smoothing=args.smoothing, n_train=len(train),
+        n_test=len(labels), backbone=loaded.meta["loaded"], checkpoint=loaded.path,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    names = (
+        list(train.classes)
+        if len(train.classes) == len(confusion)
+        else [str(i) for i in range(len(confusion))]
+    )
+    save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
+    (out / "metrics.json").write_text(
+        json.dumps({**result, "confusion_matrix": confusion}, indent=2)
+    )
+    result["eval_dir"] = str(out)
+    _print_result(result)
+    return 0
+
+
 def export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="selfsup export",
@@ -397,6 +481,7 @@ COMMANDS = {
     "pretrain": pretrain,
     "knn": knn,
     "probe": probe,
+    "finetune": finetune,
     "reconstruct": reconstruct,
     "export": export,
 }

@@ -252,3 +252,22 @@ def test_reconstruct_writes_a_grid_per_image(tiny_npz, simclr_run, tmp_path, cap
     assert main(["reconstruct", "--ckpt", str(simclr_run), "--image", str(paths[0]),
                  "--out", str(out)]) == 2  # fmt: skip
     assert "give an MAE checkpoint" in capsys.readouterr().err
+
+
+def test_finetune_and_probe_print_top1_and_write_their_metrics(
+    simclr_run, tiny_npz, tmp_path, capsys
+):
+    capsys.readouterr()
+    out = tmp_path / "ft"
+    argv = ["finetune", "--ckpt", str(simclr_run), "--data", str(tiny_npz), "--epochs", "1",
+            "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "finetune" and 0 <= result["top1"] <= 1 and result["n_test"] == 48
+    assert (out / "metrics.json").is_file() and (out / "confusion_matrix.png").is_file()
+    argv = ["probe", "--ckpt", str(simclr_run), "--data", str(tiny_npz), "--epochs", "5",
+            "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["task"] == "probe" and result["n_train"] + result["n_val"] == 96
+    assert (simclr_run / "eval" / "probe-tiny" / "metrics.json").is_file()  # beside the run

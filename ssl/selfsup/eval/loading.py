@@ -36,15 +36,17 @@ def load_backbone(
     ckpt: str | os.PathLike,
     which: Literal["student", "teacher"] | None = None,
     pool: Literal["cls", "avg"] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> LoadedBackbone:
     """Backbone (eval mode) of a selfsup checkpoint file, run directory or backbone export.
 
     Args:
         which: ``student`` or ``teacher`` weights (default: the method's own choice).
         pool: ViTs: ``cls`` or ``avg`` pooling (default: the method's own choice).
+        overrides: backbone kwargs that do not change the weights (``drop_path_rate``).
     """
     if str(ckpt).endswith(".safetensors"):
-        return _load_export(ckpt, which, pool)
+        return _load_export(ckpt, which, pool, overrides)
     path = resolve_checkpoint(ckpt)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     meta = checkpoint.get("selfsup")
@@ -56,7 +58,7 @@ def load_backbone(
     prefix = meta["teacher_prefix"] if which == "teacher" else meta["student_prefix"]
     if prefix is None:
         raise ConfigError(f"{meta['method']} has no teacher: use --backbone student.")
-    kwargs = dict(meta["backbone_kwargs"])
+    kwargs = {**meta["backbone_kwargs"], **(overrides or {})}
     if pool is not None:
         kwargs["pool"] = pool
     backbone = build_backbone(meta["backbone"], **kwargs)
@@ -69,7 +71,10 @@ def load_backbone(
 
 
 def _load_export(
-    path: str | os.PathLike, which: str | None, pool: Literal["cls", "avg"] | None
+    path: str | os.PathLike,
+    which: str | None,
+    pool: Literal["cls", "avg"] | None,
+    overrides: dict[str, Any] | None = None,
 ) -> LoadedBackbone:
     from selfsup.export import read_export
 
@@ -80,7 +85,7 @@ def _load_export(
         raise ConfigError(
             f"{path} holds the {file_meta['weights']} backbone only: drop --backbone {which}."
         )
-    kwargs = json.loads(file_meta["backbone_kwargs"])
+    kwargs = {**json.loads(file_meta["backbone_kwargs"]), **(overrides or {})}
     if pool is not None:
         kwargs["pool"] = pool
     backbone = build_backbone(file_meta["backbone"], **kwargs)

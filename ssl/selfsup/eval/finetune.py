@@ -1,0 +1,166 @@
+"""``selfsup finetune``: the whole network trained on labels, the recipe of MAE/BEiT fine-tuning.
+
+Layer-wise learning-rate decay for ViTs (BEiT/MAE layer ids: block i of L trains at
+``decay^(L - i)`` of the head's rate, the embeddings at ``decay^(L + 1)``), drop path, mixup and
+cutmix with label smoothing (timm's ``Mixup``), AdamW, warm-up + cosine per step.
+The learning rate is given per 256 images and scaled by the global batch, as in
+pretraining. Test predictions are sharded over processes, each image counted once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from selfsup.data.module import TransformedDataset, default_num_workers
+from selfsup.eval.loading import LoadedBackbone
+from selfsup.schedules import warmup_cosine
+
+
+class Classifier(nn.Module):
+    """Backbone + linear head: ``(B, C, H, W)`` -> logits ``(B, num_classes)``."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class FineTune(pl.LightningModule):
+    def __init__(
+        self,
+        classifier: Classifier,
+        num_classes: int,
+        base_lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.75,
+        warmup_epochs: float = 5.0,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        label_smoothing: float = 0.1,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.hp = dict(base_lr=base_lr, weight_decay=weight_decay, layer_decay=layer_decay,
+                       warmup_epochs=warmup_epochs, batch_size=batch_size)  # fmt: skip
+        self.mixup = (
+            Mixup(
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            if mixup > 0 or cutmix > 0
+            else None
+        )
+        self.soft_loss = SoftTargetCrossEntropy()
+        self.hard_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup is not None and len(x) % 2 == 0:
+            x, soft = self.mixup(x, y)
+            loss = self.soft_loss(self.classifier(x), soft)
+        else:
+            loss = self.hard_loss(self.classifier(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp, trainer = self.hp, self.trainer
+        lr = (
+            hp["base_lr"]
+            * hp["batch_size"]
+            * trainer.world_size
+            * trainer.accumulate_grad_batches
+            / 256
+        )
+        backbone = self.classifier.backbone
+        if backbone.is_vit:
+            groups = layer_decay_groups(backbone.model, hp["weight_decay"], hp["layer_decay"])
+        else:
+            groups = _decay_groups(backbone, hp["weight_decay"])
+        groups += _decay_groups(self.classifier.head, hp["weight_decay"])
+        for group in groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        opt = torch.optim.AdamW(groups, lr=lr)
+        total = int(trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, trainer.max_epochs or 1))
+        warmup = min(round(hp["warmup_epochs"] * steps_per_epoch), total // 2)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, total, warmup, 1.0, 1e-3)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def layer_decay_groups(vit: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
+    """BEiT/MAE layer-wise decay: embeddings are layer 0, block i layer i + 1, the rest
+    (final norm) layer L + 1; layer l trains at ``decay^(L + 1 - l)`` of the head's rate.
+
+    Not timm's ``param_groups_layer_decay``: it puts the final norm in the last block's
+    group, so every block gets one factor of ``decay`` less than the reference recipe.
+    """
+    depth = len(vit.blocks)
+    skip = set(vit.no_weight_decay())
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in vit.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = depth + 1
+        decayed = p.ndim > 1 and name not in skip
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "weight_decay": weight_decay if decayed else 0.0,
+            "lr_scale": decay ** (depth + 1 - layer),
+        })  # fmt: skip
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def _decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+
+
+def train_transform(loaded: LoadedBackbone) -> v2.Compose:
+    """Random resized crop (0.08, 1) and flip at the pretraining size, then normalise."""
+    size = int(loaded.meta["image_size"])
+    return v2.Compose([
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomResizedCrop(size, scale=(0.08 if size > 64 else 0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.Normalize(mean=list(loaded.meta["mean"]), std=list(loaded.meta["std"])),
+    ])  # fmt: skip
+
+
+def train_loader(
+    dataset: Any, loaded: LoadedBackbone, batch_size: int, workers: int | None
+) -> DataLoader:
+    workers = default_num_workers() if workers is None else workers
+    return DataLoader(
+        TransformedDataset(dataset, train_transform(loaded)),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= 2 * batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
