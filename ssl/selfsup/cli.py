@@ -249,7 +249,32 @@ def _eval_parser(prog: str, description: str, cache: bool = True) -> argparse.Ar
         "--devices", type=int, default=1, help="processes (GPUs, or CPU processes) for extraction"
     )
     parser.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a YAML of these options (e.g. configs/eval/*.yaml); flags override it",
+    )
     return parser
+
+
+def _parse_eval_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse with defaults from ``--config FILE`` (keys are the option names, - or _)."""
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        import yaml
+
+        path = Path(pre.config)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file.")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(k for k in values if k.replace("-", "_") not in known)
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown option(s) {', '.join(unknown)} for {parser.prog}; see {parser.prog} --help."
+            )
+        parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+    return parser.parse_args(argv)
 
 
 def _start_processes(devices: int, accelerator: str) -> tuple[Any, Any]:
@@ -279,7 +304,7 @@ def knn(argv: list[str]) -> int:
         help="neighbours; the first is the headline (default 20 200)",
     )
     parser.add_argument("--temperature", type=float, default=0.07)
-    args = parser.parse_args(argv)
+    args = _parse_eval_args(parser, argv)
 
     from selfsup.eval.knn import run_knn
     from selfsup.eval.loading import load_backbone
@@ -316,7 +341,7 @@ def probe(argv: list[str]) -> int:
     parser.add_argument(
         "--out", default=None, help="evaluation directory (metrics.json, confusion matrix)"
     )
-    args = parser.parse_args(argv)
+    args = _parse_eval_args(parser, argv)
     if not 0 < args.val_fraction < 1:
         raise ConfigError(
             f"--val-fraction {args.val_fraction}: give a fraction in (0, 1), e.g. 0.1."
@@ -389,7 +414,7 @@ def finetune(argv: list[str]) -> int:
     parser.add_argument("--precision", default="32", help="32, bf16-mixed, 16-mixed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="evaluation directory")
-    args = parser.parse_args(argv)
+    args = _parse_eval_args(parser, argv)
 
     import pytorch_lightning as pl
 
