@@ -40,7 +40,7 @@ def test_two_processes_equal_one_process_for_whole_methods(method, tmp_path):
     r = run_script("method_two_procs.py", tmp_path / "out.json", method, timeout=300)
     assert r["loss_two"] == pytest.approx(r["loss_one"], rel=1e-5)
     assert r["grad_max_abs_diff"] <= 1e-5 * max(1.0, r["grad_max_abs"])
-    assert r["rank0_loss"] != pytest.approx(r["loss_one"], rel=1e-3)  # the halves differ
+    assert abs(r["rank0_loss"] - r["loss_one"]) > 1e-5  # the halves differ: not a trivial check
     if method == "dino":
         # The centre moves by the mean over *both* processes' teacher outputs.
         assert r["centre_moved"] > 1e-4
