@@ -320,6 +320,21 @@ def knn(argv: list[str]) -> int:
     return 0
 
 
+def _report(result: dict[str, Any], classes: list[str], out: Path) -> None:
+    """metrics.json and confusion_matrix.png in ``out``; the JSON line (without the matrix)."""
+    from selfsup.eval.metrics import save_confusion_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    confusion = result.pop("confusion_matrix")
+    names = classes if len(classes) == len(confusion) else [str(i) for i in range(len(confusion))]
+    save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
+    (out / "metrics.json").write_text(
+        json.dumps({**result, "confusion_matrix": confusion}, indent=2)
+    )
+    result["eval_dir"] = str(out)
+    _print_result(result)
+
+
 def _eval_dir(ckpt: str, task: str, data: str, out: str | None) -> Path:
     """Where an evaluation writes: --out, else beside the run (RUN/eval/<task>-<data>)."""
     if out:
@@ -349,7 +364,6 @@ def probe(argv: list[str]) -> int:
 
     from selfsup.eval.knn import labelled_features
     from selfsup.eval.loading import load_backbone
-    from selfsup.eval.metrics import save_confusion_matrix
     from selfsup.eval.probe import run_probe
 
     loaded = load_backbone(args.ckpt, args.backbone, args.pool)
@@ -362,16 +376,7 @@ def probe(argv: list[str]) -> int:
         return 0  # features are on every rank; rank 0 trains the heads and reports
     result = run_probe(train_f, train_y, test_f, test_y, classes, args.val_fraction, args.epochs)
     result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"], checkpoint=loaded.path)
-    out = _eval_dir(args.ckpt, "probe", args.data, args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    confusion = result.pop("confusion_matrix")
-    names = list(result["per_class_accuracy"]) if len(classes) != len(confusion) else classes
-    save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
-    (out / "metrics.json").write_text(
-        json.dumps({**result, "confusion_matrix": confusion}, indent=2)
-    )
-    result["eval_dir"] = str(out)
-    _print_result(result)
+    _report(result, classes, _eval_dir(args.ckpt, "probe", args.data, args.out))
     return 0
 
 
@@ -423,7 +428,7 @@ def finetune(argv: list[str]) -> int:
     from selfsup.eval.features import extract_features
     from selfsup.eval.finetune import Classifier, FineTune, train_loader
     from selfsup.eval.loading import load_backbone
-    from selfsup.eval.metrics import classification_metrics, save_confusion_matrix
+    from selfsup.eval.metrics import classification_metrics
 
     loaded = load_backbone(args.ckpt, args.backbone, args.pool, {"drop_path_rate": args.drop_path})
     train = open_dataset(args.data, "train", args.root)
@@ -457,24 +462,12 @@ def finetune(argv: list[str]) -> int:
     if not trainer.is_global_zero:
         return 0
     result = {"task": "finetune", **classification_metrics(logits, labels, list(train.classes))}
-    confusion = result.pop("confusion_matrix")
     result.update(
         epochs=args.epochs, lr=args.lr, layer_decay=args.layer_decay, drop_path=args.drop_path,
         mixup=args.mixup, cutmix=args.cutmix, smoothing=args.smoothing, n_train=len(train),
         n_test=len(labels), backbone=loaded.meta["loaded"], checkpoint=loaded.path,
     )  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    names = (
-        list(train.classes)
-        if len(train.classes) == len(confusion)
-        else [str(i) for i in range(len(confusion))]
-    )
-    save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
-    (out / "metrics.json").write_text(
-        json.dumps({**result, "confusion_matrix": confusion}, indent=2)
-    )
-    result["eval_dir"] = str(out)
-    _print_result(result)
+    _report(result, list(train.classes), out)
     return 0
 
 
