@@ -362,7 +362,7 @@ def probe(argv: list[str]) -> int:
             f"--val-fraction {args.val_fraction}: give a fraction in (0, 1), e.g. 0.1."
         )
 
-    from selfsup.eval.knn import labelled_features
+    from selfsup.eval.features import labelled_features
     from selfsup.eval.loading import load_backbone
     from selfsup.eval.probe import run_probe
 

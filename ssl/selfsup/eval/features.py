@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from selfsup.data.datasets import open_dataset
 from selfsup.data.module import TransformedDataset, default_num_workers
 from selfsup.distributed import gather_uneven, rank, world_size
+from selfsup.errors import ConfigError
 
 
 def cache_dir() -> Path:
@@ -102,3 +104,27 @@ def cached_features(
         torch.save({"features": feats, "labels": labels}, tmp)
         os.replace(tmp, path)  # never a half-written cache file
     return feats, labels, False
+
+
+def labelled_features(
+    loaded: Any,
+    data: str,
+    task: str,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+    root: str | None = None,
+    use_cache: bool = True,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Train and test features and labels of a labelled data set, and its class names."""
+    train = open_dataset(data, "train", root)
+    test = open_dataset(data, "test", root)
+    if train.targets is None or test.targets is None:
+        raise ConfigError(f"{data} has no labels: {task} needs labelled train and test splits.")
+    train_f, train_y, _ = cached_features(
+        loaded, data, "train", train, batch_size, num_workers, use_cache, device
+    )
+    test_f, test_y, _ = cached_features(
+        loaded, data, "test", test, batch_size, num_workers, use_cache, device
+    )
+    return train_f, train_y, test_f, test_y, list(train.classes)
