@@ -19,6 +19,8 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The milder colour jitter of BYOL (Table 6), which DINO reuses.
+BYOL_COLOR_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
 
 
 def view_pipeline(
@@ -195,10 +197,7 @@ class BYOLTransform(ViewTransform):
                 flip_prob=flip_prob,
                 color_jitter_prob=color_jitter_prob,
                 color_jitter_strength=color_jitter_strength,
-                brightness=0.4,
-                contrast=0.4,
-                saturation=0.2,
-                hue=0.1,
+                **BYOL_COLOR_JITTER,
                 grayscale_prob=grayscale_prob,
                 blur_prob=blur,
                 solarize_prob=solarize,
@@ -251,10 +250,7 @@ class DINOTransform(ViewTransform):
                 flip_prob=flip_prob,
                 color_jitter_prob=color_jitter_prob,
                 color_jitter_strength=color_jitter_strength,
-                brightness=0.4,
-                contrast=0.4,
-                saturation=0.2,
-                hue=0.1,
+                **BYOL_COLOR_JITTER,
                 grayscale_prob=grayscale_prob,
                 blur_prob=blur,
                 solarize_prob=solarize,
