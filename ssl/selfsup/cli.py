@@ -24,8 +24,12 @@ from selfsup.errors import ConfigError
 USAGE = """usage: selfsup <command> [options]
 
 commands:
-  pretrain   pretrain a backbone from a YAML config (selfsup pretrain --config FILE [--key value ...])
-  knn        weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data DATA)
+  pretrain     pretrain a backbone from a YAML config (selfsup pretrain --config FILE [--key value ...])
+  knn          weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data DATA)
+  probe        linear probe on frozen features (selfsup probe --ckpt CKPT --data DATA)
+  finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data DATA)
+  export       write the backbone as .safetensors (selfsup export --ckpt CKPT --out FILE)
+  reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
 
 Run 'selfsup <command> --help' for a command's options.
 """
@@ -238,6 +242,11 @@ def _eval_parser(prog: str, description: str, cache: bool = True) -> argparse.Ar
     parser.add_argument(
         "--pool", choices=["cls", "avg"], default=None, help="ViTs; default: the method's choice"
     )
+    parser.add_argument(
+        "--timm-model",
+        default=None,
+        help="--ckpt is a weights file of this timm ResNet/ViT (e.g. vit_small_patch16_224)",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--root", default=None, help="where named datasets are stored")
@@ -304,19 +313,22 @@ def knn(argv: list[str]) -> int:
         help="neighbours; the first is the headline (default 20 200)",
     )
     parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument(
+        "--out", default=None, help="evaluation directory (metrics.json, confusion matrix)"
+    )
     args = _parse_eval_args(parser, argv)
 
     from selfsup.eval.knn import run_knn
     from selfsup.eval.loading import load_backbone
 
-    loaded = load_backbone(args.ckpt, args.backbone, args.pool)
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool, timm_model=args.timm_model)
     fabric, device = _start_processes(args.devices, args.accelerator)
-    result = run_knn(
+    result, classes = run_knn(
         loaded, args.data, tuple(args.k), args.temperature, args.batch_size,
         args.num_workers, args.root, not args.no_cache, device,
     )  # fmt: skip
     if fabric is None or fabric.is_global_zero:
-        _print_result(result)
+        _report(result, classes, _eval_dir(args.ckpt, "knn", args.data, args.out))
     return 0
 
 
@@ -354,6 +366,24 @@ def probe(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on new random crops and flips through the frozen backbone every epoch "
+        "(one backbone pass per epoch) instead of on the cached features",
+    )
+    parser.add_argument(
+        "--last-blocks",
+        type=int,
+        default=1,
+        help="ViTs: concatenate the pooled tokens of the last K blocks (DINO: 4 for ViT-S)",
+    )
+    parser.add_argument(
+        "--avgpool-patches",
+        action="store_true",
+        help="ViTs with CLS pooling: append the last block's mean patch token (DINO: ViT-B)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--out", default=None, help="evaluation directory (metrics.json, confusion matrix)"
     )
     args = _parse_eval_args(parser, argv)
@@ -362,20 +392,40 @@ def probe(argv: list[str]) -> int:
             f"--val-fraction {args.val_fraction}: give a fraction in (0, 1), e.g. 0.1."
         )
 
-    from selfsup.eval.features import labelled_features
+    from selfsup.eval.features import block_features, labelled_features
     from selfsup.eval.loading import load_backbone
-    from selfsup.eval.probe import run_probe
+    from selfsup.eval.probe import run_probe, run_probe_augmented
 
-    loaded = load_backbone(args.ckpt, args.backbone, args.pool)
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool, timm_model=args.timm_model)
+    loaded = block_features(loaded, args.last_blocks, args.avgpool_patches)
     fabric, device = _start_processes(args.devices, args.accelerator)
     train_f, train_y, test_f, test_y, classes = labelled_features(
         loaded, args.data, "the linear probe", args.batch_size, args.num_workers,
         args.root, not args.no_cache, device,
     )  # fmt: skip
+    if args.augment:
+        from selfsup.data.datasets import open_dataset
+        from selfsup.eval.finetune import train_transform
+        from selfsup.eval.probe import SeededViews
+
+        views = SeededViews(
+            open_dataset(args.data, "train", args.root), train_transform(loaded), args.seed
+        )
+        # Every process takes part in the backbone passes and takes the same head steps.
+        result = run_probe_augmented(
+            loaded.backbone, views, train_f, train_y, test_f, test_y, classes,
+            args.val_fraction, args.epochs, args.batch_size, seed=args.seed,
+            num_workers=args.num_workers, device=device,
+        )  # fmt: skip
+    elif fabric is None or fabric.is_global_zero:
+        result = run_probe(train_f, train_y, test_f, test_y, classes, args.val_fraction,
+                           args.epochs, seed=args.seed)  # fmt: skip
     if fabric is not None and not fabric.is_global_zero:
-        return 0  # features are on every rank; rank 0 trains the heads and reports
-    result = run_probe(train_f, train_y, test_f, test_y, classes, args.val_fraction, args.epochs)
-    result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"], checkpoint=loaded.path)
+        return 0  # features are on every rank; rank 0 reports
+    result.update(
+        backbone=loaded.meta["loaded"], pool=loaded.meta["pool"],
+        features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path,
+    )  # fmt: skip
     _report(result, classes, _eval_dir(args.ckpt, "probe", args.data, args.out))
     return 0
 
@@ -430,7 +480,9 @@ def finetune(argv: list[str]) -> int:
     from selfsup.eval.loading import load_backbone
     from selfsup.eval.metrics import classification_metrics
 
-    loaded = load_backbone(args.ckpt, args.backbone, args.pool, {"drop_path_rate": args.drop_path})
+    loaded = load_backbone(
+        args.ckpt, args.backbone, args.pool, {"drop_path_rate": args.drop_path}, args.timm_model
+    )
     train = open_dataset(args.data, "train", args.root)
     test = open_dataset(args.data, "test", args.root)
     if train.targets is None or test.targets is None:

@@ -46,3 +46,10 @@ def test_one_and_two_processes_give_the_same_knn_and_probe(tiny_npz, tmp_path):
     assert (tmp_path / "probe" / "metrics.json").is_file()
     assert (tmp_path / "probe" / "confusion_matrix.png").is_file()
     assert len(list((tmp_path / "selfsup-cache" / "features").glob("*.pt"))) == 2  # train, test
+    # --augment: every process embeds its part of each batch and takes the same head
+    # steps; the views are seeded per image, so the result does not depend on the count.
+    aug = ("--augment", "--epochs", "2", "--out", str(tmp_path / "aug"))
+    a1 = evaluate("probe", ckpt, tiny_npz, 1, *aug)
+    a2 = evaluate("probe", ckpt, tiny_npz, 2, *aug)
+    assert a1["augment"] and a1["n_train"] == p1["n_train"]
+    assert a1["grid_val_top1"] == a2["grid_val_top1"] and a1["top1"] == a2["top1"]

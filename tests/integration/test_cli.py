@@ -225,6 +225,12 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
         other = "student" if evaluated == "teacher" else "teacher"
         assert main([*knn, "--backbone", other]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == other
+    if "dino/vit" in config:  # DINO's linear evaluation features: CLS of the last blocks + patches
+        probe = ["probe", "--ckpt", str(run), "--data", str(tiny_npz), "--num-workers", "0",
+                 "--epochs", "2", "--last-blocks", "2", "--avgpool-patches"]  # fmt: skip
+        assert main(probe) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["features"] == "last2+avgpatch" and result["backbone"] == "teacher"
 
 
 def test_reconstruct_writes_a_grid_per_image(tiny_npz, simclr_run, tmp_path, capsys):

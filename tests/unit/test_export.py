@@ -59,3 +59,60 @@ def test_cifar_stem_resnet_rebuilds_through_selfsup(tmp_path):
         load_backbone(out, which="teacher")
     with pytest.raises(ConfigError, match=r"\.safetensors"):
         export_backbone(ckpt, tmp_path / "simclr.pt")
+
+
+def test_vit_last_blocks_features_follow_dino_linear_eval():
+    from selfsup.backbones import Backbone
+    from selfsup.eval.features import LastBlocksFeatures
+
+    torch.manual_seed(0)
+    backbone = Backbone("vit_tiny", img_size=32, patch_size=8, depth=3).eval()
+    x = torch.randn(2, 3, 32, 48)  # not the training size, not square
+    vit = backbone.model
+    with torch.no_grad():
+        # DINO's eval_linear by hand: every block's output through the final norm.
+        tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        normed = []
+        for block in vit.blocks:
+            tokens = block(tokens)
+            normed.append(vit.norm(tokens))
+        expected = torch.cat([normed[-2][:, 0], normed[-1][:, 0], normed[-1][:, 1:].mean(1)], -1)
+        assert torch.allclose(LastBlocksFeatures(backbone, 2, True)(x), expected, atol=1e-5)
+        assert torch.allclose(LastBlocksFeatures(backbone, 1)(x), backbone(x), atol=1e-6)
+    with pytest.raises(ConfigError, match="has 3 blocks"):
+        LastBlocksFeatures(backbone, 4)
+    with pytest.raises(ConfigError, match="apply to ViTs"):
+        LastBlocksFeatures(Backbone("resnet18"), 2)
+
+
+@pytest.mark.parametrize(
+    "name,suffix", [("vit_tiny_patch16_224", ".pth"), ("resnet18", ".safetensors")]
+)
+def test_timm_weights_file_loads_by_model_name(tmp_path, name, suffix):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()  # a timm checkpoint keeps its head
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save({"state_dict": model.state_dict(), "epoch": 3}, path)
+    else:
+        save_file(model.state_dict(), str(path))
+    loaded = load_backbone(path, timm_model=name)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert torch.allclose(loaded.backbone(x), expected, atol=1e-5)
+    assert loaded.meta["image_size"] == 224 and loaded.meta["mean"] == list(
+        model.pretrained_cfg["mean"]
+    )
+    # DDP's "module." prefix is stripped; any other prefix fails instead of loading nothing.
+    for prefix in ("module.", "backbone."):
+        torch.save({f"{prefix}{k}": v for k, v in model.state_dict().items()}, tmp_path / "p.pth")
+        if prefix == "module.":
+            assert torch.equal(
+                load_backbone(tmp_path / "p.pth", timm_model=name).backbone(x), loaded.backbone(x)
+            )
+        else:
+            with pytest.raises(ConfigError, match="does not hold"):
+                load_backbone(tmp_path / "p.pth", timm_model=name)

@@ -83,3 +83,50 @@ def test_top5_for_many_classes():
     scores = torch.arange(10.0).repeat(3, 1)  # every row ranks 9, 8, ..., 0
     m = classification_metrics(scores, torch.tensor([9, 5, 0]))
     assert m["top1"] == pytest.approx(1 / 3) and m["top5"] == pytest.approx(2 / 3)
+
+
+class ChannelMeans(torch.nn.Module):
+    """A stand-in backbone whose features (per-channel means) crops and flips barely move."""
+
+    embed_dim = 3
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def colour_images(n: int, seed: int):
+    """Class c: noisy images whose channel c is bright (linearly separable channel means)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = (torch.rand(n, 3, 16, 16, generator=g) * 80).to(torch.uint8)
+    x[torch.arange(n), y] += 150
+    return [(x[i], int(y[i])) for i in range(n)], y
+
+
+def test_augmented_probe_trains_on_new_views_each_epoch_and_separates_classes():
+    from torchvision.transforms import v2
+
+    from selfsup.eval.probe import SeededViews, run_probe_augmented
+
+    train, train_y = colour_images(60, seed=0)
+    test, test_y = colour_images(30, seed=1)
+    transform = v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                            v2.RandomResizedCrop(8, scale=(0.2, 1.0)), v2.RandomHorizontalFlip()])  # fmt: skip
+    views = SeededViews(train, transform, seed=0)
+    # Views depend on (seed, epoch, index) only: equal on reload, new each epoch.
+    first = views[5][0]
+    assert torch.equal(views[5][0], first)
+    views.epoch = 1
+    assert not torch.equal(views[5][0], first)
+    views.epoch = 0
+    backbone = ChannelMeans()
+    eval_view = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Resize(8)])
+    train_f = torch.stack([backbone(eval_view(x)[None])[0] for x, _ in train])
+    test_f = torch.stack([backbone(eval_view(x)[None])[0] for x, _ in test])
+    seen = []
+    backbone.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    result = run_probe_augmented(backbone, views, train_f, train_y, test_f, test_y,
+                                 val_fraction=0.2, epochs=4, batch_size=16, num_workers=0)  # fmt: skip
+    assert result["top1"] == 1.0 and result["augment"] is True
+    # One backbone pass over the 48 fitting images per epoch (batches of 16), no more.
+    assert seen == [16, 16, 16] * 4 and result["n_train"] == 48 and result["n_val"] == 12

@@ -148,7 +148,7 @@ def train_transform(loaded: LoadedBackbone) -> v2.Compose:
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomResizedCrop(size, scale=(0.08 if size > 64 else 0.35, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
-        v2.Normalize(mean=list(loaded.meta["mean"]), std=list(loaded.meta["std"])),
+        v2.Normalize(mean=loaded.mean, std=loaded.std),
     ])  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import torch
 
 from selfsup.eval.features import labelled_features
 from selfsup.eval.loading import LoadedBackbone
+from selfsup.eval.metrics import classification_metrics
 from selfsup.knn import knn_scores
 
 
@@ -21,15 +22,21 @@ def run_knn(
     root: str | None = None,
     use_cache: bool = True,
     device: torch.device | str = "cpu",
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[str]]:
+    """The kNN figures (with the metrics of :func:`classification_metrics`) and class names."""
     train_f, train_y, test_f, test_y, classes = labelled_features(
         loaded, data, "kNN evaluation", batch_size, num_workers, root, use_cache, device
     )
     num_classes = max(len(classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
     scores = knn_scores(train_f, train_y, test_f, num_classes, ks, temperature)
-    acc = {k: (s.argmax(1) == test_y).float().mean().item() for k, s in scores.items()}
-    result: dict[str, Any] = {"task": "knn", "top1": acc[ks[0]]}
-    result.update({f"top1_k{k}": acc[k] for k in ks[1:]})
+    # The headline k's weighted votes serve as class scores (top5, AUROC, ...).
+    result: dict[str, Any] = {
+        "task": "knn",
+        **classification_metrics(scores[ks[0]], test_y, classes),
+    }
+    result.update(
+        {f"top1_k{k}": (scores[k].argmax(1) == test_y).float().mean().item() for k in ks[1:]}
+    )
     result.update(
         k=ks[0],
         temperature=temperature,
@@ -39,4 +46,4 @@ def run_knn(
         pool=loaded.meta["pool"],
         checkpoint=loaded.path,
     )
-    return result
+    return result, classes

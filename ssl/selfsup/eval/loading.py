@@ -26,10 +26,16 @@ class LoadedBackbone:
     meta: dict[str, Any]
     path: str
 
+    @property
+    def mean(self) -> list[float]:
+        return list(self.meta.get("mean") or IMAGENET_MEAN)
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.meta.get("std") or IMAGENET_STD)
+
     def eval_transform(self) -> EvalTransform:
-        mean = self.meta.get("mean") or IMAGENET_MEAN
-        std = self.meta.get("std") or IMAGENET_STD
-        return EvalTransform(int(self.meta["image_size"]), mean, std)
+        return EvalTransform(int(self.meta["image_size"]), self.mean, self.std)
 
 
 def load_backbone(
@@ -37,14 +43,20 @@ def load_backbone(
     which: Literal["student", "teacher"] | None = None,
     pool: Literal["cls", "avg"] | None = None,
     overrides: dict[str, Any] | None = None,
+    timm_model: str | None = None,
 ) -> LoadedBackbone:
-    """Backbone (eval mode) of a selfsup checkpoint file, run directory or backbone export.
+    """Backbone (eval mode) of a selfsup checkpoint file, run directory or backbone export,
+    or of a timm model's local weights file.
 
     Args:
         which: ``student`` or ``teacher`` weights (default: the method's own choice).
         pool: ViTs: ``cls`` or ``avg`` pooling (default: the method's own choice).
         overrides: backbone kwargs that do not change the weights (``drop_path_rate``).
+        timm_model: ``ckpt`` is a weights file (``.safetensors``, ``.pth``, ``.bin``) of
+            this timm ResNet or ViT (e.g. ``vit_small_patch16_224``), not a selfsup file.
     """
+    if timm_model is not None:
+        return _load_timm_weights(timm_model, ckpt, which, pool, overrides)
     if str(ckpt).endswith(".safetensors"):
         return _load_export(ckpt, which, pool, overrides)
     path = resolve_checkpoint(ckpt)
@@ -100,6 +112,64 @@ def _load_export(
         "std": json.loads(file_meta["std"]),
         "eval_backbone": file_meta["weights"],
         "loaded": file_meta["weights"],
+        "pool": backbone.pool,
+    }
+    return LoadedBackbone(backbone.eval(), meta, str(path))
+
+
+def _load_timm_weights(
+    name: str,
+    path: str | os.PathLike,
+    which: str | None,
+    pool: Literal["cls", "avg"] | None,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedBackbone:
+    """A timm architecture with a local weights file (a timm/Hugging Face checkpoint,
+    possibly nested under ``state_dict``/``model``); normalisation and input size are
+    the ones timm records for that architecture."""
+    from timm.models import load_state_dict
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"Weights file {path} for --timm-model {name} does not exist.")
+    if which is not None:
+        raise ConfigError(f"{path} holds one backbone: drop --backbone {which}.")
+    kwargs = {**(overrides or {})}
+    probe = build_backbone(name, **kwargs)  # validates the name, gives timm's default config
+    cfg = probe.model.pretrained_cfg
+    image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    kwargs["img_size"] = image_size
+    if pool is not None:
+        kwargs["pool"] = pool
+    backbone = build_backbone(name, **kwargs)
+    state = load_state_dict(str(path))
+    # timm checkpoints carry their classifier; the backbone has none (num_classes=0).
+    heads = cfg.get("classifier") or ()
+    for head in [heads] if isinstance(heads, str) else heads:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
+    if backbone.is_vit:
+        # timm's own conversion: resamples position embeddings to this image size.
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, backbone.model)
+    # strict: a file of another architecture (or with a prefix such as "module." or
+    # "backbone.") must fail here, not load nothing and evaluate random weights.
+    result = backbone.model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"{path} does not hold {name} weights: missing {list(result.missing_keys)[:4]}, "
+            f"unexpected {list(result.unexpected_keys)[:4]}. Give the timm name the file was "
+            "saved from (its keys must match timm's, without a prefix)."
+        )
+    meta = {
+        "method": "timm",
+        "backbone": name,
+        "backbone_kwargs": kwargs,
+        "image_size": image_size,
+        "in_chans": backbone.in_chans,
+        "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+        "std": list(cfg.get("std", IMAGENET_STD)),
+        "eval_backbone": "weights",
+        "loaded": "weights",
         "pool": backbone.pool,
     }
     return LoadedBackbone(backbone.eval(), meta, str(path))
