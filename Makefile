@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint slurm-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,12 @@ test: install
 lint: install
 	$(BIN)/ruff check ssl tests
 	$(BIN)/ruff format --check ssl tests
+
+# The daemons of the single-node SLURM cluster that tests/slurm starts (Debian,
+# root). Without them those tests skip and say why.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm-deps:
+	command -v slurmctld >/dev/null && command -v munged >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null; }; }

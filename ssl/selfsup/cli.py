@@ -30,6 +30,9 @@ commands:
   finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data DATA)
   export       write the backbone as .safetensors (selfsup export --ckpt CKPT --out FILE)
   reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
+  launch       submit a SLURM job: launch pretrain --config FILE --nodes N --gpus-per-node G ...
+               or an array of probes: launch probe --ckpt CKPT [CKPT ...] --data DATA ...
+  summary      one table of the metrics.json files under sweep directories (selfsup summary DIR)
 
 Run 'selfsup <command> --help' for a command's options.
 """
@@ -38,6 +41,7 @@ Run 'selfsup <command> --help' for a command's options.
 # --------------------------------------------------------------------------- pretrain
 def _pretrain_cli_class():
     # Imported lazily so that `selfsup --help` and argument errors answer at once.
+    from lightning_fabric.plugins import CheckpointIO
     from pytorch_lightning.accelerators import CPUAccelerator
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -48,7 +52,13 @@ def _pretrain_cli_class():
     from selfsup.methods.collapse_monitor import CollapseMonitor
     from selfsup.methods.knn_monitor import KNNMonitor
     from selfsup.methods.teacher import TeacherStudentMethod
-    from selfsup.rundir import RunCSVLogger, checkpoint_callback
+    from selfsup.rundir import (
+        AtomicCheckpointIO,
+        GracefulStop,
+        RunCSVLogger,
+        RunStatus,
+        checkpoint_callback,
+    )
 
     class PretrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -69,6 +79,12 @@ def _pretrain_cli_class():
                 "--wandb", type=bool, default=False, help="log to Weights & Biases too"
             )
             parser.add_argument("--wandb_project", type=str, default="selfsup")
+            parser.add_argument(
+                "--status_interval",
+                type=float,
+                default=5.0,
+                help="seconds between rewrites of RUN/status.json during training",
+            )
             parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
             parser.add_lightning_class_args(CollapseMonitor, "collapse_monitor")
 
@@ -90,8 +106,17 @@ def _pretrain_cli_class():
                 callbacks = [
                     *callbacks,
                     checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps),
+                    GracefulStop(run_dir),
                 ]
-            callbacks = [*callbacks, LearningRateMonitor(logging_interval="step")]
+                plugins = config.get("plugins") or []
+                plugins = plugins if isinstance(plugins, list) else [plugins]
+                if not any(isinstance(p, CheckpointIO) for p in plugins):
+                    config["plugins"] = [*plugins, AtomicCheckpointIO()]
+            callbacks = [
+                *callbacks,
+                RunStatus(run_dir, self.config.status_interval),
+                LearningRateMonitor(logging_interval="step"),
+            ]
             return super()._instantiate_trainer(config, callbacks)
 
         def check_run(self) -> None:
@@ -174,9 +199,16 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def build_pretrain_cli(argv: list[str]) -> Any:
-    """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no training)."""
+def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> Any:
+    """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no
+    training); with ``resolve_only``, parse and pin the seed without instantiating."""
     PretrainCLI, Method, DataModule = _pretrain_cli_class()
+    if resolve_only:
+
+        class PretrainCLI(PretrainCLI):  # the same CLI, minus instantiation
+            def instantiate_classes(self) -> None:
+                pass
+
     cli = PretrainCLI(
         Method,
         DataModule,
@@ -188,6 +220,14 @@ def build_pretrain_cli(argv: list[str]) -> Any:
         trainer_defaults={"log_every_n_steps": 10},
     )
     return cli
+
+
+def resolve_pretrain_config(argv: list[str]) -> tuple[str, int]:
+    """The YAML of every value ``selfsup pretrain ARGV`` would run with (the seed pinned:
+    LightningCLI draws one when ``seed_everything`` is true), and the per-process batch
+    size. Nothing is built, so this works where the job's GPUs are absent."""
+    cli = build_pretrain_cli(argv, resolve_only=True)
+    return cli.parser.dump(cli.config, skip_none=False), int(cli.config.data.batch_size)
 
 
 def pretrain(argv: list[str]) -> int:
@@ -547,6 +587,18 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+def _launch(argv: list[str]) -> int:
+    from selfsup.launch import launch
+
+    return launch(argv)
+
+
+def _summary(argv: list[str]) -> int:
+    from selfsup.launch import summary
+
+    return summary(argv)
+
+
 COMMANDS = {
     "pretrain": pretrain,
     "knn": knn,
@@ -554,6 +606,8 @@ COMMANDS = {
     "finetune": finetune,
     "reconstruct": reconstruct,
     "export": export,
+    "launch": _launch,
+    "summary": _summary,
 }
 
 

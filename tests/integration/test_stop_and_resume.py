@@ -1,0 +1,99 @@
+"""A run stopped by SIGTERM, or killed by SIGKILL, resumes from its newest checkpoint and
+ends where an uninterrupted run ends (same global step and epoch)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import REPO
+
+MAX_STEPS = 24  # 96 images, batch 16: 6 steps per epoch -> 4 epochs
+
+
+def command(run: Path, data: Path) -> list[str]:
+    return [sys.executable, "-m", "selfsup.cli", "pretrain",
+            "--config", str(REPO / "configs/simclr/resnet18_cifar.yaml"), "--data.path", str(data),
+            "--data.batch_size", "16", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
+            "--trainer.precision", "32", "--trainer.enable_progress_bar", "false",
+            "--model.init_args.projection_hidden_dim", "64", "--knn_monitor.every_n_epochs", "0",
+            "--trainer.max_steps", str(MAX_STEPS), "--checkpoint_every_n_steps", "2",
+            "--status_interval", "0", "--trainer.log_every_n_steps", "1",
+            "--trainer.default_root_dir", str(run)]  # fmt: skip
+
+
+def run_to_end(run: Path, data: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command(run, data), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def start(run: Path, data: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command(run, data), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_step(run: Path, proc: subprocess.Popen, step: int) -> dict:
+    """Wait until the run's status.json reports training at ``step`` or later."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            status = json.loads((run / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            status = {}
+        training = status.get("state") == "training" and status["global_step"] >= step
+        if training and (run / "checkpoints" / "last.ckpt").is_file():
+            return status
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach the step in time")
+
+
+def final_state(run: Path) -> tuple[int, int]:
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return ckpt["global_step"], ckpt["epoch"]
+
+
+def test_sigkill_then_resume_auto_ends_like_an_uninterrupted_run(tiny_npz, tmp_path):
+    reference = tmp_path / "reference"
+    run_to_end(reference, tiny_npz)
+    assert final_state(reference)[0] == MAX_STEPS
+    run = tmp_path / "killed"
+    proc = start(run, tiny_npz)
+    wait_for_step(run, proc, 9)  # mid-epoch (6 steps per epoch)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = final_state(run)[0]
+    assert 2 <= killed_at < MAX_STEPS
+    resumed = run_to_end(run, tiny_npz)  # --resume auto is the default
+    assert "resuming from" in resumed.stderr
+    assert final_state(run) == final_state(reference)
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    # The training curve continues from the checkpoint's step, up to the last step.
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    step_col, loss_col = header.index("step"), header.index("train/loss")
+    steps = [int(r.split(",")[step_col]) for r in rows[1:] if r.split(",")[loss_col]]
+    assert steps[-1] == MAX_STEPS - 1 and sorted(set(steps)) == list(range(MAX_STEPS))
+
+
+def test_sigterm_saves_the_current_step_and_the_run_continues(tiny_npz, tmp_path):
+    run = tmp_path / "stopped"
+    proc = start(run, tiny_npz)
+    wait_for_step(run, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped", stderr[-3000:]
+    step, _ = final_state(run)
+    # Saved at the step where it stopped, not at the last periodic checkpoint.
+    assert step == status["global_step"] and "saved" in stderr
+    run_to_end(run, tiny_npz)
+    assert final_state(run)[0] == MAX_STEPS
