@@ -55,6 +55,7 @@ def _pretrain_cli_class():
     from selfsup.rundir import (
         AtomicCheckpointIO,
         GracefulStop,
+        RNGState,
         RunCSVLogger,
         RunStatus,
         checkpoint_callback,
@@ -107,6 +108,7 @@ def _pretrain_cli_class():
                     *callbacks,
                     checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps),
                     GracefulStop(run_dir),
+                    RNGState(),
                 ]
                 plugins = config.get("plugins") or []
                 plugins = plugins if isinstance(plugins, list) else [plugins]

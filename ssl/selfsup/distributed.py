@@ -59,3 +59,12 @@ def global_views(
     if not gather:
         return z0, z1, 0
     return gather_with_grad(z0), gather_with_grad(z1), rank() * z0.shape[0]
+
+
+def gather_object_list(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (``[obj]`` alone)."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -98,6 +98,12 @@ class RunCheckpoint(ModelCheckpoint):
         )
         self.run_dir = Path(run_dir)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Why not Lightning's: with save_top_k=0 it writes last.ckpt at an epoch end only
+        # when a top-k checkpoint was written at the same step, i.e. never.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if trainer.is_global_zero and Path(filepath).name == LAST:
@@ -123,13 +129,12 @@ def _state_is_finite(module: torch.nn.Module) -> bool:
 class GracefulStop(Callback):
     """Stopping a run by hand or by the system keeps its progress.
 
-    - SIGTERM (``kill``, a scheduler outside SLURM): Lightning stops after the
-      current step on every process; this callback then writes ``last.ckpt``.
-    - Ctrl-C once: the same (the run stops after the current step and saves);
-      Ctrl-C twice: stops at once, and a single process still saves.
-
-    Nothing is saved when a weight or buffer is NaN or infinite: ``last.ckpt`` then
-    keeps the last good state.
+    SIGTERM (``kill``, a scheduler outside SLURM) or Ctrl-C: Lightning stops every
+    process after the current step (or at the epoch's end), and this callback then
+    writes ``last.ckpt`` of that consistent state. A second Ctrl-C stops at once,
+    without saving: the state may be half-way through a step, and ``last.ckpt`` keeps
+    the last good one. Nothing is saved either when a weight or buffer is NaN or
+    infinite.
     """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
@@ -170,9 +175,8 @@ class GracefulStop(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore_sigint()
-        stopped = isinstance(exception, SIGTERMException)
-        if not (stopped or (isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1)):
-            return  # an error, or an abrupt stop where the processes are not in step
+        if not isinstance(exception, SIGTERMException):
+            return  # an error, or an abrupt stop that may have left a step half done
         if not _state_is_finite(pl_module):
             if trainer.is_global_zero:
                 print(
@@ -232,6 +236,95 @@ class RunStatus(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         self._write(trainer, "stopped" if stopped else "failed")
+
+
+def mid_epoch(trainer: pl.Trainer) -> bool:
+    """Whether a checkpoint written now lies inside an epoch (one that ends on the epoch's
+    last batch counts as the epoch's end, as Lightning restores it)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    return epochs.started > epochs.processed and not (
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    )
+
+
+def next_epoch(trainer: pl.Trainer) -> int:
+    """The epoch a run resumed from a checkpoint written now starts (or restarts)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    inside = epochs.started > epochs.processed
+    return epochs.processed + int(inside and not mid_epoch(trainer))
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # Plain lists and numbers: checkpoints stay loadable with weights_only=True.
+        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState(Callback):
+    """Random streams in mid-epoch checkpoints, restored when the run resumes.
+
+    Why: Lightning's checkpoints hold no random state. Every epoch starts its streams
+    from (seed, epoch, rank) (:class:`selfsup.data.module.EpochSeededLoader`), so a run
+    resumed at an epoch boundary repeats the uninterrupted run exactly. A checkpoint
+    written mid-epoch (pre-emption, ``checkpoint_every_n_steps``) also carries every
+    rank's Python, NumPy, torch and CUDA generators, and the resumed epoch continues
+    from them (its data restart from the epoch's beginning: Lightning cannot resume
+    a DataLoader mid-epoch).
+    """
+
+    def __init__(self) -> None:
+        self._restore: list[dict[str, Any]] | None = None
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        from selfsup.distributed import gather_object_list
+
+        states = gather_object_list(_rng_state())  # every rank takes part; rank 0 writes
+        checkpoint["selfsup_rng"] = {"per_rank": states, "mid_epoch": mid_epoch(trainer)}
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        saved = checkpoint.get("selfsup_rng")
+        if not saved or not saved["mid_epoch"]:
+            return
+        if len(saved["per_rank"]) == trainer.world_size:
+            self._restore = saved["per_rank"]
+        else:
+            warnings.warn(
+                f"The checkpoint holds the random state of {len(saved['per_rank'])} "
+                f"process(es), the run has {trainer.world_size}: the resumed epoch draws "
+                "new random streams.",
+                stacklevel=2,
+            )
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restore is not None:
+            _set_rng_state(self._restore[trainer.global_rank])
+            self._restore = None
 
 
 def _global_step(path: Path) -> int:

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
+from pytorch_lightning import Callback
 
 from conftest import REPO
 
@@ -97,3 +99,52 @@ def test_sigterm_saves_the_current_step_and_the_run_continues(tiny_npz, tmp_path
     assert step == status["global_step"] and "saved" in stderr
     run_to_end(run, tiny_npz)
     assert final_state(run)[0] == MAX_STEPS
+
+
+class StopAfterFirstEpoch(Callback):
+    """SIGTERM as the first epoch ends: the run stops there and saves."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class RecordLastCheckpoint(Callback):
+    """The step of last.ckpt when the second epoch starts."""
+
+    step: int | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            RecordLastCheckpoint.step = torch.load(path, weights_only=True)["global_step"]
+
+
+def test_resume_after_an_epoch_ends_with_the_uninterrupted_runs_weights(tiny_npz, tmp_path):
+    """Seeded SimCLR, 2 epochs: straight through, or interrupted after the first and resumed
+    (every epoch's random streams start from (seed, epoch): data order, augmentations,
+    worker seeds)."""
+    from selfsup.cli import main
+
+    def run(path: Path, *extra: str) -> int:
+        argv = ["pretrain", "--config", str(REPO / "configs/simclr/resnet18_cifar.yaml"),
+                "--data.path", str(tiny_npz), "--data.batch_size", "16", "--data.num_workers", "1",
+                "--trainer.accelerator", "cpu", "--trainer.precision", "32",
+                "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "2",
+                "--model.init_args.projection_hidden_dim", "64", "--seed_everything", "7",
+                "--trainer.deterministic", "true", "--trainer.default_root_dir", str(path),
+                *extra]  # fmt: skip
+        return main(argv)
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(straight, "--trainer.callbacks+=test_stop_and_resume.RecordLastCheckpoint") == 0
+    assert RecordLastCheckpoint.step == 6  # last.ckpt is written at every epoch's end
+    with pytest.raises(SystemExit):
+        run(resumed, "--trainer.callbacks+=test_stop_and_resume.StopAfterFirstEpoch")
+    assert final_state(resumed)[0] == 6
+    assert run(resumed) == 0
+    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    for name, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][name].float(), atol=1e-6), name

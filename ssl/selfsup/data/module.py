@@ -15,6 +15,47 @@ from selfsup.data.datasets import DataError, Intensity, open_dataset
 from selfsup.transforms import EvalTransform, ViewTransform
 
 
+def epoch_seed(epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's random streams: a function of the run's seed
+    (``PL_GLOBAL_SEED``, set by ``seed_everything``), the epoch and the process."""
+    base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return ((base * 1_000_003 + epoch) * 1009 + rank) % 2**63
+
+
+class EpochSeededLoader(DataLoader):
+    """A DataLoader whose every epoch starts its random streams from :func:`epoch_seed`.
+
+    Why: a resumed run must draw the same data order, augmentations and masks as the
+    run it continues, and Lightning's checkpoints hold no random state (worker
+    streams could not be saved anyway: they live in other processes). When an
+    epoch's iterator starts, the loader's generator (shuffling order, worker seeds)
+    and this process's Python, NumPy and torch generators (augmentations without
+    workers, random masks in the training step) are seeded for that epoch. The
+    epoch comes from the trainer's progress, which a resumed run restores before
+    it builds its first iterator.
+    """
+
+    def __init__(self, *args: Any, epoch_fn: Callable[[], tuple[int, int]] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        kwargs.setdefault("generator", torch.Generator())
+        super().__init__(*args, **kwargs)
+        self.epoch_fn = epoch_fn
+        self._epochs_started = 0
+
+    def __iter__(self):
+        import random
+
+        epoch, rank = self.epoch_fn() if self.epoch_fn else (self._epochs_started, 0)
+        self._epochs_started += 1
+        seed = epoch_seed(epoch, rank)
+        if self.generator is not None:
+            self.generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return super().__iter__()
+
+
 class TransformedDataset(Dataset):
     """``(image, label)`` -> ``(transform(image), label)``."""
 
@@ -62,6 +103,7 @@ class PretrainDataModule(pl.LightningDataModule):
         download: bool = False,
     ) -> None:
         super().__init__()
+        self._resume_epoch: int | None = None
         self.path = path
         self.transform = transform
         self.batch_size = batch_size
@@ -112,17 +154,41 @@ class PretrainDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.check()
 
+    def _epoch_and_rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        if self._resume_epoch is not None:
+            # A resumed run builds its first iterator before Lightning restores the loops'
+            # progress (the schedules ask for the number of steps): take the checkpoint's.
+            epoch, self._resume_epoch = self._resume_epoch, None
+            return epoch, trainer.global_rank
+        # Epochs finished so far: what Lightning also gives the samplers' set_epoch.
+        return trainer.fit_loop.epoch_progress.current.processed, trainer.global_rank
+
+    def state_dict(self) -> dict[str, Any]:
+        from selfsup.rundir import next_epoch
+
+        return {"next_epoch": next_epoch(self.trainer) if self.trainer is not None else 0}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = int(state_dict.get("next_epoch", 0))
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return EpochSeededLoader(
             TransformedDataset(self.train_dataset, self.transform),
             batch_size=self.batch_size,
             shuffle=True,
             # Every process must gather batches of equal shape.
             drop_last=True,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Not persistent: each epoch's workers are seeded from the loader's
+            # generator, which EpochSeededLoader seeds per epoch, so a resumed run draws
+            # the same augmentations as the run it continues.
+            persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
+            epoch_fn=self._epoch_and_rank,
         )
 
     # -- labelled evaluation views (kNN monitor) ---------------------------------------
