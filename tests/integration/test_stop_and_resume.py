@@ -15,7 +15,7 @@ from pytorch_lightning import Callback
 
 from conftest import REPO
 
-MAX_STEPS = 24  # 96 images, batch 16: 6 steps per epoch -> 4 epochs
+MAX_STEPS = 12  # 96 images, batch 16: 6 steps per epoch -> 2 epochs
 
 
 def command(run: Path, data: Path) -> list[str]:
@@ -69,7 +69,7 @@ def test_sigkill_then_resume_auto_ends_like_an_uninterrupted_run(tiny_npz, tmp_p
     assert final_state(reference)[0] == MAX_STEPS
     run = tmp_path / "killed"
     proc = start(run, tiny_npz)
-    wait_for_step(run, proc, 9)  # mid-epoch (6 steps per epoch)
+    wait_for_step(run, proc, 7)  # in the second epoch (6 steps per epoch)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = final_state(run)[0]
@@ -86,11 +86,12 @@ def test_sigkill_then_resume_auto_ends_like_an_uninterrupted_run(tiny_npz, tmp_p
     assert steps[-1] == MAX_STEPS - 1 and sorted(set(steps)) == list(range(MAX_STEPS))
 
 
-def test_sigterm_saves_the_current_step_and_the_run_continues(tiny_npz, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_saves_the_current_step_and_the_run_continues(tiny_npz, tmp_path, signum):
     run = tmp_path / "stopped"
     proc = start(run, tiny_npz)
     wait_for_step(run, proc, 3)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "stopped", stderr[-3000:]
