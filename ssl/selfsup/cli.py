@@ -30,6 +30,8 @@ commands:
   finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data DATA)
   export       write the backbone as .safetensors (selfsup export --ckpt CKPT --out FILE)
   reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
+  attention    ViT attention maps of images (selfsup attention --ckpt CKPT --image IMG... --out DIR)
+  embed        2-D plot of test features by label (selfsup embed --ckpt CKPT --data DATA --out P.png)
   launch       submit a SLURM job: launch pretrain --config FILE --nodes N --gpus-per-node G ...
                or an array of probes: launch probe --ckpt CKPT [CKPT ...] --data DATA ...
   summary      one table of the metrics.json files under sweep directories (selfsup summary DIR)
@@ -60,6 +62,7 @@ def _pretrain_cli_class():
         RunStatus,
         checkpoint_callback,
     )
+    from selfsup.viz.callback import PictureLogger
 
     class PretrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -88,6 +91,7 @@ def _pretrain_cli_class():
             )
             parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
             parser.add_lightning_class_args(CollapseMonitor, "collapse_monitor")
+            parser.add_lightning_class_args(PictureLogger, "pictures")
 
         def before_instantiate_classes(self) -> None:
             trainer = self.config.trainer
@@ -589,6 +593,67 @@ def export(argv: list[str]) -> int:
     return 0
 
 
+def attention(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="selfsup attention",
+        description="A ViT's last-block attention maps (every head, their mean, the thresholded "
+        "mask) for images of any size, as PNGs and one overview grid.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint file, run directory or export")
+    parser.add_argument("--image", required=True, nargs="+", help="image files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--threshold", type=float, default=0.6, help="share of attention mass the mask keeps"
+    )
+    parser.add_argument("--backbone", choices=["student", "teacher"], default=None,
+                        help="default: the method's choice")  # fmt: skip
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+        help="resize to H x W (default: shorter side = the training size, aspect kept)",
+    )  # fmt: skip
+    parser.add_argument("--timm-model", default=None, help="--ckpt is a timm weights file")
+    args = parser.parse_args(argv)
+
+    from selfsup.eval.loading import load_backbone
+    from selfsup.viz.attention import write_attention
+
+    loaded = load_backbone(args.ckpt, args.backbone, timm_model=args.timm_model)
+    size = tuple(args.size) if args.size else None
+    _print_result(write_attention(loaded, args.image, args.out, args.threshold, size))
+    return 0
+
+
+def embed(argv: list[str]) -> int:
+    parser = _eval_parser(
+        "selfsup embed", "A 2-D map (UMAP where installed, else t-SNE) of test-set features."
+    )
+    parser.add_argument("--out", required=True, help="the plot (.png)")
+    parser.add_argument("--method", choices=["auto", "tsne", "umap"], default="auto")
+    parser.add_argument("--max-points", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = _parse_eval_args(parser, argv)
+
+    from selfsup.data.datasets import open_dataset
+    from selfsup.eval.features import cached_features
+    from selfsup.eval.loading import load_backbone
+    from selfsup.viz.embed import plot_embedding
+
+    loaded = load_backbone(args.ckpt, args.backbone, args.pool, timm_model=args.timm_model)
+    fabric, device = _start_processes(args.devices, args.accelerator)
+    test = open_dataset(args.data, "test", args.root)
+    if test.targets is None:
+        raise ConfigError(f"{args.data} has no test labels: the plot colours points by label.")
+    feats, labels, _ = cached_features(loaded, args.data, "test", test, args.batch_size,
+                                       args.num_workers, not args.no_cache, device)  # fmt: skip
+    if fabric is not None and not fabric.is_global_zero:
+        return 0
+    title = f"{loaded.meta['method']} {loaded.meta['backbone']}"
+    result = plot_embedding(feats, labels, list(test.classes), args.out, args.method,
+                            args.max_points, args.seed, title)  # fmt: skip
+    _print_result({**result, "checkpoint": loaded.path})
+    return 0
+
+
 def _launch(argv: list[str]) -> int:
     from selfsup.launch import launch
 
@@ -608,6 +673,8 @@ COMMANDS = {
     "finetune": finetune,
     "reconstruct": reconstruct,
     "export": export,
+    "attention": attention,
+    "embed": embed,
     "launch": _launch,
     "summary": _summary,
 }
