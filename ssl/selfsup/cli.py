@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, TrainingStopped
 
 USAGE = """usage: selfsup <command> [options]
 
@@ -49,7 +49,7 @@ def _pretrain_cli_class():
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
     from selfsup.backbones import check_input_size
-    from selfsup.data.module import PretrainDataModule
+    from selfsup.data.module import PretrainDataModule, SkippedImagesReport
     from selfsup.methods.base import SelfSupervisedMethod
     from selfsup.methods.collapse_monitor import CollapseMonitor
     from selfsup.methods.knn_monitor import KNNMonitor
@@ -121,6 +121,7 @@ def _pretrain_cli_class():
             callbacks = [
                 *callbacks,
                 RunStatus(run_dir, self.config.status_interval),
+                SkippedImagesReport(),
                 LearningRateMonitor(logging_interval="step"),
             ]
             return super()._instantiate_trainer(config, callbacks)
@@ -702,6 +703,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"selfsup {command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"selfsup {command}: stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

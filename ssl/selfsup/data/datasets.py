@@ -114,12 +114,42 @@ def read_image(path: str | Path, intensity: Intensity = "dtype") -> torch.Tensor
     return to_tensor_image(array, intensity)
 
 
-class ImageFolderDataset(Dataset):
-    """Image files on disk: labelled ``<root>/<class>/*`` or unlabelled (any files under root)."""
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """A gray image in a colour folder becomes RGB (repeated); a colour image in a gray
+    folder becomes gray (ITU-R 601 luminance), so every image of a folder stacks."""
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return image.expand(channels, -1, -1).clone()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    gray = (image[:3].float() * weights).sum(0, keepdim=True)
+    return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
 
-    def __init__(self, root: str | Path, labelled: bool, intensity: Intensity = "dtype") -> None:
+
+#: What reading a broken file raises: PIL's UnidentifiedImageError (not an image,
+#: zero bytes) and "image file is truncated" are OSErrors; damaged headers raise the others.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+class ImageFolderDataset(Dataset):
+    """Image files on disk: labelled ``<root>/<class>/*`` or unlabelled (any files under root).
+
+    A file that cannot be read (corrupt, truncated, empty, not an image) is replaced by
+    the next readable one, so batches keep their size (gathered batches must match
+    across processes) and one bad file never stops a run; :meth:`skipped` lists them
+    (flags in shared memory, so DataLoader workers' findings reach the main process).
+    ``strict=True`` makes :meth:`scan` (called before training) fail with every bad
+    file instead. Unusual modes are converted, not skipped: CMYK, palette and RGBA
+    become RGB, 16-bit follows the intensity policy, gray stays one channel.
+    """
+
+    def __init__(
+        self, root: str | Path, labelled: bool, intensity: Intensity = "dtype", strict: bool = False
+    ) -> None:
         root = Path(root)
         self.intensity = intensity
+        self.strict = strict
         self.source = str(root)
         if labelled:
             self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -136,7 +166,8 @@ class ImageFolderDataset(Dataset):
             self.labels = None
         if not self.files:
             raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
-        first = self._read(0)
+        self.bad = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
+        first, _ = self._readable(0)
         self.channels = first.shape[0]
 
     def __len__(self) -> int:
@@ -149,9 +180,43 @@ class ImageFolderDataset(Dataset):
     def _read(self, index: int) -> torch.Tensor:
         return read_image(self.files[index], self.intensity)
 
+    def _readable(self, index: int) -> tuple[torch.Tensor, int]:
+        """The image at ``index``, or at the next index whose file reads."""
+        n = len(self.files)
+        for step in range(n):
+            i = (index + step) % n
+            if self.bad[i]:
+                continue
+            try:
+                return self._read(i), i
+            except UNREADABLE:
+                self.bad[i] = True
+        raise DataError(f"None of the {n} image files under {self.source} can be read.")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = -1 if self.labels is None else int(self.labels[index])
-        return self._read(index), label
+        image, i = self._readable(index)
+        label = -1 if self.labels is None else int(self.labels[i])
+        return match_channels(image, self.channels), label
+
+    def skipped(self) -> list[str]:
+        """The files found unreadable so far (by any worker)."""
+        return [str(self.files[i]) for i in self.bad.nonzero().flatten().tolist()]
+
+    def scan(self) -> None:
+        """Read every file; raise a DataError listing all unreadable ones."""
+        broken = []
+        for i, f in enumerate(self.files):
+            try:
+                self._read(i)
+            except UNREADABLE as e:
+                broken.append(f"{f} ({type(e).__name__}: {e})")
+        if broken:
+            listing = "\n  ".join(broken)
+            raise DataError(
+                f"{len(broken)} of {len(self.files)} files under {self.source} cannot be read "
+                f"(data.strict is on):\n  {listing}\nRemove or replace them, or drop "
+                "--data.strict to skip them."
+            )
 
 
 def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayDataset:
@@ -226,8 +291,10 @@ def open_dataset(
     root: str | None = None,
     download: bool = False,
     intensity: Intensity = "dtype",
+    strict: bool = False,
 ) -> ArrayDataset | ImageFolderDataset:
-    """Turn ``DATA`` (an ``.npz``, an image folder, or a named set) into the ``split`` dataset."""
+    """Turn ``DATA`` (an ``.npz``, an image folder, or a named set) into the ``split`` dataset
+    (``strict``: image folders fail on unreadable files instead of skipping them)."""
     root = root or default_data_root()
     name = data.lower()
     if name == "patterns":
@@ -252,12 +319,12 @@ def open_dataset(
         return load_npz(path, split, intensity)
     split_dir = path / split
     if split_dir.is_dir():
-        return ImageFolderDataset(split_dir, labelled=True, intensity=intensity)
+        return ImageFolderDataset(split_dir, labelled=True, intensity=intensity, strict=strict)
     if split == "test":
         raise DataError(
             f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and {path}/test/<class>/."
         )
-    return ImageFolderDataset(path, labelled=False, intensity=intensity)
+    return ImageFolderDataset(path, labelled=False, intensity=intensity, strict=strict)
 
 
 def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> ArrayDataset:

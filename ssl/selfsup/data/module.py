@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -89,6 +91,9 @@ class PretrainDataModule(pl.LightningDataModule):
         intensity: 16-bit policy: ``dtype`` range or per-image ``percentile`` window.
         root: where named sets are stored / downloaded.
         download: download named sets that are missing (never in tests).
+        strict: image folders: read every file before training and stop with the
+            list of unreadable ones (default: skip them, replaced by the next
+            readable image, and report how many were skipped).
     """
 
     def __init__(
@@ -101,8 +106,10 @@ class PretrainDataModule(pl.LightningDataModule):
         intensity: Intensity = "dtype",
         root: str | None = None,
         download: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__()
+        self.strict = strict
         self._resume_epoch: int | None = None
         self.path = path
         self.transform = transform
@@ -118,7 +125,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     # -- datasets -------------------------------------------------------------------
     def _open(self, split: Literal["train", "test"]):
-        ds = open_dataset(self.path, split, self.root, self.download, self.intensity)
+        ds = open_dataset(self.path, split, self.root, self.download, self.intensity, self.strict)
         if self.channels is not None:
             ds = TransformedDataset(ds, _ChannelConverter(self.channels))
         return ds
@@ -144,6 +151,9 @@ class PretrainDataModule(pl.LightningDataModule):
             raise DataError(
                 f"data.batch_size is {self.batch_size}: self-supervised losses compare images in a batch; use at least 2."
             )
+        source = _unwrap(self.train_dataset)
+        if self.strict and hasattr(source, "scan"):
+            source.scan()
         n = len(self.train_dataset)
         if n // world_size < self.batch_size:
             raise DataError(
@@ -218,10 +228,52 @@ class PretrainDataModule(pl.LightningDataModule):
         return subset(train, max_train), subset(test, max_test)
 
 
-def _labels(ds: Dataset):
+def _unwrap(ds: Dataset) -> Dataset:
     while isinstance(ds, TransformedDataset):
         ds = ds.dataset
-    return getattr(ds, "targets", None)
+    return ds
+
+
+def _labels(ds: Dataset):
+    return getattr(_unwrap(ds), "targets", None)
+
+
+class SkippedImagesReport(pl.Callback):
+    """Says how many unreadable images a run skipped: one warning line when new ones
+    appear (count and a few names), ``data/skipped_images`` in the logged metrics,
+    the full list in ``RUN/skipped_images.txt``, and a last line when training ends."""
+
+    def __init__(self) -> None:
+        self.reported = 0
+
+    def _gather(self, trainer: pl.Trainer) -> list[str]:
+        from selfsup.distributed import gather_object_list
+
+        source = _unwrap(trainer.datamodule.train_dataset) if trainer.datamodule else None
+        mine = source.skipped() if hasattr(source, "skipped") else []
+        return sorted({f for files in gather_object_list(mine) for f in files})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        files = self._gather(trainer)
+        if not trainer.is_global_zero or len(files) <= self.reported:
+            return
+        self.reported = len(files)
+        (Path(trainer.default_root_dir) / "skipped_images.txt").write_text("\n".join(files) + "\n")
+        for logger in trainer.loggers:
+            logger.log_metrics({"data/skipped_images": len(files)}, step=trainer.global_step)
+        names = ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        print(
+            f"selfsup: {len(files)} unreadable image(s) skipped so far, each replaced by the "
+            f"next readable one ({names}; all in {trainer.default_root_dir}/skipped_images.txt). "
+            "--data.strict true lists them before training instead.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        files = self._gather(trainer)
+        if trainer.is_global_zero and files:
+            print(f"selfsup: the run skipped {len(files)} unreadable image(s).", file=sys.stderr)
 
 
 class _ChannelConverter:

@@ -150,6 +150,35 @@ class SelfSupervisedMethod(pl.LightningModule):
     #: One sentence on what usually prevents collapse for this method (in the warning).
     collapse_hint: ClassVar[str] = "lower the learning rate or lengthen its warm-up"
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop at once on a NaN or infinite loss, before its gradients touch the weights:
+        the weights (and every checkpoint) stay at the last finite state. All processes
+        agree (one scalar all-reduce per step), so none waits for a dead peer."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+        if self.trainer.world_size > 1:
+            bad = self.all_gather(bad).max()
+        if bad.item() > 0:
+            self._stop_on_nonfinite(loss)
+
+    def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
+        from selfsup.errors import TrainingStopped
+
+        trainer = self.trainer
+        temperatures = {k: v for k, v in self.hparams.items() if "temp" in k and v is not None}
+        hints = [
+            f"a lower learning rate (base_lr {self.hparams.get('base_lr')}) or a longer warm-up"
+        ]
+        if str(trainer.precision) not in ("32", "32-true", "64", "64-true"):
+            hints.append(f"--trainer.precision 32 (now {trainer.precision})")
+        if temperatures:
+            listed = ", ".join(f"{k} {v}" for k, v in temperatures.items())
+            hints.append(f"a higher temperature ({listed})")
+        raise TrainingStopped(
+            f"The loss is {loss.item()} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}): training stopped before the weights took a non-finite "
+            f"update; the checkpoints hold the last finite state. Try {'; or '.join(hints)}."
+        )
+
     def collapse_symptom(self, stats: dict[str, float]) -> str | None:
         """The method's own collapse signature in ``stats`` (DINO: entropy and KL), or None."""
         return None

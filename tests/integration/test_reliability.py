@@ -1,0 +1,151 @@
+"""Reliability: broken image files, non-finite losses, killed saves, read-only data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import REPO
+from selfsup.cli import main
+
+CONFIG = str(REPO / "configs/simclr/resnet18_cifar.yaml")
+
+
+def pretrain_argv(data, run, *extra):
+    return ["pretrain", "--config", CONFIG, "--data.path", str(data), "--data.batch_size", "16",
+            "--data.num_workers", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "32",
+            "--trainer.enable_progress_bar", "false", "--model.init_args.projection_hidden_dim",
+            "64", "--knn_monitor.every_n_epochs", "0", "--trainer.default_root_dir", str(run),
+            *extra]  # fmt: skip
+
+
+def image_folder(root, n=60, seed=0):
+    """A labelled folder (train/ and test/, 2 classes) of 32 px images in assorted modes:
+    RGB PNG and JPEG, gray, RGBA, CMYK JPEG, 16-bit gray PNG; returns the train files."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for split, count in (("train", n), ("test", 20)):
+        for i in range(count):
+            cls = f"class{i % 2}"
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            rgb = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            rgb[8:24, 8:24, i % 2] = 255
+            kind = i % 6
+            path = root / split / cls / f"img{i:03d}.{'jpg' if kind in (1, 4) else 'png'}"
+            if kind == 2:
+                Image.fromarray(rgb).convert("L").save(path)
+            elif kind == 3:
+                Image.fromarray(rgb).convert("RGBA").save(path)
+            elif kind == 4:
+                Image.fromarray(rgb).convert("CMYK").save(path)
+            elif kind == 5:
+                Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(path)  # 16-bit
+            else:
+                Image.fromarray(rgb).save(path)
+            files.append(path)
+    return [f for f in files if "/train/" in str(f)]
+
+
+def break_files(files):
+    """5 % of 60: an empty file, a truncated JPEG, a text file named .png."""
+    empty, truncated, text = files[6], files[7], files[12]
+    empty.write_bytes(b"")
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    text.write_text("not an image")
+    return sorted(str(f) for f in (empty, truncated, text))
+
+
+def test_image_folder_with_5_percent_broken_files_trains_and_reports(tmp_path, capsys):
+    data = tmp_path / "data"
+    broken = break_files(image_folder(data))
+    run = tmp_path / "run"
+    assert main(pretrain_argv(data, run, "--trainer.max_epochs", "2")) == 0
+    err = capsys.readouterr().err
+    assert "3 unreadable image(s) skipped" in err and "the run skipped 3" in err
+    assert sorted((run / "skipped_images.txt").read_text().split()) == broken
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 * (60 // 16) and ckpt["epoch"] == 1  # full batches, to the end
+    # --data.strict: stop before training with every bad file listed.
+    assert main(pretrain_argv(data, tmp_path / "strict", "--data.strict", "true")) == 2
+    err = capsys.readouterr().err
+    assert "3 of 60 files" in err and all(f in err for f in broken)
+    assert not (tmp_path / "strict" / "checkpoints").exists()
+
+
+def test_no_command_writes_into_the_data_directory(tmp_path, capsys):
+    data = tmp_path / "data"
+    image_folder(data, n=40)
+
+    def snapshot():
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in data.rglob("*"))
+
+    before = snapshot()
+    run = tmp_path / "run"
+    assert main(pretrain_argv(data, run, "--trainer.max_steps", "2")) == 0
+    for task in ("knn", "probe"):
+        extra = ["--epochs", "2"] if task == "probe" else []
+        assert main([task, "--ckpt", str(run), "--data", str(data), "--num-workers", "0",
+                     *extra]) == 0  # fmt: skip
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "b.safetensors")]) == 0
+    assert snapshot() == before
+    # Outputs went to the run directory (and the export where asked), nowhere else
+    # (the test's own cache and wandb directories aside).
+    names = {p.name for p in tmp_path.iterdir()} - {"selfsup-cache", "wandb-cache", "wandb-config"}
+    assert names == {"b.safetensors", "data", "run"}
+    assert {p.name for p in (run / "eval").iterdir()} == {"knn-data", "probe-data"}
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
+    tiny_npz, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert main(pretrain_argv(tiny_npz, run, "--trainer.max_steps", "2")) == 0
+    # A temperature of 0 turns the logits into inf: the loss is NaN at the next step.
+    code = main(pretrain_argv(tiny_npz, run, "--trainer.max_steps", "6",
+                              "--model.init_args.temperature", "0.0"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "The loss is nan at step 2" in err
+    assert "temperature 0.0" in err and "learning rate" in err
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+
+
+SAVER = """
+import sys, torch
+from selfsup.rundir import AtomicCheckpointIO
+io, step = AtomicCheckpointIO(), 0
+big = torch.randn(40_000_000)  # 160 MB: a save takes a while
+while True:
+    step += 1
+    io.save_checkpoint({"global_step": step, "weights": big}, sys.argv[1])
+    print(step, flush=True)
+"""
+
+
+def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
+    path = tmp_path / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "1"  # one complete save
+        deadline = time.monotonic() + 60
+        while not path.with_name("last.ckpt.tmp").exists():  # the next save is under way
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["global_step"] >= 1 and ckpt["weights"].numel() == 40_000_000
