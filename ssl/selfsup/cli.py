@@ -95,6 +95,7 @@ def _pretrain_cli_class():
 
         def before_instantiate_classes(self) -> None:
             trainer = self.config.trainer
+            check_slurm_shape(trainer.devices, trainer.num_nodes)
             if trainer.default_root_dir is None:
                 configs = self.config.get("config") or []
                 stem = Path(str(configs[0])).stem if configs else "pretrain"
@@ -237,10 +238,82 @@ def resolve_pretrain_config(argv: list[str]) -> tuple[str, int]:
     return cli.parser.dump(cli.config, skip_none=False), int(cli.config.data.batch_size)
 
 
+def check_slurm_shape(devices: Any, num_nodes: Any) -> None:
+    """Inside a SLURM job (as Lightning detects one), trainer.devices must equal the
+    tasks per node and trainer.num_nodes the nodes: one task per GPU."""
+    env = os.environ
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    nodes = env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES")
+    if str(devices).isdigit() and per_node.isdigit() and int(devices) != int(per_node):
+        raise ConfigError(
+            f"trainer.devices is {devices} but the SLURM job runs {per_node} task(s) per node: "
+            f"use --trainer.devices {per_node}, or submit with --ntasks-per-node={devices} "
+            "(one task per GPU; `selfsup launch pretrain` sets both)."
+        )
+    if nodes and str(nodes).isdigit() and int(num_nodes) != int(nodes):
+        raise ConfigError(
+            f"trainer.num_nodes is {num_nodes} but the SLURM job has {nodes} node(s): "
+            f"use --trainer.num_nodes {nodes}, or submit with --nodes={num_nodes}."
+        )
+
+
+METHODS = ("SimCLR", "Triplet", "BYOL", "DINO", "MAE", "IJEPA")
+
+
+def check_method(argv: list[str]) -> None:
+    """The method named by the configs or ``--model[.class_path]``, checked before
+    LightningCLI parses (whose error for a typo is a page of union-type noise)."""
+    import difflib
+
+    import yaml
+
+    names: list[str] = []
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--config" and Path(argv[i + 1]).is_file():
+            model = (yaml.safe_load(Path(argv[i + 1]).read_text()) or {}).get("model")
+            if isinstance(model, dict) and model.get("class_path"):
+                names.append(str(model["class_path"]))
+            elif isinstance(model, str):
+                names.append(model)
+        elif arg in ("--model", "--model.class_path"):
+            names.append(argv[i + 1])
+    if not names:
+        return
+    name = names[-1].rsplit(".", 1)[-1]
+    if name in METHODS:
+        return
+    close = difflib.get_close_matches(name, METHODS, n=2, cutoff=0.4)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"Unknown method {names[-1]!r}: selfsup's methods are {', '.join(METHODS)} "
+        f"(model.class_path: selfsup.methods.<Method>).{hint}"
+    )
+
+
+def _config_error_in(error: BaseException) -> ConfigError | None:
+    """The ConfigError that jsonargparse wrapped (it reports a failed constructor as
+    'Does not validate against any of the Union subtypes')."""
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, ConfigError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def pretrain(argv: list[str]) -> int:
     from selfsup.rundir import newest_checkpoint
 
-    cli = build_pretrain_cli(argv)
+    check_method(argv)
+    try:
+        cli = build_pretrain_cli(argv)
+    except (ValueError, TypeError) as e:
+        cause = _config_error_in(e)
+        if cause is None:
+            raise
+        raise ConfigError(str(cause)) from None
     cli.check_run()
     run_dir = cli.trainer.default_root_dir
     resume = cli.config.resume

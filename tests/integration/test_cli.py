@@ -158,7 +158,11 @@ def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_pa
             ],
             "patch size",
         ),
-    ]
+        (["--data.path", str(tiny_npz), "--model.class_path", "selfsup.methods.SimCRL"],
+         "Did you mean SimCLR"),
+        (["--data.path", str(tiny_npz), "--model.class_path", "selfsup.methods.MAE",
+          "--model.init_args.backbone", "resnet18"], "MAE masks image patches, so it needs a ViT"),
+    ]  # fmt: skip
     for args, message in cases:
         code = main(
             [
@@ -175,6 +179,16 @@ def test_bad_inputs_stop_before_training_with_one_clear_message(tiny_npz, tmp_pa
         assert message in err, (args, err[-2000:])
         assert "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_trainer_shape_must_match_the_slurm_job(tiny_npz, tmp_path, monkeypatch, capsys):
+    for key, value in {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "4", "SLURM_NNODES": "1",
+                       "SLURM_JOB_NAME": "pretrain", "SLURM_JOB_ID": "7"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    code = main(["pretrain", "--config", CONFIG, "--data.path", str(tiny_npz),
+                 "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "use --trainer.devices 4" in err and "Traceback" not in err
 
 
 def test_wandb_switch_without_login_logs_offline_and_says_so(

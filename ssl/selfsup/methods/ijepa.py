@@ -67,7 +67,12 @@ class IJEPA(TeacherStudentMethod):
             **kwargs,
         )
         b = self.backbone
-        if not b.is_vit or b.num_prefix_tokens:
+        if not b.is_vit:
+            raise ConfigError(
+                f"I-JEPA predicts patch embeddings, so it needs a ViT backbone, not {b.name}: "
+                "set model.init_args.backbone to vit_tiny, vit_small or vit_base."
+            )
+        if b.num_prefix_tokens:
             raise ConfigError(
                 "I-JEPA needs a ViT without a class token: set backbone_kwargs "
                 "class_token: false and pool: avg."

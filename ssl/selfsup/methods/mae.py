@@ -75,7 +75,10 @@ class MAE(SelfSupervisedMethod):
             **kwargs,
         )
         if not self.backbone.is_vit:
-            raise ConfigError(f"MAE needs a ViT backbone, not {self.backbone.name}.")
+            raise ConfigError(
+                f"MAE masks image patches, so it needs a ViT backbone, not {self.backbone.name}: "
+                "set model.init_args.backbone to vit_tiny, vit_small or vit_base."
+            )
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"mask_ratio is {mask_ratio}: use a value in (0, 1), e.g. 0.75.")
         b = self.backbone
