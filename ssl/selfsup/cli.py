@@ -44,6 +44,7 @@ Run 'selfsup <command> --help' for a command's options.
 def _pretrain_cli_class():
     # Imported lazily so that `selfsup --help` and argument errors answer at once.
     from lightning_fabric.plugins import CheckpointIO
+    from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
     from pytorch_lightning.accelerators import CPUAccelerator
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -57,7 +58,6 @@ def _pretrain_cli_class():
     from selfsup.rundir import (
         AtomicCheckpointIO,
         GracefulStop,
-        RNGState,
         RunCSVLogger,
         RunStatus,
         checkpoint_callback,
@@ -113,12 +113,18 @@ def _pretrain_cli_class():
                     *callbacks,
                     checkpoint_callback(run_dir, self.config.checkpoint_every_n_steps),
                     GracefulStop(run_dir),
-                    RNGState(),
                 ]
                 plugins = config.get("plugins") or []
                 plugins = plugins if isinstance(plugins, list) else [plugins]
                 if not any(isinstance(p, CheckpointIO) for p in plugins):
-                    config["plugins"] = [*plugins, AtomicCheckpointIO()]
+                    plugins = [*plugins, AtomicCheckpointIO()]
+                # GracefulStop handles SLURM's USR1 (checkpoint, requeue) at a step end on
+                # every process; Lightning's own handler must not act as well.
+                if SLURMEnvironment.detect() and not any(
+                    isinstance(p, ClusterEnvironment) for p in plugins
+                ):
+                    plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
+                config["plugins"] = plugins
             callbacks = [
                 *callbacks,
                 RunStatus(run_dir, self.config.status_interval),

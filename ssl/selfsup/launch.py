@@ -41,7 +41,10 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def time_seconds(time: str) -> int | None:
     """SLURM's time formats (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``)
-    in seconds; None for one it does not parse (``UNLIMITED``)."""
+    in seconds; None for no limit (``0``, ``UNLIMITED``, ``INFINITE``) or a format it
+    does not parse."""
+    if time.strip().upper() in ("0", "UNLIMITED", "INFINITE"):
+        return None
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", time.strip())
     if not m:
         return None
@@ -119,7 +122,11 @@ def _job_shape(args: argparse.Namespace) -> tuple[int, list[str]]:
             raise ConfigError(f"--{name} {value}: give 1 or more.")
     if tasks < 1:
         raise ConfigError(f"{tasks} tasks per node: give 1 or more GPUs or CPU tasks.")
-    if time_seconds(args.time) is None and args.time.upper() != "UNLIMITED":
+    if time_seconds(args.time) is None and args.time.strip().upper() not in (
+        "0",
+        "UNLIMITED",
+        "INFINITE",
+    ):
         raise ConfigError(
             f"--time {args.time!r}: use SLURM's format, e.g. 30, 4:00:00 or 2-00:00:00."
         )

@@ -2,8 +2,8 @@
 
 RUN/config.yaml               resolved config (rewritten on each start)
 RUN/checkpoints/last.ckpt     always the newest state (written atomically)
-RUN/hpc_ckpt_N.ckpt           Lightning's checkpoint on a SLURM pre-emption signal
-                              (removed once a newer last.ckpt exists)
+RUN/hpc_ckpt_N.ckpt           Lightning's own pre-emption checkpoints, if some other setup
+                              wrote them (read on resume, removed once last.ckpt is newer)
 RUN/metrics.csv               every logged metric, kept across restarts
 RUN/status.json               where the run is: state, step, epoch, SLURM job and restarts
 RUN/wandb/                    the wandb run, when wandb is on
@@ -126,70 +126,123 @@ def _state_is_finite(module: torch.nn.Module) -> bool:
     )
 
 
-class GracefulStop(Callback):
-    """Stopping a run by hand or by the system keeps its progress.
+def _requeue_target() -> str | None:
+    """This SLURM job's id for ``scontrol requeue`` (``ARRAYID_TASK`` for an array task)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
-    SIGTERM (``kill``, a scheduler outside SLURM) or Ctrl-C: Lightning stops every
-    process after the current step (or at the epoch's end), and this callback then
-    writes ``last.ckpt`` of that consistent state. A second Ctrl-C stops at once,
-    without saving: the state may be half-way through a step, and ``last.ckpt`` keeps
-    the last good one. Nothing is saved either when a weight or buffer is NaN or
-    infinite.
+
+class GracefulStop(Callback):
+    """Signals that stop a run keep its progress, with every process in step.
+
+    - SIGTERM (``kill``, a scheduler) or Ctrl-C: stop after the current step and write
+      ``last.ckpt``; Ctrl-C twice stops at once, without saving (the state may be half
+      way through a step; ``last.ckpt`` keeps the last good one).
+    - SIGUSR1 inside a SLURM job (``#SBATCH --signal=USR1@T``): write ``last.ckpt``,
+      ``scontrol requeue`` the job, and stop; the requeued job resumes from it.
+
+    Why not Lightning's own handlers: its SLURM handler saves a checkpoint from inside
+    the signal handler, wherever each process happens to be in its step, and the save
+    involves collectives (a barrier), so processes can pair the wrong collectives and
+    hang or save a half-updated state; its SIGTERM handling lets each process stop on
+    its own flag, at different steps. Here a handler only sets a flag; at the end of
+    every step the flags are combined over the processes (one scalar all-reduce), and
+    all of them save and stop at that same step. Nothing is saved when a weight or
+    buffer is NaN or infinite. (The pretraining command turns Lightning's SLURM
+    auto-requeue off so that only this path acts.)
     """
+
+    STOP, REQUEUE = 1, 2
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.last = Path(run_dir) / CHECKPOINT_DIR / LAST
-        self._previous_sigint: Any = None
-        self._trainer: pl.Trainer | None = None
+        self._previous: dict[int, Any] = {}
+        self._flag = 0
+        self._action = 0
+        self._interrupts = 0
+
+    # -- handlers (main thread of every process) -----------------------------------------
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt
+            print("\nselfsup: stopping after this step (Ctrl-C again to stop at once).",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        self._flag = max(self._flag, self.STOP)
+
+    def _on_requeue(self, signum: int, frame: Any) -> None:
+        self._flag = self.REQUEUE
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             return
-        self._trainer = trainer
-        self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        self._flag, self._interrupts = 0, 0
+        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
+        if _requeue_target() is not None:
+            handlers[signal.SIGUSR1] = self._on_requeue
+        for signum, handler in handlers.items():
+            self._previous[signum] = signal.signal(signum, handler)
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        trainer = self._trainer
-        if trainer is None or trainer.received_sigterm:
-            raise KeyboardInterrupt
-        trainer._signal_connector.received_sigterm = True
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    # -- the decision, at the same point on every process --------------------------------
+    def _agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        flag = torch.tensor([self._flag], device=getattr(pl_module, "device", "cpu"))
+        if trainer.world_size > 1:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        self._action = self._agreed(trainer, pl_module)
+        if self._action == 0:
+            return
+        # Every process reached this point for the same step, and knows the same action.
+        if _state_is_finite(pl_module):
+            trainer.save_checkpoint(str(self.last))
+            saved = f"saved {self.last} at step {trainer.global_step}"
+        else:
+            saved = f"not saving a non-finite state; {self.last} is kept"
         if trainer.is_global_zero:
-            print(
-                "\nselfsup: stopping after this step and saving last.ckpt "
-                "(Ctrl-C again to stop at once).",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"selfsup: stopping: {saved}.", file=sys.stderr, flush=True)
+        raise SIGTERMException  # Lightning's orderly stop, on every process at once
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A signal during the epoch's end hooks: the epoch-end last.ckpt (RunCheckpoint,
+        # after this hook) is the checkpoint, and Lightning stops once the epoch is closed.
+        self._action = self._agreed(trainer, pl_module)
+        if self._action:
+            trainer._signal_connector.received_sigterm = True
+            if trainer.is_global_zero:
+                print(f"selfsup: stopping at the end of epoch {trainer.current_epoch}: "
+                      f"{self.last} is written now.", file=sys.stderr, flush=True)  # fmt: skip
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint()
+        self._restore()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self._restore_sigint()
-        if not isinstance(exception, SIGTERMException):
-            return  # an error, or an abrupt stop that may have left a step half done
-        if not _state_is_finite(pl_module):
-            if trainer.is_global_zero:
-                print(
-                    f"selfsup: not saving a non-finite state; {self.last} is kept.", file=sys.stderr
-                )
-            return
-        trainer.save_checkpoint(str(self.last))
-        if trainer.is_global_zero:
-            print(
-                f"selfsup: stopped at step {trainer.global_step}; saved {self.last}.",
-                file=sys.stderr,
-                flush=True,
+        self._restore()
+        if self._action == self.REQUEUE and trainer.is_global_zero:
+            import subprocess
+
+            target = _requeue_target()
+            result = subprocess.run(["scontrol", "requeue", str(target)], capture_output=True,
+                                    text=True)  # fmt: skip
+            outcome = (
+                "requeued" if result.returncode == 0 else f"not requeued: {result.stderr.strip()}"
             )
+            print(f"selfsup: SLURM job {target} {outcome}.", file=sys.stderr, flush=True)
 
 
 class RunStatus(Callback):
@@ -252,79 +305,6 @@ def next_epoch(trainer: pl.Trainer) -> int:
     epochs = trainer.fit_loop.epoch_progress.current
     inside = epochs.started > epochs.processed
     return epochs.processed + int(inside and not mid_epoch(trainer))
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        # Plain lists and numbers: checkpoints stay loadable with weights_only=True.
-        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class RNGState(Callback):
-    """Random streams in mid-epoch checkpoints, restored when the run resumes.
-
-    Why: Lightning's checkpoints hold no random state. Every epoch starts its streams
-    from (seed, epoch, rank) (:class:`selfsup.data.module.EpochSeededLoader`), so a run
-    resumed at an epoch boundary repeats the uninterrupted run exactly. A checkpoint
-    written mid-epoch (pre-emption, ``checkpoint_every_n_steps``) also carries every
-    rank's Python, NumPy, torch and CUDA generators, and the resumed epoch continues
-    from them (its data restart from the epoch's beginning: Lightning cannot resume
-    a DataLoader mid-epoch).
-    """
-
-    def __init__(self) -> None:
-        self._restore: list[dict[str, Any]] | None = None
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        from selfsup.distributed import gather_object_list
-
-        states = gather_object_list(_rng_state())  # every rank takes part; rank 0 writes
-        checkpoint["selfsup_rng"] = {"per_rank": states, "mid_epoch": mid_epoch(trainer)}
-
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        saved = checkpoint.get("selfsup_rng")
-        if not saved or not saved["mid_epoch"]:
-            return
-        if len(saved["per_rank"]) == trainer.world_size:
-            self._restore = saved["per_rank"]
-        else:
-            warnings.warn(
-                f"The checkpoint holds the random state of {len(saved['per_rank'])} "
-                f"process(es), the run has {trainer.world_size}: the resumed epoch draws "
-                "new random streams.",
-                stacklevel=2,
-            )
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._restore is not None:
-            _set_rng_state(self._restore[trainer.global_rank])
-            self._restore = None
 
 
 def _global_step(path: Path) -> int:

@@ -36,10 +36,12 @@ def run_to_end(run: Path, data: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def start(run: Path, data: Path) -> subprocess.Popen:
+def start(run: Path, data: Path, *extra: str) -> subprocess.Popen:
+    """In its own process group, as a terminal or a scheduler runs it: a signal sent to
+    the group reaches the DataLoader workers too."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command(run, data), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen([*command(run, data), *extra], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
 
 
 def wait_for_step(run: Path, proc: subprocess.Popen, step: int) -> dict:
@@ -89,9 +91,9 @@ def test_sigkill_then_resume_auto_ends_like_an_uninterrupted_run(tiny_npz, tmp_p
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_stop_signal_saves_the_current_step_and_the_run_continues(tiny_npz, tmp_path, signum):
     run = tmp_path / "stopped"
-    proc = start(run, tiny_npz)
+    proc = start(run, tiny_npz, "--data.num_workers", "1")
     wait_for_step(run, proc, 3)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)  # main process and its DataLoader worker
     _, stderr = proc.communicate(timeout=120)
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "stopped", stderr[-3000:]

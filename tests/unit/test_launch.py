@@ -107,7 +107,9 @@ def test_newest_checkpoint_is_the_highest_step_and_skips_unreadable_files(tmp_pa
         newest_checkpoint(tmp_path)
 
 
-def test_graceful_stop_does_not_save_a_non_finite_state(tmp_path, capsys):
+def test_graceful_stop_saves_at_the_step_end_and_never_a_non_finite_state(tmp_path, capsys):
+    import signal
+
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     class FakeTrainer:
@@ -120,13 +122,20 @@ def test_graceful_stop_does_not_save_a_non_finite_state(tmp_path, capsys):
             self.saved.append(path)
 
     module = torch.nn.Linear(2, 2)
-    stop = GracefulStop(tmp_path)
-    trainer = FakeTrainer()
-    stop.on_exception(trainer, module, SIGTERMException())
-    assert trainer.saved == [str(tmp_path / "checkpoints" / "last.ckpt")]
-    with torch.no_grad():
-        module.weight[0, 0] = float("nan")
-    stop.on_exception(trainer, module, SIGTERMException())
-    assert len(trainer.saved) == 1 and "non-finite" in capsys.readouterr().err
-    stop.on_exception(trainer, torch.nn.Linear(2, 2), RuntimeError("a bug"))
-    assert len(trainer.saved) == 1  # errors are not stops
+    stop, trainer = GracefulStop(tmp_path), FakeTrainer()
+    stop.on_train_start(trainer, module)
+    try:
+        stop.on_train_batch_end(trainer, module)  # no signal: nothing happens
+        assert trainer.saved == []
+        signal.raise_signal(signal.SIGTERM)  # the handler only sets a flag...
+        with pytest.raises(SIGTERMException):  # ...acted on at the step's end
+            stop.on_train_batch_end(trainer, module)
+        assert trainer.saved == [str(tmp_path / "checkpoints" / "last.ckpt")]
+        with torch.no_grad():
+            module.weight[0, 0] = float("nan")
+        with pytest.raises(SIGTERMException):
+            stop.on_train_batch_end(trainer, module)
+        assert len(trainer.saved) == 1 and "non-finite" in capsys.readouterr().err
+    finally:
+        stop.on_exception(trainer, module, SIGTERMException())
+    assert signal.getsignal(signal.SIGTERM) is not stop._on_stop  # handlers restored

@@ -17,11 +17,22 @@ from selfsup.data.datasets import DataError, Intensity, open_dataset
 from selfsup.transforms import EvalTransform, ViewTransform
 
 
-def epoch_seed(epoch: int, rank: int = 0) -> int:
+def epoch_seed(epoch: int, rank: int = 0, salt: int = 0) -> int:
     """The seed of one epoch's random streams: a function of the run's seed
-    (``PL_GLOBAL_SEED``, set by ``seed_everything``), the epoch and the process."""
+    (``PL_GLOBAL_SEED``, set by ``seed_everything``), the epoch, the process, and a
+    salt (the step a run resumed mid-epoch from; 0 otherwise)."""
     base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    return ((base * 1_000_003 + epoch) * 1009 + rank) % 2**63
+    return (((base * 1_000_003 + epoch) * 1009 + rank) * 7_919 + salt) % 2**63
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM, SIGINT and SIGUSR1 to the main process, which
+    stops the run in order (a scheduler or a terminal signals every process; a worker
+    that died of it would turn an orderly stop into a crash)."""
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class EpochSeededLoader(DataLoader):
@@ -37,9 +48,11 @@ class EpochSeededLoader(DataLoader):
     it builds its first iterator.
     """
 
-    def __init__(self, *args: Any, epoch_fn: Callable[[], tuple[int, int]] | None = None,
+    def __init__(self, *args: Any, epoch_fn: Callable[[], tuple[int, int, int]] | None = None,
                  **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("generator", torch.Generator())
+        if kwargs.get("worker_init_fn") is None:
+            kwargs["worker_init_fn"] = _ignore_stop_signals
         super().__init__(*args, **kwargs)
         self.epoch_fn = epoch_fn
         self._epochs_started = 0
@@ -47,9 +60,14 @@ class EpochSeededLoader(DataLoader):
     def __iter__(self):
         import random
 
-        epoch, rank = self.epoch_fn() if self.epoch_fn else (self._epochs_started, 0)
+        epoch, rank, salt = self.epoch_fn() if self.epoch_fn else (self._epochs_started, 0, 0)
         self._epochs_started += 1
-        seed = epoch_seed(epoch, rank)
+        seed = epoch_seed(epoch, rank, salt)
+        # A DistributedSampler orders by its own epoch; Lightning sets it only after the
+        # first iterator of a (resumed) run exists.
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(seed)
         random.seed(seed)
@@ -110,7 +128,7 @@ class PretrainDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.strict = strict
-        self._resume_epoch: int | None = None
+        self._resume: tuple[int, int] | None = None
         self.path = path
         self.transform = transform
         self.batch_size = batch_size
@@ -164,25 +182,34 @@ class PretrainDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.check()
 
-    def _epoch_and_rank(self) -> tuple[int, int]:
+    def _epoch_and_rank(self) -> tuple[int, int, int]:
+        """(epoch, rank, salt) of the iterator about to start."""
         trainer = self.trainer
         if trainer is None:
-            return 0, 0
-        if self._resume_epoch is not None:
+            return 0, 0, 0
+        if self._resume is not None:
             # A resumed run builds its first iterator before Lightning restores the loops'
             # progress (the schedules ask for the number of steps): take the checkpoint's.
-            epoch, self._resume_epoch = self._resume_epoch, None
-            return epoch, trainer.global_rank
+            (epoch, salt), self._resume = self._resume, None
+            return epoch, trainer.global_rank, salt
         # Epochs finished so far: what Lightning also gives the samplers' set_epoch.
-        return trainer.fit_loop.epoch_progress.current.processed, trainer.global_rank
+        return trainer.fit_loop.epoch_progress.current.processed, trainer.global_rank, 0
 
     def state_dict(self) -> dict[str, Any]:
-        from selfsup.rundir import next_epoch
+        """Where a run resumed from a checkpoint written now starts its random streams:
+        the next epoch from its beginning (as an uninterrupted run does), or, inside an
+        epoch, that epoch again with fresh streams salted by the step (Lightning
+        restarts the epoch's data; the salt keeps it from repeating the same views)."""
+        from selfsup.rundir import mid_epoch, next_epoch
 
-        return {"next_epoch": next_epoch(self.trainer) if self.trainer is not None else 0}
+        trainer = self.trainer
+        if trainer is None:
+            return {"next_epoch": 0, "salt": 0}
+        salt = trainer.global_step if mid_epoch(trainer) else 0
+        return {"next_epoch": next_epoch(trainer), "salt": salt}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_epoch = int(state_dict.get("next_epoch", 0))
+        self._resume = (int(state_dict.get("next_epoch", 0)), int(state_dict.get("salt", 0)))
 
     def train_dataloader(self) -> DataLoader:
         return EpochSeededLoader(
