@@ -201,6 +201,18 @@ def _wandb_logger(run_dir: str, project: str):
     return logger
 
 
+def _finish_wandb(trainer: Any) -> None:
+    """End this run's wandb run (Lightning leaves it open): the next run in the same
+    process (a notebook, a sweep) must start its own, not log into this one."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
 def _wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -335,9 +347,12 @@ def pretrain(argv: list[str]) -> int:
             )
     if ckpt_path is not None and cli.trainer.is_global_zero:
         print(f"selfsup: resuming from {ckpt_path}", file=sys.stderr)
-    cli.trainer.fit(
-        cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None
-    )
+    try:
+        cli.trainer.fit(
+            cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None
+        )
+    finally:
+        _finish_wandb(cli.trainer)
     if cli.trainer.is_global_zero:
         print(f"selfsup: run directory {run_dir}", file=sys.stderr)
     return 0
