@@ -61,11 +61,13 @@ class RunCSVLogger(CSVLogger):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to ``FILE.tmp`` and renames it over ``FILE``.
+    """Writes a checkpoint to ``FILE.tmp`` beside it, syncs it, and renames it over ``FILE``.
 
-    Why not Lightning's own: it writes the file in place, so a job killed while
-    writing (SIGKILL, a node failure) leaves a truncated ``last.ckpt`` and loses the
-    last good state. A rename is atomic on a POSIX file system: the old file stays
+    Why not Lightning's own save: it stages the file through fsspec's transaction in the
+    system temp directory and then moves it; when the run directory is on another file
+    system (node-local /tmp, a shared cluster file system) the move is a copy into the
+    target path, which a kill can truncate, and every checkpoint must also fit in /tmp.
+    A rename within one directory is atomic on POSIX file systems: the old file stays
     whole until the new one is complete.
     """
 
@@ -75,8 +77,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote storage: fsspec's own semantics
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
 
 

@@ -90,6 +90,7 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_write_fails(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises
         io.save_checkpoint({"global_step": 6, "bad": lambda: 0}, path)
     assert torch.load(path, weights_only=True)["global_step"] == 5
+    assert not (tmp_path / "last.ckpt.tmp").exists()  # the failed write left nothing
     assert newest_checkpoint(tmp_path.parent / "nothing-here") is None
 
 
