@@ -1,0 +1,128 @@
+"""Data pipeline throughput: images/s each method's pretraining DataLoader delivers.
+
+    .venv/bin/python benchmarks/data_pipeline.py [--data ../shared/data/cifar10_jpeg.npz]
+        [--batches 30] [--workers 0 2] [--out benchmarks/RESULTS.md]
+
+For every method's CIFAR config (32 px, batch 64): the DataLoader of `selfsup pretrain`
+(views, and I-JEPA's masks drawn in the workers) iterated from in-memory uint8 images,
+timed after its first batch (worker start-up excluded), with 0 and 2 workers, the
+settings interleaved, median of 3 repeats. The model side (images/s of a training step)
+is the throughput benchmark's; this file measures what feeds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "SimCLR": "configs/simclr/resnet18_cifar.yaml",
+    "Triplet": "configs/triplet/resnet18_cifar.yaml",
+    "BYOL": "configs/byol/resnet18_cifar.yaml",
+    "DINO (2+6 crops)": "configs/dino/resnet18_cifar.yaml",
+    "MAE": "configs/mae/vit_tiny_cifar.yaml",
+    "I-JEPA (+ masks)": "configs/ijepa/vit_tiny_cifar.yaml",
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def datamodule(config: str, data: str, workers: int):
+    from selfsup.cli import build_pretrain_cli
+    from selfsup.masks import MultiBlockMaskCollator
+
+    cli = build_pretrain_cli(["--config", str(REPO / config), "--data.path", data,
+                              "--data.batch_size", "64", "--data.num_workers", str(workers),
+                              "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                              "--trainer.default_root_dir", "/tmp/selfsup-bench-data"])  # fmt: skip
+    dm = cli.datamodule
+    if hasattr(cli.model, "mask_sampler"):  # I-JEPA draws its masks in the loader workers
+        dm.collate_fn = MultiBlockMaskCollator(cli.model.mask_sampler)
+    return dm
+
+
+def images_per_second(dm, batches: int) -> float:
+    loader = iter(dm.train_dataloader())
+    next(loader)  # worker start-up and first batch excluded
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches * dm.batch_size / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10_jpeg.npz"))
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks/RESULTS.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # as a worker runs; the main process's views likewise
+    rates: dict[tuple[str, int], list[float]] = {}
+    for _ in range(args.repeats):  # interleaved: drifts in machine load hit every setting
+        for name, config in CONFIGS.items():
+            for w in args.workers:
+                rate = images_per_second(datamodule(config, args.data, w), args.batches)
+                rates.setdefault((name, w), []).append(rate)
+                print(f"{name:18s} workers={w}: {rate:8.0f} images/s", file=sys.stderr)
+    rows = [
+        "| method (config) | "
+        + " | ".join(f"{w} workers" for w in args.workers)
+        + " | spread (min-max, %) |",
+        "|---|" + "---|" * (len(args.workers) + 1),
+    ]
+    for name, config in CONFIGS.items():
+        med = [statistics.median(rates[(name, w)]) for w in args.workers]
+        spread = max((max(rates[(name, w)]) - min(rates[(name, w)])) / statistics.median(
+            rates[(name, w)]) * 100 for w in args.workers)  # fmt: skip
+        rows.append(f"| {name} (`{config}`) | " + " | ".join(f"{m:,.0f}" for m in med)
+                    + f" | {spread:.0f} |")  # fmt: skip
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    section = "\n".join([
+        "## Data pipeline (images/s delivered, 32 px, batch 64)",
+        "",
+        f"`benchmarks/data_pipeline.py --batches {args.batches} --repeats {args.repeats}`, "
+        f"{time.strftime('%Y-%m-%d')}, {json.dumps(machine)}; median of {args.repeats} "
+        "interleaved repeats after the first batch.",
+        "",
+        *rows,
+        "",
+    ])  # fmt: skip
+    out = Path(args.out)
+    text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
+    start = text.find("## Data pipeline")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    out.write_text(text)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
