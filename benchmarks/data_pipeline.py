@@ -110,6 +110,9 @@ def main() -> int:
         "",
         *rows,
         "",
+        "The main process is limited to one thread here, as a DataLoader worker is. The",
+        "target: at least 5x the training step's images/s (the step benchmark's figure).",
+        "",
     ])  # fmt: skip
     out = Path(args.out)
     text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
