@@ -115,16 +115,18 @@ def read_image(path: str | Path, intensity: Intensity = "dtype") -> torch.Tensor
 
 
 def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """A gray image in a colour folder becomes RGB (repeated); a colour image in a gray
-    folder becomes gray (ITU-R 601 luminance), so every image of a folder stacks."""
+    """``(C, H, W)`` -> ``(channels, H, W)``: gray -> RGB by repetition, RGB -> gray by
+    ITU-R 601 luminance (a gray file in a colour folder, or the other way round)."""
     c = image.shape[0]
     if c == channels:
         return image
     if c == 1:
-        return image.expand(channels, -1, -1).clone()
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-    gray = (image[:3].float() * weights).sum(0, keepdim=True)
-    return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
+        return image.expand(channels, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        gray = (image.float() * weights).sum(0, keepdim=True)
+        return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
+    raise DataError(f"Cannot convert {c}-channel images to {channels} channels.")
 
 
 #: What reading a broken file raises: PIL's UnidentifiedImageError (not an image,

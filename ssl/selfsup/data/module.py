@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from selfsup.data.datasets import DataError, Intensity, open_dataset
+from selfsup.data.datasets import DataError, Intensity, match_channels, open_dataset
 from selfsup.transforms import EvalTransform, ViewTransform
 
 
@@ -310,13 +310,4 @@ class _ChannelConverter:
         self.channels = channels
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        c = image.shape[0]
-        if c == self.channels:
-            return image
-        if self.channels == 3 and c == 1:
-            return image.expand(3, -1, -1).contiguous()
-        if self.channels == 1 and c == 3:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-            gray = (image.float() * weights).sum(0, keepdim=True)
-            return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
-        raise DataError(f"Cannot convert {c}-channel images to {self.channels} channels.")
+        return match_channels(image, self.channels)

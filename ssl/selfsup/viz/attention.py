@@ -116,7 +116,8 @@ def upsample(maps: torch.Tensor, patch_size: int) -> torch.Tensor:
     return maps.repeat_interleave(patch_size, -2).repeat_interleave(patch_size, -1)
 
 
-def _to_rgb(shown: torch.Tensor) -> torch.Tensor:
+def to_rgb(shown: torch.Tensor) -> torch.Tensor:
+    """A displayed image ``(C, H, W)`` as RGB (gray repeated)."""
     return shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown[:3]
 
 
@@ -165,7 +166,7 @@ def write_attention(
         mask = mass_mask(mean_map, threshold)
         stem = out / Path(path).stem
         stem.mkdir(exist_ok=True)
-        rgb = _to_rgb(shown)
+        rgb = to_rgb(shown)
         _save_png(rgb.permute(1, 2, 0).numpy(), stem / "image.png")
         for i, head in enumerate(upsample(maps, p)):
             _save_png(head.numpy(), stem / f"head-{i}.png", cmap="inferno")

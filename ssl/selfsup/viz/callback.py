@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
-from selfsup.viz.attention import attention_maps, mass_mask, prepare_image, upsample
+from selfsup.viz.attention import attention_maps, mass_mask, prepare_image, to_rgb, upsample
 
 
 def _colour(maps: torch.Tensor) -> torch.Tensor:
@@ -34,7 +34,7 @@ def attention_panels(
         maps, _ = attention_maps(backbone, x.to(next(backbone.parameters()).device))
         mean_map = maps[0].mean(0).cpu()
         keep = upsample(mass_mask(mean_map, threshold).float(), backbone.patch_size)
-        rgb = shown.expand(3, -1, -1) if shown.shape[0] == 1 else shown[:3]
+        rgb = to_rgb(shown)
         tiles += [rgb, _colour(upsample(mean_map, backbone.patch_size)), rgb * (0.25 + 0.75 * keep)]
     return make_grid(tiles, nrow=3, padding=2, pad_value=1.0)
 
