@@ -1,0 +1,62 @@
+"""What the benchmark scripts share: the machine's description and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks/RESULTS.md"
+CIFAR = REPO.parent / "shared/data/cifar10_jpeg.npz"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line: CPU, cores, memory, versions, date."""
+    import lightly
+    import pytorch_lightning
+    import timm
+
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f"{pages / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        memory = "?"
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores, {memory}, no GPU; "
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"lightning {pytorch_lightning.__version__}, timm {timm.__version__}, "
+        f"lightly {lightly.__version__}"
+    )
+
+
+def spread_percent(values: list[float]) -> float:
+    """(max - min) / median, in percent."""
+    return (max(values) - min(values)) / statistics.median(values) * 100
+
+
+def write_section(heading: str, body: str, out: Path = RESULTS) -> None:
+    """Replace the section ``## heading`` of ``out`` (or append it) with ``body``."""
+    section = f"## {heading}\n\n{body.strip()}\n"
+    text = out.read_text() if out.is_file() else "# Benchmarks\n"
+    start = text.find(f"## {heading}\n")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    out.write_text(text)
