@@ -88,7 +88,9 @@ class _CifarBenchmarkRecipe(pl.LightningModule):
 
 
 class LightlySimCLR(_CifarBenchmarkRecipe):
-    def __init__(self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200):
+    def __init__(
+        self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200, **_: Any
+    ) -> None:
         super().__init__(batch_size, max_epochs)
         self.backbone, dim = make_backbone(backbone)
         self.projection_head = heads.SimCLRProjectionHead(dim, 512, 128)
@@ -105,7 +107,9 @@ class LightlySimCLR(_CifarBenchmarkRecipe):
 
 
 class LightlyBYOL(_CifarBenchmarkRecipe):
-    def __init__(self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200):
+    def __init__(
+        self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200, **_: Any
+    ) -> None:
         super().__init__(batch_size, max_epochs)
         self.backbone, dim = make_backbone(backbone)
         self.projection_head = heads.BYOLProjectionHead(dim, 1024, 256)
@@ -135,7 +139,9 @@ class LightlyBYOL(_CifarBenchmarkRecipe):
 
 
 class LightlyDINO(_CifarBenchmarkRecipe):
-    def __init__(self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200):
+    def __init__(
+        self, backbone: str = "resnet18", batch_size: int = 128, max_epochs: int = 200, **_: Any
+    ) -> None:
         super().__init__(batch_size, max_epochs)
         self.backbone, dim = make_backbone(backbone, dynamic_img_size=True)
         self.head = self._head(dim)
