@@ -31,13 +31,12 @@ import timm
 import torch
 from lightly.loss import DINOLoss, NegativeCosineSimilarity, NTXentLoss
 from lightly.models import ResNetGenerator, utils
-from lightly.models.modules import heads
+from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, heads
 from lightly.models.modules.ijepa import IJEPABackbone, IJEPAPredictor
 from lightly.models.modules.masked_vision_transformer_timm import (
     MaskedVisionTransformerTIMM,
     init_weights,
 )
-from lightly.models.modules import MaskedVisionTransformerDecoderTIMM
 from torch import nn
 from torch.nn import functional as F
 

@@ -39,8 +39,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -48,8 +49,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, machine, write_section  # noqa: E402
-from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES  # noqa: E402
+from common import CIFAR, REPO, machine, write_section
+from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 
 RECORDS = REPO / "benchmarks/quality_runs.json"
 PLOT = REPO / "benchmarks/quality_knn.png"
@@ -349,9 +350,12 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
         sk = [r["final"]["knn"] for r in s]
         lk = [r["final"]["knn"] for r in lt]
         diff = f"{(statistics.mean(sk) - statistics.mean(lk)) * 100:+.1f}" if sk and lk else "-"
-        shape = lambda rs: (
-            f"{statistics.mean([r['steps'] for r in rs]):.0f} x {rs[0]['batch']}" if rs else "-"
-        )  # noqa: E731
+
+        def shape(rs: list[dict]) -> str:
+            return (
+                f"{statistics.mean([r['steps'] for r in rs]):.0f} x {rs[0]['batch']}" if rs else "-"
+            )
+
         ips = f"{statistics.mean([r['images_per_s'] for r in s]):.0f}" if s else "-"
         probes = [r["final"]["probe"] for r in s if "probe" in r["final"]]
         label = method if counterpart == method else f"{method} (vs lightly {counterpart})"
@@ -387,7 +391,7 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
         "",
         *[f"- {line}" for line in full],
         "",
-        f"![kNN top-1 against training minutes](quality_knn.png)",
+        "![kNN top-1 against training minutes](quality_knn.png)",
         "",
     ]  # fmt: skip
     write_section("Learning per CPU-minute (`quality`)", "\n".join(body))

@@ -42,9 +42,9 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, machine, spread_percent, write_section  # noqa: E402
-from data_pipeline import datamodule, images_per_second  # noqa: E402
-from lightly_recipes import RECIPES  # noqa: E402
+from common import CIFAR, REPO, machine, spread_percent, write_section
+from data_pipeline import datamodule, images_per_second
+from lightly_recipes import RECIPES
 
 BATCH = 64
 COMBOS = [
