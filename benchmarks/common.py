@@ -49,8 +49,9 @@ def spread_percent(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values) * 100
 
 
-def write_section(heading: str, body: str, out: Path = RESULTS) -> None:
-    """Replace the section ``## heading`` of ``out`` (or append it) with ``body``."""
+def write_section(heading: str, body: str, out: Path | None = None) -> None:
+    """Replace the section ``## heading`` of ``out`` (RESULTS.md by default; or append it)."""
+    out = out or RESULTS
     section = f"## {heading}\n\n{body.strip()}\n"
     text = out.read_text() if out.is_file() else "# Benchmarks\n"
     start = text.find(f"## {heading}\n")

@@ -49,6 +49,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 from common import CIFAR, REPO, machine, write_section
 from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 
@@ -132,6 +133,8 @@ class Budget(pl.Callback):
         pl_module.eval()
         result = self.evaluate_fn(pl_module, **extra)
         pl_module.train(was_training)
+        if self.curve and self.curve[-1]["step"] == trainer.global_step:
+            self.curve.pop()  # the end fell on a mark: keep the final evaluation only
         self.curve.append({"minutes": self.train_s / 60, "step": trainer.global_step, **result})
         print(f"    {self.train_s / 60:5.2f} min, step {trainer.global_step}: {result}", flush=True)
 
@@ -343,7 +346,7 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
     runs = [r for r in records if r["side"] != "baseline" and r["budget_min"] == budget_min]
     by = lambda run: [r for r in runs if r["run"] == run]  # noqa: E731
     rows = ["| method | selfsup kNN top-1 % | lightly's recipe kNN top-1 % | selfsup - lightly "
-            "(points) | steps x batch (selfsup / lightly) | selfsup img/s | selfsup probe % |",
+            "(points) | steps x batch (selfsup / lightly) | selfsup img/s | probe % (selfsup / lightly) |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for method, (_, counterpart) in METHODS.items():
         s, lt = by(f"selfsup/{method}"), by(f"lightly/{counterpart}")
@@ -358,9 +361,11 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
 
         ips = f"{statistics.mean([r['images_per_s'] for r in s]):.0f}" if s else "-"
         probes = [r["final"]["probe"] for r in s if "probe" in r["final"]]
+        lprobes = [r["final"]["probe"] for r in lt if "probe" in r["final"]]
+        probe = f"{_mean_sd(probes)} / {_mean_sd(lprobes)}" if probes or lprobes else "-"
         label = method if counterpart == method else f"{method} (vs lightly {counterpart})"
         rows.append(f"| {label} | {_mean_sd(sk)} | {_mean_sd(lk)} | {diff} | "
-                    f"{shape(s)} / {shape(lt)} | {ips} | {_mean_sd(probes) if probes else '-'} |")  # fmt: skip
+                    f"{shape(s)} / {shape(lt)} | {ips} | {probe} |")  # fmt: skip
     base = [r for r in records if r["side"] == "baseline"]
     for name in sorted({r["method"] for r in base}):
         rows.append(f"| baseline: {name} | {_mean_sd([r['final']['knn'] for r in base if r['method'] == name])} | | | | | |")  # fmt: skip
@@ -428,6 +433,7 @@ def plot(records: list[dict], budget_min: float) -> None:
 
 
 def main() -> int:
+    global RECORDS, PLOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[], help="e.g. selfsup/simclr lightly/simclr")
     parser.add_argument("--budget-min", type=float, default=10.0)
@@ -437,12 +443,21 @@ def main() -> int:
     parser.add_argument("--baselines", action="store_true")
     parser.add_argument("--render", action="store_true", help="only redraw from the records")
     parser.add_argument("--force", action="store_true", help="rerun recorded runs")
+    parser.add_argument("--limit-data", type=int, default=0,
+                        help="a quick check of the script: N training and N test images, "
+                        "records to --records")  # fmt: skip
+    parser.add_argument("--records", type=Path, default=RECORDS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if args.records != RECORDS:  # a check run writes beside its records, not to RESULTS.md
+        RECORDS, PLOT = args.records, args.records.with_suffix(".png")
+        common.RESULTS = args.records.with_suffix(".md")
     records = load_records()
     data = load_cifar(CIFAR) if (args.runs or args.baselines) else {}
+    if args.limit_data:
+        data = {k: v[: args.limit_data] for k, v in data.items()}
     if args.baselines:
         for record in baselines(data):
             save_record(records, record)

@@ -86,3 +86,22 @@ def test_bad_names_and_sizes_are_refused_with_the_fix():
         check_input_size(Backbone("resnet18"), 16)
     with pytest.raises(TypeError, match="ViT"):
         Backbone("resnet18").forward_tokens(torch.randn(1, 3, 32, 32))
+
+
+def test_resnet_weights_are_channels_last_and_compute_the_same_function():
+    fast = Backbone("resnet18", img_size=32, cifar_stem=True)
+    plain = Backbone("resnet18", img_size=32, cifar_stem=True, channels_last=False)
+    plain.load_state_dict(fast.state_dict())  # same keys, values copied across layouts
+    conv = fast.model.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.model.conv1.weight.is_contiguous()
+    x = torch.randn(4, 3, 32, 32)
+    for net in (fast, plain):
+        net.train()
+        net.zero_grad()
+        net(x).square().sum().backward()
+    torch.testing.assert_close(fast.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        fast.model.conv1.weight.grad, plain.model.conv1.weight.grad, rtol=1e-3, atol=1e-4
+    )
+    assert fast.model.conv1.weight.grad.is_contiguous(memory_format=torch.channels_last)
