@@ -13,9 +13,6 @@ is the throughput benchmark's; this file measures what feeds it.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CIFAR, REPO, RESULTS, machine, spread_percent, write_section
+
 CONFIGS = {
     "SimCLR": "configs/simclr/resnet18_cifar.yaml",
     "Triplet": "configs/triplet/resnet18_cifar.yaml",
@@ -32,16 +31,6 @@ CONFIGS = {
     "MAE": "configs/mae/vit_tiny_cifar.yaml",
     "I-JEPA (+ masks)": "configs/ijepa/vit_tiny_cifar.yaml",
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def datamodule(config: str, data: str, workers: int):
@@ -69,11 +58,11 @@ def images_per_second(dm, batches: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10_jpeg.npz"))
+    parser.add_argument("--data", default=str(CIFAR))
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(REPO / "benchmarks/RESULTS.md"))
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a worker runs; the main process's views likewise
     rates: dict[tuple[str, int], list[float]] = {}
@@ -91,22 +80,12 @@ def main() -> int:
     ]
     for name, config in CONFIGS.items():
         med = [statistics.median(rates[(name, w)]) for w in args.workers]
-        spread = max((max(rates[(name, w)]) - min(rates[(name, w)])) / statistics.median(
-            rates[(name, w)]) * 100 for w in args.workers)  # fmt: skip
+        spread = max(spread_percent(rates[(name, w)]) for w in args.workers)
         rows.append(f"| {name} (`{config}`) | " + " | ".join(f"{m:,.0f}" for m in med)
                     + f" | {spread:.0f} |")  # fmt: skip
-    machine = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
     section = "\n".join([
-        "## Data pipeline (images/s delivered, 32 px, batch 64)",
-        "",
         f"`benchmarks/data_pipeline.py --batches {args.batches} --repeats {args.repeats}`, "
-        f"{time.strftime('%Y-%m-%d')}, {json.dumps(machine)}; median of {args.repeats} "
-        "interleaved repeats after the first batch.",
+        f"{machine()}; median of {args.repeats} interleaved repeats after the first batch.",
         "",
         *rows,
         "",
@@ -114,15 +93,7 @@ def main() -> int:
         "target: at least 5x the training step's images/s (the step benchmark's figure).",
         "",
     ])  # fmt: skip
-    out = Path(args.out)
-    text = out.read_text() if out.is_file() else "# Benchmarks\n\n"
-    start = text.find("## Data pipeline")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    out.write_text(text)
+    write_section("Data pipeline (images/s delivered, 32 px, batch 64)", section, Path(args.out))
     print(section)
     return 0
 

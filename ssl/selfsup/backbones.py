@@ -159,11 +159,11 @@ class Backbone(nn.Module):
                 )
                 self.model.maxpool = nn.Identity()
             if channels_last:
-                # Measured (benchmarks/RESULTS.md): on CPU, oneDNN's NCHW convolutions slow
-                # down with the 2B-view batch a joint pass gives (fp32 +17 %); NHWC weights
-                # make it ~25 % faster and batch-size neutral. Convolutions follow the
-                # weights' layout, so inputs need no conversion; on GPUs it is the layout
-                # tensor cores want under mixed precision.
+                # Measured (benchmarks/RESULTS.md, "ResNet memory layout"): on CPU, NCHW
+                # convolutions slow down on the 2B-view batch of a joint pass; NHWC weights
+                # are faster and batch-size neutral. Convolutions follow the weights' layout,
+                # so inputs need no conversion; on GPUs it is the layout tensor cores want
+                # under mixed precision.
                 self.model.to(memory_format=torch.channels_last)
             self.patch_size = None
             self.pool = "avg"
