@@ -411,18 +411,20 @@ def plot(records: list[dict], budget_min: float) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    markers = "osD^v"
     for r in records:
         if r["side"] == "baseline" or r["budget_min"] != budget_min:
             continue
-        xs = [0.0] + [p["minutes"] for p in r["curve"]]
-        ys = [None] + [p["knn"] * 100 for p in r["curve"]]
-        ax.plot(xs[1:], ys[1:], marker="o", color=colours[r["method"]],
+        ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
+                marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
                 linestyle="-" if r["side"] == "selfsup" else "--",
                 label=f"{r['run']} seed {r['seed']}")  # fmt: skip
-    for r in records:
-        if r["side"] == "baseline" and r["seed"] == 0:
-            ax.axhline(r["final"]["knn"] * 100, color="grey", linestyle=":", linewidth=1)
-            ax.annotate(r["method"], (0, r["final"]["knn"] * 100), fontsize=8, va="bottom")
+    baseline_styles = iter([":", "-."])
+    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
+        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
+        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
+                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
+    ax.set_xlim(0, budget_min * 1.05)
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("selfsup (solid) vs lightly's recipes (dashed), cifar10_jpeg")
