@@ -305,21 +305,26 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
 
 
 def baselines(data: dict) -> list[dict[str, Any]]:
+    """kNN and probe references: raw pixels, and untrained backbones of the runs' shapes.
+
+    The probe figures are what the MAE / I-JEPA probes are read against: a linear probe
+    is stronger than kNN on any features, so those runs' probe needs a probe baseline.
+    """
     from selfsup.backbones import Backbone
-    from selfsup.knn import knn_top1
 
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
-    raw = {
-        s: features(lambda x: x.flatten(1), data[f"x_{s}"], mean, std) for s in ("train", "test")
-    }
     out = [{"run": "baseline/raw_pixels", "side": "baseline", "method": "raw pixels", "seed": 0,
-            "final": {"knn": knn_top1(raw["train"], data["y_train"], raw["test"], data["y_test"], K, T)}}]  # fmt: skip
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        net = Backbone("resnet18", img_size=32, cifar_stem=True).eval()
-        out.append({"run": "baseline/random_init_resnet18", "side": "baseline",
-                    "method": "random-init ResNet-18", "seed": seed,
-                    "final": evaluate(net, data, mean, std)})  # fmt: skip
+            "final": evaluate(lambda x: x.flatten(1), data, mean, std, probe=True)}]  # fmt: skip
+    untrained = {  # run: (method, backbone of the runs' shape)
+        "random_init_resnet18": ("random-init ResNet-18", dict(name="resnet18", cifar_stem=True)),
+        "random_init_vit_tiny4": ("random-init ViT-Tiny/4", dict(name="vit_tiny", patch_size=4, pool="avg")),
+    }  # fmt: skip
+    for run_name, (method, kwargs) in untrained.items():
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            net = Backbone(img_size=32, **kwargs).eval()
+            out.append({"run": "baseline/" + run_name, "side": "baseline", "method": method,
+                        "seed": seed, "final": evaluate(net, data, mean, std, probe=True)})  # fmt: skip
     return out
 
 
@@ -368,7 +373,10 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
                     f"{shape(s)} / {shape(lt)} | {ips} | {probe} |")  # fmt: skip
     base = [r for r in records if r["side"] == "baseline"]
     for name in sorted({r["method"] for r in base}):
-        rows.append(f"| baseline: {name} | {_mean_sd([r['final']['knn'] for r in base if r['method'] == name])} | | | | | |")  # fmt: skip
+        finals = [r["final"] for r in base if r["method"] == name]
+        probe = _mean_sd([f["probe"] for f in finals if "probe" in f])
+        rows.append(f"| baseline: {name} | {_mean_sd([f['knn'] for f in finals])} | | | | | "
+                    f"{probe if 'probe' in finals[0] else ''} |")  # fmt: skip
     exist = sorted({(r["run"], r["seed"]) for r in runs})
     listed = ", ".join(f"{run} seed {seed}" for run, seed in exist) or "none"
     missing = [f"{side}/{m if side == 'selfsup' else c}" for m, (_, c) in METHODS.items()
