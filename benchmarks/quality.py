@@ -417,7 +417,7 @@ def plot(records: list[dict], budget_min: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     markers = "osD^v"
     for r in records:
@@ -436,7 +436,9 @@ def plot(records: list[dict], budget_min: float) -> None:
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("selfsup (solid) vs lightly's recipes (dashed), cifar10_jpeg")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )  # beside the curves, not on them
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
