@@ -374,9 +374,9 @@ def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
     base = [r for r in records if r["side"] == "baseline"]
     for name in sorted({r["method"] for r in base}):
         finals = [r["final"] for r in base if r["method"] == name]
-        probe = _mean_sd([f["probe"] for f in finals if "probe" in f])
+        probes = [f["probe"] for f in finals if "probe" in f]
         rows.append(f"| baseline: {name} | {_mean_sd([f['knn'] for f in finals])} | | | | | "
-                    f"{probe if 'probe' in finals[0] else ''} |")  # fmt: skip
+                    f"{_mean_sd(probes) if probes else ''} |")  # fmt: skip
     exist = sorted({(r["run"], r["seed"]) for r in runs})
     listed = ", ".join(f"{run} seed {seed}" for run, seed in exist) or "none"
     missing = [f"{side}/{m if side == 'selfsup' else c}" for m, (_, c) in METHODS.items()
