@@ -50,19 +50,20 @@ def _pretrain_cli_class():
     from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
     from selfsup.backbones import check_input_size
-    from selfsup.data.module import PretrainDataModule, SkippedImagesReport
+    from selfsup.data.module import PretrainDataModule
     from selfsup.methods.base import SelfSupervisedMethod
-    from selfsup.methods.collapse_monitor import CollapseMonitor
-    from selfsup.methods.knn_monitor import KNNMonitor
     from selfsup.methods.teacher import TeacherStudentMethod
-    from selfsup.rundir import (
+    from selfsup.train.collapse_monitor import CollapseMonitor
+    from selfsup.train.knn_monitor import KNNMonitor
+    from selfsup.train.pictures import PictureLogger
+    from selfsup.train.rundir import (
         AtomicCheckpointIO,
         GracefulStop,
         RunCSVLogger,
         RunStatus,
         checkpoint_callback,
     )
-    from selfsup.viz.callback import PictureLogger
+    from selfsup.train.skipped_images import SkippedImagesReport
 
     class PretrainCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -322,7 +323,7 @@ def _config_error_in(error: BaseException) -> ConfigError | None:
 
 
 def pretrain(argv: list[str]) -> int:
-    from selfsup.rundir import newest_checkpoint
+    from selfsup.train.rundir import newest_checkpoint
 
     check_method(argv)
     try:
@@ -585,7 +586,7 @@ def reconstruct(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random mask")
     args = parser.parse_args(argv)
 
-    from selfsup.eval.reconstruct import write_reconstructions
+    from selfsup.viz.reconstruct import write_reconstructions
 
     _print_result(write_reconstructions(args.ckpt, args.image, args.out, args.upscale, args.seed))
     return 0
@@ -750,13 +751,13 @@ def embed(argv: list[str]) -> int:
 
 
 def _launch(argv: list[str]) -> int:
-    from selfsup.launch import launch
+    from selfsup.commands.launch import launch
 
     return launch(argv)
 
 
 def _summary(argv: list[str]) -> int:
-    from selfsup.launch import summary
+    from selfsup.commands.launch import summary
 
     return summary(argv)
 

@@ -123,7 +123,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
 
 SAVER = """
 import sys, torch
-from selfsup.rundir import AtomicCheckpointIO
+from selfsup.train.rundir import AtomicCheckpointIO
 io, step = AtomicCheckpointIO(), 0
 big = torch.randn(40_000_000)  # 160 MB: a save takes a while
 while True:

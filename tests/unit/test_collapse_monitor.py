@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from selfsup.methods.collapse_monitor import CollapseMonitor, CollapseWatch, embedding_std
+from selfsup.train.collapse_monitor import CollapseMonitor, CollapseWatch, embedding_std
 
 
 def test_embedding_std_is_the_mean_per_dimension_std_of_normalised_rows():

@@ -8,9 +8,9 @@ import torch
 
 from conftest import REPO
 from selfsup.cli import main
+from selfsup.commands.launch import render, time_seconds
 from selfsup.errors import ConfigError
-from selfsup.launch import render, time_seconds
-from selfsup.rundir import AtomicCheckpointIO, GracefulStop, newest_checkpoint
+from selfsup.train.rundir import AtomicCheckpointIO, GracefulStop, newest_checkpoint
 
 CONFIG = str(REPO / "configs/dino/vit_small_imagenet.yaml")
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +31,22 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def mid_epoch(trainer: pl.Trainer) -> bool:
+    """Whether a checkpoint written now lies inside an epoch (one that ends on the epoch's
+    last batch counts as the epoch's end, as Lightning restores it)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    return epochs.started > epochs.processed and not (
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    )
+
+
+def next_epoch(trainer: pl.Trainer) -> int:
+    """The epoch a run resumed from a checkpoint written now starts (or restarts)."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    inside = epochs.started > epochs.processed
+    return epochs.processed + int(inside and not mid_epoch(trainer))
 
 
 class EpochSeededLoader(DataLoader):
@@ -169,7 +183,7 @@ class PretrainDataModule(pl.LightningDataModule):
             raise DataError(
                 f"data.batch_size is {self.batch_size}: self-supervised losses compare images in a batch; use at least 2."
             )
-        source = _unwrap(self.train_dataset)
+        source = unwrap_dataset(self.train_dataset)
         if self.strict and hasattr(source, "scan"):
             source.scan()
         n = len(self.train_dataset)
@@ -200,8 +214,6 @@ class PretrainDataModule(pl.LightningDataModule):
         the next epoch from its beginning (as an uninterrupted run does), or, inside an
         epoch, that epoch again with fresh streams salted by the step (Lightning
         restarts the epoch's data; the salt keeps it from repeating the same views)."""
-        from selfsup.rundir import mid_epoch, next_epoch
-
         trainer = self.trainer
         if trainer is None:
             return {"next_epoch": 0, "salt": 0}
@@ -255,52 +267,14 @@ class PretrainDataModule(pl.LightningDataModule):
         return subset(train, max_train), subset(test, max_test)
 
 
-def _unwrap(ds: Dataset) -> Dataset:
+def unwrap_dataset(ds: Dataset) -> Dataset:
     while isinstance(ds, TransformedDataset):
         ds = ds.dataset
     return ds
 
 
 def _labels(ds: Dataset):
-    return getattr(_unwrap(ds), "targets", None)
-
-
-class SkippedImagesReport(pl.Callback):
-    """Says how many unreadable images a run skipped: one warning line when new ones
-    appear (count and a few names), ``data/skipped_images`` in the logged metrics,
-    the full list in ``RUN/skipped_images.txt``, and a last line when training ends."""
-
-    def __init__(self) -> None:
-        self.reported = 0
-
-    def _gather(self, trainer: pl.Trainer) -> list[str]:
-        from selfsup.distributed import gather_object_list
-
-        source = _unwrap(trainer.datamodule.train_dataset) if trainer.datamodule else None
-        mine = source.skipped() if hasattr(source, "skipped") else []
-        return sorted({f for files in gather_object_list(mine) for f in files})
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        files = self._gather(trainer)
-        if not trainer.is_global_zero or len(files) <= self.reported:
-            return
-        self.reported = len(files)
-        (Path(trainer.default_root_dir) / "skipped_images.txt").write_text("\n".join(files) + "\n")
-        for logger in trainer.loggers:
-            logger.log_metrics({"data/skipped_images": len(files)}, step=trainer.global_step)
-        names = ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
-        print(
-            f"selfsup: {len(files)} unreadable image(s) skipped so far, each replaced by the "
-            f"next readable one ({names}; all in {trainer.default_root_dir}/skipped_images.txt). "
-            "--data.strict true lists them before training instead.",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        files = self._gather(trainer)
-        if trainer.is_global_zero and files:
-            print(f"selfsup: the run skipped {len(files)} unreadable image(s).", file=sys.stderr)
+    return getattr(unwrap_dataset(ds), "targets", None)
 
 
 class _ChannelConverter:

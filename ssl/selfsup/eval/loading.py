@@ -16,7 +16,7 @@ import torch
 
 from selfsup.backbones import Backbone, build_backbone
 from selfsup.errors import ConfigError
-from selfsup.rundir import resolve_checkpoint
+from selfsup.train.rundir import resolve_checkpoint
 from selfsup.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 
 

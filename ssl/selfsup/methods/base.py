@@ -146,7 +146,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         """Raise a ConfigError when the method cannot train on views of ``size`` px
         (beyond what the backbone checks; MAE and I-JEPA need their built size)."""
 
-    # -- collapse monitor (selfsup.methods.collapse_monitor reads these) ---------------
+    # -- collapse monitor (selfsup.train.collapse_monitor reads these) ---------------
     #: One sentence on what usually prevents collapse for this method (in the warning).
     collapse_hint: ClassVar[str] = "lower the learning rate or lengthen its warm-up"
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from lightly.loss import DINOLoss
 
-from selfsup.methods.heads import DINOHead
+from selfsup.heads import DINOHead
 from selfsup.methods.teacher import TeacherStudentMethod
 from selfsup.schedules import linear
 
@@ -31,7 +31,7 @@ class DINO(TeacherStudentMethod):
 
     Args:
         projection_hidden_dim, bottleneck_dim, out_dim, head_layers, head_batch_norm,
-            norm_last_layer: the DINO head (:class:`selfsup.methods.heads.DINOHead`).
+            norm_last_layer: the DINO head (:class:`selfsup.heads.DINOHead`).
         teacher_temp: teacher temperature after the warm-up (0.04; 0.07 for long ViT runs).
         warmup_teacher_temp: teacher temperature at step 0.
         warmup_teacher_temp_epochs: linear warm-up length (the paper: 30 epochs).

@@ -242,7 +242,7 @@ def launch_probe(argv: list[str]) -> int:
     if args.nodes != 1:
         raise ConfigError("--nodes: each probe task runs on one node; leave --nodes at 1.")
 
-    from selfsup.rundir import resolve_checkpoint
+    from selfsup.train.rundir import resolve_checkpoint
 
     ckpts: list[Path] = []
     for pattern in args.ckpt:

@@ -81,7 +81,7 @@ class PictureLogger(pl.Callback):
                 out["attention"] = attention_panels(backbone, images, int(meta["image_size"]),
                                                     meta["mean"], meta["std"], self.threshold)  # fmt: skip
             if hasattr(pl_module, "reconstruct"):
-                from selfsup.eval.reconstruct import reconstruction_rows
+                from selfsup.viz.reconstruct import reconstruction_rows
 
                 panels, _ = reconstruction_rows(pl_module, meta, images)
                 rgb = panels if panels.shape[2] == 3 else panels.expand(-1, -1, 3, -1, -1)

@@ -301,22 +301,6 @@ class RunStatus(Callback):
         self._write(trainer, "stopped" if stopped else "failed")
 
 
-def mid_epoch(trainer: pl.Trainer) -> bool:
-    """Whether a checkpoint written now lies inside an epoch (one that ends on the epoch's
-    last batch counts as the epoch's end, as Lightning restores it)."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    return epochs.started > epochs.processed and not (
-        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    )
-
-
-def next_epoch(trainer: pl.Trainer) -> int:
-    """The epoch a run resumed from a checkpoint written now starts (or restarts)."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    inside = epochs.started > epochs.processed
-    return epochs.processed + int(inside and not mid_epoch(trainer))
-
-
 def _global_step(path: Path) -> int:
     """A checkpoint's global step; -1 (with a warning) for a file that does not load."""
     try:
