@@ -6,7 +6,7 @@ from PIL import Image
 
 from selfsup.backbones import Backbone
 from selfsup.errors import ConfigError
-from selfsup.eval.loading import LoadedBackbone
+from selfsup.checkpoints import LoadedBackbone
 from selfsup.viz.attention import attention_maps, last_block_attention, mass_mask, write_attention
 
 

@@ -8,8 +8,8 @@ import torch
 from safetensors import safe_open
 
 from selfsup.errors import ConfigError
-from selfsup.eval.loading import load_backbone
-from selfsup.export import export_backbone, load_export
+from selfsup.checkpoints import load_backbone
+from selfsup.checkpoints import export_backbone, load_export
 from selfsup.methods import DINO, SimCLR
 
 

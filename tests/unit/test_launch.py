@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from conftest import REPO
+from selfsup.checkpoints import newest_checkpoint
 from selfsup.cli import main
-from selfsup.commands.launch import render, time_seconds
+from selfsup.commands.launch import packaged_template, render, time_seconds
 from selfsup.errors import ConfigError
-from selfsup.train.rundir import AtomicCheckpointIO, GracefulStop, newest_checkpoint
+from selfsup.train.rundir import AtomicCheckpointIO
+from selfsup.train.signals import GracefulStop
 
 CONFIG = str(REPO / "configs/dino/vit_small_imagenet.yaml")
 
@@ -78,9 +80,21 @@ def test_time_limits_and_templates():
     assert time_seconds("30") == 1800 and time_seconds("5:30") == 330
     assert time_seconds("4:00:00") == 14400 and time_seconds("2-00:00:00") == 172800
     assert time_seconds("1-12") == 129600 and time_seconds("UNLIMITED") is None
-    template = REPO / "launch" / "pretrain.sbatch"
     with pytest.raises(ConfigError, match="fields no option fills"):
-        render(template, {"nodes": 1})
+        render(packaged_template("pretrain.sbatch"), {"nodes": 1})
+    with pytest.raises(ConfigError, match="not found: pass --template"):
+        render(REPO / "launch" / "no-such.sbatch", {})
+
+
+def test_template_option_overrides_the_packaged_one(tmp_path, capsys):
+    own = tmp_path / "own.sbatch"
+    own.write_text("#!/bin/bash\n#SBATCH --nodes={{nodes}}\n# mine: {{job_name}}\n")
+    argv = ["launch", "pretrain", "--config", CONFIG, "--nodes", "3", "--template", str(own),
+            "--run-dir", str(tmp_path / "run"), "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    script = capsys.readouterr().out
+    assert "# mine: selfsup-vit_small_imagenet" in script and sbatch_option(script, "nodes") == "3"
+    assert "srun" not in script  # nothing of the packaged template
 
 
 def test_atomic_checkpoint_keeps_the_old_file_when_a_write_fails(tmp_path):

@@ -1,4 +1,4 @@
-"""``selfsup launch``: SLURM jobs from the templates in the top-level ``launch/``.
+"""``selfsup launch``: SLURM jobs from the sbatch templates shipped in the package.
 
     selfsup launch pretrain --config FILE --nodes N --gpus-per-node G --cpus-per-task C --time T
                             [--partition P] [--account A] [--qos Q] [--run-dir RUN]
@@ -11,6 +11,11 @@ the trainer's nodes and devices matching the job) into ``RUN/config.yaml``, rend
 ``RUN/pretrain.sbatch`` and submits it; the job runs that config with
 ``--resume auto``, so a requeued or resubmitted job continues the run. Lightning
 handles the pre-emption signal (checkpoint, then ``scontrol requeue``).
+
+The templates are package data, ``selfsup/commands/templates/{pretrain,probe_array}.sbatch``,
+read with :mod:`importlib.resources`, so an installed wheel carries them; the
+repository's top-level ``launch/`` holds byte-identical copies for reading and
+copying (a test keeps them equal). ``--template FILE`` renders your own copy instead.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ import shlex
 import shutil
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfsup.errors import ConfigError
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "launch"
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
+
+def packaged_template(name: str) -> Traversable:
+    """The job template ``name`` (e.g. ``pretrain.sbatch``) shipped in
+    ``selfsup/commands/templates/``."""
+    return resources.files("selfsup.commands") / "templates" / name
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -58,14 +71,14 @@ def time_seconds(time: str) -> int | None:
     return a * 60
 
 
-def render(template: Path, values: dict[str, Any]) -> str:
+def render(template: Path | Traversable, values: dict[str, Any]) -> str:
     """Fill ``{{name}}`` fields; every field must be given, every value used."""
     if not template.is_file():
         raise ConfigError(
             f"Job template {template} not found: pass --template FILE (see launch/ in the "
             "selfsup repository)."
         )
-    text = template.read_text()
+    text = template.read_text(encoding="utf-8")
     missing = sorted(set(re.findall(r"{{(\w+)}}", text)) - set(values))
     if missing:
         raise ConfigError(f"{template} has fields no option fills: {', '.join(missing)}.")
@@ -97,7 +110,11 @@ def _add_job_options(parser: argparse.ArgumentParser, default_time: str) -> None
         help="cpu: --tasks-per-node CPU processes (gloo) instead of GPUs",
     )
     parser.add_argument("--tasks-per-node", type=int, default=None, help="with --accelerator cpu")
-    parser.add_argument("--template", default=None, help="your own copy of the job template")
+    parser.add_argument(
+        "--template",
+        default=None,
+        help="your own job template (default: the packaged one; launch/ in the repository has copies)",
+    )
     parser.add_argument("--python", default=sys.executable, help="the job's Python")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the job script instead of submitting it"
@@ -201,7 +218,7 @@ def launch_pretrain(argv: list[str]) -> int:
         "accelerator": accelerator,
         "strategy": strategy,
     }
-    template = Path(args.template) if args.template else TEMPLATES / "pretrain.sbatch"
+    template = Path(args.template) if args.template else packaged_template("pretrain.sbatch")
     script = render(template, values)
     global_batch = batch * args.nodes * tasks
     header = (
@@ -242,7 +259,7 @@ def launch_probe(argv: list[str]) -> int:
     if args.nodes != 1:
         raise ConfigError("--nodes: each probe task runs on one node; leave --nodes at 1.")
 
-    from selfsup.train.rundir import resolve_checkpoint
+    from selfsup.checkpoints import resolve_checkpoint
 
     ckpts: list[Path] = []
     for pattern in args.ckpt:
@@ -266,7 +283,7 @@ def launch_probe(argv: list[str]) -> int:
         "num_workers": max(0, args.cpus_per_task - 1),
         "probe_args": " ".join(shlex.quote(a) for a in probe_args),
     }
-    template = Path(args.template) if args.template else TEMPLATES / "probe_array.sbatch"
+    template = Path(args.template) if args.template else packaged_template("probe_array.sbatch")
     script = render(template, values)
     if args.dry_run:
         print("\n".join(f"# task {i}: {c}" for i, c in enumerate(ckpts)))

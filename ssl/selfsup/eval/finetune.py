@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from selfsup.data.module import TransformedDataset, default_num_workers
-from selfsup.eval.loading import LoadedBackbone
+from selfsup.checkpoints import LoadedBackbone
 from selfsup.schedules import warmup_cosine
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from selfsup.eval.features import labelled_features
-from selfsup.eval.loading import LoadedBackbone
+from selfsup.checkpoints import LoadedBackbone
 from selfsup.eval.metrics import classification_metrics
 from selfsup.knn import knn_scores
 

@@ -11,13 +11,9 @@ RUN/wandb/                    the wandb run, when wandb is on
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import signal
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +21,9 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from selfsup.errors import ConfigError
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-
-
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics.csv when it starts, which
-    would lose a resumed run's history; this one keeps it and continues its columns."""
-
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                header = next(csv.reader(f), [])
-            self.metrics_keys = list(header)
-
-
-class RunCSVLogger(CSVLogger):
-    """CSV logger writing ``RUN/metrics.csv`` directly (no ``lightning_logs/version_N``)."""
-
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        super().__init__(save_dir=str(run_dir), name="", version="")
-
-    @property
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+from selfsup.checkpoints import CHECKPOINT_DIR, LAST, _global_step
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -128,133 +94,6 @@ def checkpoint_callback(
     return RunCheckpoint(run_dir, every_n_train_steps)
 
 
-def _state_is_finite(module: torch.nn.Module) -> bool:
-    return all(
-        bool(torch.isfinite(t).all())
-        for t in [*module.parameters(), *module.buffers()]
-        if t.is_floating_point()
-    )
-
-
-def _requeue_target() -> str | None:
-    """This SLURM job's id for ``scontrol requeue`` (``ARRAYID_TASK`` for an array task)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-class GracefulStop(Callback):
-    """Signals that stop a run keep its progress, with every process in step.
-
-    - SIGTERM (``kill``, a scheduler) or Ctrl-C: stop after the current step and write
-      ``last.ckpt``; Ctrl-C twice stops at once, without saving (the state may be half
-      way through a step; ``last.ckpt`` keeps the last good one).
-    - SIGUSR1 inside a SLURM job (``#SBATCH --signal=USR1@T``): write ``last.ckpt``,
-      ``scontrol requeue`` the job, and stop; the requeued job resumes from it.
-
-    Why not Lightning's own handlers: its SLURM handler saves a checkpoint from inside
-    the signal handler, wherever each process happens to be in its step, and the save
-    involves collectives (a barrier), so processes can pair the wrong collectives and
-    hang or save a half-updated state; its SIGTERM handling lets each process stop on
-    its own flag, at different steps. Here a handler only sets a flag; at the end of
-    every step the flags are combined over the processes (one scalar all-reduce), and
-    all of them save and stop at that same step. Nothing is saved when a weight or
-    buffer is NaN or infinite. (The pretraining command turns Lightning's SLURM
-    auto-requeue off so that only this path acts.)
-    """
-
-    STOP, REQUEUE = 1, 2
-
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.last = Path(run_dir) / CHECKPOINT_DIR / LAST
-        self._previous: dict[int, Any] = {}
-        self._flag = 0
-        self._action = 0
-        self._interrupts = 0
-
-    # -- handlers (main thread of every process) -----------------------------------------
-    def _on_stop(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT:
-            self._interrupts += 1
-            if self._interrupts > 1:
-                raise KeyboardInterrupt
-            print("\nselfsup: stopping after this step (Ctrl-C again to stop at once).",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        self._flag = max(self._flag, self.STOP)
-
-    def _on_requeue(self, signum: int, frame: Any) -> None:
-        self._flag = self.REQUEUE
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._flag, self._interrupts = 0, 0
-        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop}
-        if _requeue_target() is not None:
-            handlers[signal.SIGUSR1] = self._on_requeue
-        for signum, handler in handlers.items():
-            self._previous[signum] = signal.signal(signum, handler)
-
-    def _restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    # -- the decision, at the same point on every process --------------------------------
-    def _agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-        flag = torch.tensor([self._flag], device=getattr(pl_module, "device", "cpu"))
-        if trainer.world_size > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
-    ) -> None:
-        self._action = self._agreed(trainer, pl_module)
-        if self._action == 0:
-            return
-        # Every process reached this point for the same step, and knows the same action.
-        if _state_is_finite(pl_module):
-            trainer.save_checkpoint(str(self.last))
-            saved = f"saved {self.last} at step {trainer.global_step}"
-        else:
-            saved = f"not saving a non-finite state; {self.last} is kept"
-        if trainer.is_global_zero:
-            print(f"selfsup: stopping: {saved}.", file=sys.stderr, flush=True)
-        raise SIGTERMException  # Lightning's orderly stop, on every process at once
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A signal during the epoch's end hooks: the epoch-end last.ckpt (RunCheckpoint,
-        # after this hook) is the checkpoint, and Lightning stops once the epoch is closed.
-        self._action = self._agreed(trainer, pl_module)
-        if self._action:
-            trainer._signal_connector.received_sigterm = True
-            if trainer.is_global_zero:
-                print(f"selfsup: stopping at the end of epoch {trainer.current_epoch}: "
-                      f"{self.last} is written now.", file=sys.stderr, flush=True)  # fmt: skip
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore()
-        if self._action == self.REQUEUE and trainer.is_global_zero:
-            import subprocess
-
-            target = _requeue_target()
-            result = subprocess.run(["scontrol", "requeue", str(target)], capture_output=True,
-                                    text=True)  # fmt: skip
-            outcome = (
-                "requeued" if result.returncode == 0 else f"not requeued: {result.stderr.strip()}"
-            )
-            print(f"selfsup: SLURM job {target} {outcome}.", file=sys.stderr, flush=True)
-
-
 class RunStatus(Callback):
     """``RUN/status.json``, rewritten (atomically, by rank 0) at most every ``interval``
     seconds and at every change of state: ``{"state": "training" | "finished" |
@@ -299,49 +138,3 @@ class RunStatus(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         self._write(trainer, "stopped" if stopped else "failed")
-
-
-def _global_step(path: Path) -> int:
-    """A checkpoint's global step; -1 (with a warning) for a file that does not load."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(ckpt.get("global_step", -1))
-    except Exception as e:  # a truncated file from an older, non-atomic write
-        warnings.warn(f"Skipping unreadable checkpoint {path}: {e}", stacklevel=2)
-        return -1
-
-
-def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint a restart continues from: the highest global step among
-    ``last.ckpt`` and Lightning's ``hpc_ckpt_*.ckpt`` in the run directory."""
-    run_dir = Path(run_dir)
-    candidates = [
-        p
-        for p in [run_dir / CHECKPOINT_DIR / LAST, *run_dir.glob("hpc_ckpt_*.ckpt")]
-        if p.is_file()
-    ]
-    if not candidates:
-        return None
-    steps = {p: _global_step(p) for p in candidates}
-    best = max(candidates, key=lambda p: steps[p])
-    if steps[best] < 0:
-        raise ConfigError(
-            f"{run_dir} has checkpoints but none of them loads ({', '.join(map(str, candidates))}): "
-            "move them aside to start afresh, or pass --resume PATH."
-        )
-    return best
-
-
-def resolve_checkpoint(ckpt: str | os.PathLike) -> Path:
-    """``CKPT`` argument -> a checkpoint file: a file as is, a run directory's newest checkpoint."""
-    path = Path(ckpt).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = newest_checkpoint(path)
-        if found is None:
-            raise ConfigError(
-                f"{path} is a directory without checkpoints ({CHECKPOINT_DIR}/{LAST}): is it a selfsup run directory?"
-            )
-        return found
-    raise ConfigError(f"Checkpoint {ckpt!r} does not exist: pass a .ckpt file or a run directory.")

@@ -13,7 +13,7 @@ from torchvision.utils import make_grid, save_image
 from selfsup.data.datasets import read_image
 from selfsup.data.module import _ChannelConverter
 from selfsup.errors import ConfigError
-from selfsup.train.rundir import resolve_checkpoint
+from selfsup.checkpoints import resolve_checkpoint
 from selfsup.transforms import EvalTransform
 
 PADDING = 2
