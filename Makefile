@@ -24,11 +24,19 @@ lint: install
 	$(BIN)/ruff check ssl tests
 	$(BIN)/ruff format --check ssl tests
 
-# The daemons of the single-node SLURM cluster that tests/slurm starts (Debian,
-# root). Without them those tests skip and say why.
+# The single-node SLURM cluster that tests/slurm starts (Debian, root): every
+# binary its fixture runs (REQUIRED in tests/slurm/slurm_cluster.py: the DAEMONS
+# and mungekey). The packages are installed when any one is missing, and the
+# target fails when they cannot be, or when a binary is still missing after.
 SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+SLURM_BINARIES := munged slurmctld slurmd sbatch scontrol sinfo scancel squeue mungekey
 slurm-deps:
-	command -v slurmctld >/dev/null && command -v munged >/dev/null || { \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 || \
-	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null; }; }
+	@missing=""; for b in $(SLURM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	echo "selfsup: SLURM binaries missing:$$missing; installing $(SLURM_PACKAGES)" >&2; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(SLURM_PACKAGES) >/dev/null; } || \
+	  { echo "selfsup: apt-get could not install $(SLURM_PACKAGES)" >&2; exit 1; }; \
+	missing=""; for b in $(SLURM_BINARIES); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	[ -z "$$missing" ] || { echo "selfsup: still missing after installing $(SLURM_PACKAGES):$$missing" >&2; exit 1; }

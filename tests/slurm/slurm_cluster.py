@@ -1,9 +1,11 @@
 """A real single-node SLURM cluster (munged, slurmctld, slurmd), started once per session.
 
-Needs the Debian packages slurmctld, slurmd, slurm-client and munge (``.ci/run``
-installs them) and root (slurmd runs as root). Where they are missing the tests
-skip and say why. The daemons run from their own state directory with their own
-config and munge socket, and are stopped by pid at the end.
+Needs the Debian packages slurmctld, slurmd, slurm-client and munge (``make
+slurm-deps`` installs them: every binary in ``REQUIRED``) and root (slurmd runs as
+root). Where they are missing the tests skip and say why, except in CI (the
+environment variable ``CI`` is ``true``), where they fail: a CI run must not pass
+without its SLURM tests. The daemons run from their own state directory with their
+own config and munge socket, and are stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "scancel", "squeue")
+# Every binary the fixture runs; the Makefile's slurm-deps target checks the same list.
+REQUIRED = (*DAEMONS, "mungekey")
 PREFIX = "selfsup-slurm-"
 
 SLURM_CONF = """\
@@ -97,11 +101,11 @@ class Cluster:
 
 
 def _missing() -> str | None:
-    absent = [d for d in DAEMONS if shutil.which(d) is None]
+    absent = [d for d in REQUIRED if shutil.which(d) is None]
     if absent:
         return (
             f"SLURM is not installed ({', '.join(absent)} missing): "
-            "apt-get install slurmctld slurmd slurm-client munge"
+            "make slurm-deps (apt-get install slurmctld slurmd slurm-client munge)"
         )
     if os.geteuid() != 0:
         return "slurmd needs root to start a test cluster"
@@ -142,6 +146,8 @@ def running_cluster() -> Iterator[Cluster]:
     """Start the cluster, yield it, stop it (the body of a session fixture)."""
     reason = _missing()
     if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the SLURM tests cannot run: {reason}", pytrace=False)
         pytest.skip(reason)
     _stop_strays()
     # munged needs o+x on every directory above its socket: not pytest's 0700 tmp dirs.

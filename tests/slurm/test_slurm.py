@@ -4,14 +4,16 @@ with requeue and resume, and an array of probes with its summary."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 import torch
-from slurm_cluster import running_cluster
+from slurm_cluster import DAEMONS, REQUIRED, running_cluster
 
 from conftest import REPO
 
@@ -103,6 +105,46 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, reference_run, ti
     ckpt, reference = last_checkpoint(run), last_checkpoint(reference_run)
     assert (ckpt["global_step"], ckpt["epoch"]) == (reference["global_step"], reference["epoch"])
     assert not list(run.glob("hpc_ckpt_*.ckpt"))  # cleaned once a newer last.ckpt existed
+    # The resumed run ends with the uninterrupted run's weights, not just at its step.
+    assert_same_weights(ckpt["state_dict"], reference["state_dict"])
+
+
+def assert_same_weights(got: dict, want: dict, atol: float = 1e-6) -> None:
+    """Every tensor equal: floats within ``atol``, the rest (counters) exactly."""
+    assert got.keys() == want.keys(), sorted(set(got) ^ set(want))
+    differ, worst = {}, 0.0
+    for name, ref in want.items():
+        value = got[name]
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            differ[name] = f"{value.dtype}{list(value.shape)} vs {ref.dtype}{list(ref.shape)}"
+        elif ref.is_floating_point():
+            diff = (value - ref).abs().max().item() if ref.numel() else 0.0
+            if not torch.allclose(value, ref, rtol=0, atol=atol):
+                differ[name], worst = f"max |diff| {diff:.3g}", max(worst, diff)
+        elif not torch.equal(value, ref):
+            differ[name] = f"{(value != ref).sum().item()} of {ref.numel()} entries differ"
+    assert not differ, (
+        f"{len(differ)} of {len(want)} tensors differ from the uninterrupted run's "
+        f"(largest |diff| {worst:.3g}, atol {atol}):\n"
+        + "\n".join(f"  {name}: {why}" for name, why in differ.items())
+    )
+
+
+def test_required_binaries_match_the_makefile():
+    """`make slurm-deps` installs the packages when any binary the fixture runs is missing."""
+    line = re.search(r"^SLURM_BINARIES := (.*)$", (REPO / "Makefile").read_text(), re.M)
+    assert line, "the Makefile has no SLURM_BINARIES"
+    assert sorted(line.group(1).split()) == sorted(REQUIRED)
+    assert {*DAEMONS, "mungekey"} <= set(REQUIRED)
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_slurm_fails_in_ci_and_skips_elsewhere(ci, monkeypatch):
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(slurm_cluster, "_missing", lambda: "SLURM is not installed (x missing)")
+    outcome = pytest.fail.Exception if ci == "true" else pytest.skip.Exception
+    with pytest.raises(outcome, match="x missing"):
+        next(running_cluster())
 
 
 def test_probe_array_over_two_checkpoints_and_summary(slurm, reference_run, tiny_npz, tmp_path):
