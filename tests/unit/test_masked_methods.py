@@ -1,18 +1,20 @@
-"""MAE and I-JEPA: patch-level ViT access, masking, the MAE loss, I-JEPA's targets, and a
-micro MAE that learns to fill in masked patches."""
+"""MAE and I-JEPA: patch-level ViT access, masking, I-JEPA's targets and its loader hook,
+and a micro MAE that learns to fill in masked patches (the losses' formulas:
+test_losses.py)."""
 
 import copy
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from lightly.models.modules import MaskedVisionTransformerTIMM
 from lightly.models.utils import patchify
+from torch.utils.data import DataLoader
 
 from selfsup.backbones import Backbone
 from selfsup.errors import ConfigError
 from selfsup.masks import random_masking
 from selfsup.methods import IJEPA, MAE
-from selfsup.methods.mae import mae_loss
 
 MICRO = {"depth": 2, "embed_dim": 64, "num_heads": 4}
 
@@ -51,28 +53,6 @@ def test_random_masking_keeps_int_l_times_one_minus_ratio(n_patches, ratio):
     shuffled = tokens.gather(1, shuffle[..., None].expand(-1, -1, 5))
     assert torch.equal(shuffled[:, : keep.shape[1], 0], tokens[torch.arange(8)[:, None], keep, 0])
     assert torch.equal(shuffled.gather(1, restore[..., None].expand(-1, -1, 5)), tokens)
-
-
-@pytest.mark.parametrize("norm_pix_loss", [False, True])
-def test_mae_loss_equals_a_naive_per_patch_computation(norm_pix_loss):
-    g = torch.Generator().manual_seed(0)
-    pred, target = torch.randn(3, 6, 12, generator=g), torch.randn(3, 6, 12, generator=g)
-    mask = (torch.rand(3, 6, generator=g) > 0.5).float()
-    mask[0, 0] = 1.0
-    total, count = 0.0, 0
-    for b in range(3):
-        for patch in range(6):
-            if mask[b, patch]:
-                t = target[b, patch].double()
-                if norm_pix_loss:  # the patch's own mean and unbiased variance
-                    mean = t.sum() / len(t)
-                    var = ((t - mean) ** 2).sum() / (len(t) - 1)
-                    t = (t - mean) / (var + 1e-6) ** 0.5
-                total += float(((pred[b, patch].double() - t) ** 2).mean())
-                count += 1
-    assert mae_loss(pred, target, mask, norm_pix_loss).item() == pytest.approx(
-        total / count, rel=1e-5
-    )
 
 
 def test_patches_are_read_row_major_with_pixels_then_channels():
@@ -175,3 +155,47 @@ def test_ijepa_refuses_a_class_token_and_other_view_sizes():
         IJEPA(backbone="vit_tiny", backbone_kwargs={"img_size": 16, "patch_size": 2, **MICRO})
     with pytest.raises(ConfigError, match="img_size: 32"):
         tiny_ijepa().check_view_size(32)
+
+
+class _Images(torch.utils.data.Dataset):
+    """What PretrainDataModule's datasets give a single-view method: ``([view], label)``."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return [torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i))], 0
+
+
+class _Data(pl.LightningDataModule):
+    """A DataModule with PretrainDataModule's `collate_fn` attribute (None = the default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.collate_fn = None
+
+    def train_dataloader(self):
+        return DataLoader(_Images(), batch_size=4, drop_last=True, collate_fn=self.collate_fn)
+
+
+def test_ijepa_asks_the_loader_for_its_mask_collator_and_refuses_batches_without_masks(tmp_path):
+    model = tiny_ijepa()
+    collate = model.train_collate_fn()
+    (views, labels), (context, targets) = collate([_Images()[i] for i in range(3)])
+    assert views[0].shape == (3, 3, 16, 16) and labels.shape == (3,)
+    assert context.shape[0] == 3 and targets.shape[:2] == (3, 4)
+    assert MAE(backbone="vit_tiny", backbone_kwargs={"img_size": 16, "patch_size": 4, **MICRO},
+               decoder_dim=32, decoder_depth=1, decoder_heads=2).train_collate_fn() is None  # fmt: skip
+
+    def trainer() -> pl.Trainer:
+        return pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=tmp_path, accelerator="cpu")  # fmt: skip
+
+    data = _Data()
+    with pytest.raises(ConfigError, match=r"model\.train_collate_fn\(\)"):
+        trainer().fit(model, datamodule=data)  # the loader was left with the default collate
+    data.collate_fn = model.train_collate_fn()  # what the run assembly does
+    run = trainer()
+    run.fit(model, datamodule=data)
+    assert run.global_step == 2

@@ -7,6 +7,7 @@ teacher-student methods) its teacher; evaluation and monitoring live elsewhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
@@ -15,6 +16,7 @@ from lightly.utils.lars import LARS
 
 import selfsup
 from selfsup.backbones import Backbone, Pool
+from selfsup.errors import ConfigError
 from selfsup.schedules import warmup_cosine
 
 Optimizer = Literal["sgd", "lars", "adamw"]
@@ -40,6 +42,9 @@ class SelfSupervisedMethod(pl.LightningModule):
         momentum: SGD/LARS momentum. betas: AdamW betas.
         warmup_epochs: linear warm-up of the learning rate (fractions allowed).
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio x`` peak.
+        batch_size: per-process batch size the learning rate scales with; ``selfsup
+            pretrain`` links it from ``data.batch_size`` (LightningCLI argument linking);
+            None takes it from the training DataLoader (``trainer.train_dataloader.batch_size``).
     """
 
     #: Which backbone evaluators use by default: "student" or "teacher".
@@ -57,6 +62,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,10 +84,22 @@ class SelfSupervisedMethod(pl.LightningModule):
         return self.eval_module()(x)
 
     # -- optimisation -----------------------------------------------------------------
+    def per_process_batch_size(self) -> int:
+        """``batch_size`` if given, else the training DataLoader's (set up by then)."""
+        if self.hparams.batch_size is not None:
+            return int(self.hparams.batch_size)
+        size = getattr(self.trainer.train_dataloader, "batch_size", None)
+        if size is None:
+            raise ConfigError(
+                "The training DataLoader has no batch_size (a batch sampler, or several loaders), "
+                "so the learning rate cannot scale with it: set model.init_args.batch_size to the "
+                "images per process and step."
+            )
+        return int(size)
+
     def global_batch_size(self) -> int:
         trainer = self.trainer
-        per_process = trainer.datamodule.batch_size
-        return per_process * trainer.world_size * trainer.accumulate_grad_batches
+        return self.per_process_batch_size() * trainer.world_size * trainer.accumulate_grad_batches
 
     def learning_rate(self) -> float:
         return self.hparams.base_lr * self.global_batch_size() / 256
@@ -103,6 +121,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
+        # The training DataLoader first: the batch size and the steps per epoch come from it.
+        self.trainer.fit_loop.setup_data()  # sets num_training_batches (inf for iterable data)
         hp, lr = self.hparams, self.learning_rate()
         groups = self.parameter_groups()
         if hp.optimizer == "sgd":
@@ -114,7 +134,6 @@ class SelfSupervisedMethod(pl.LightningModule):
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
-        self.trainer.fit_loop.setup_data()  # sets num_training_batches (inf for iterable data)
         batches = self.trainer.num_training_batches
         accumulate = self.trainer.accumulate_grad_batches
         steps_per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else total
@@ -141,6 +160,14 @@ class SelfSupervisedMethod(pl.LightningModule):
                 if group.get("decayed"):
                     group["weight_decay"] = wd
             self.log("train/weight_decay", wd)
+
+    # -- what the method needs from the training DataLoader -----------------------------
+    def train_collate_fn(self) -> Callable[[list], Any] | None:
+        """What this method needs from the training DataLoader: its collate function, or
+        None for PyTorch's default. The run assembly installs it
+        (``datamodule.collate_fn = model.train_collate_fn()``); a method never reaches
+        into the DataModule itself."""
+        return None
 
     def check_view_size(self, size: int) -> None:
         """Raise a ConfigError when the method cannot train on views of ``size`` px

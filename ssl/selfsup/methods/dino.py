@@ -19,9 +19,9 @@ import math
 from typing import Any
 
 import torch
-from lightly.loss import DINOLoss
 
 from selfsup.heads import DINOHead
+from selfsup.losses import DINOLoss, teacher_probabilities
 from selfsup.methods.teacher import TeacherStudentMethod
 from selfsup.schedules import linear
 
@@ -77,11 +77,9 @@ class DINO(TeacherStudentMethod):
         )
         self.teacher_backbone = self.make_teacher(self.backbone)
         self.teacher_head = self.make_teacher(self.head)
-        # lightly's loss keeps the centre as an fp32 buffer (so it is in every
-        # checkpoint) and all-reduces its batch mean over processes.
-        self.criterion = DINOLoss(
-            output_dim=out_dim, student_temp=student_temp, center_momentum=center_momentum
-        )
+        # The centre is an fp32 buffer (in every checkpoint as criterion.center), its
+        # batch mean all-reduced over processes.
+        self.criterion = DINOLoss(out_dim, student_temp, center_momentum)
 
     def teacher_temperature(self) -> float:
         hp = self.hparams
@@ -105,15 +103,10 @@ class DINO(TeacherStudentMethod):
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(torch.cat(views[:2]))).chunk(2)
         student, features = self.student_outputs(views)
-        # fp32 softmax, cross-entropy and centre under mixed precision.
-        with torch.autocast(self.device.type, enabled=False):
-            teacher = [t.float() for t in teacher]
-            student = [s.float() for s in student]
-            with torch.no_grad():
-                centre = self.criterion.center.reshape(1, -1)
-                probs = torch.softmax((torch.cat(teacher) - centre) / teacher_temp, dim=-1)
-                entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
-            loss = self.criterion(teacher, student, teacher_temp=teacher_temp)
+        with torch.no_grad():  # before the centre moves
+            probs = teacher_probabilities(torch.cat(teacher), self.criterion.center, teacher_temp)
+            entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        loss = self.criterion(teacher, student, teacher_temp)  # fp32; moves the centre
         # The loss is the mean cross-entropy H(t) + KL(t || s) over its pairs, and every
         # teacher view appears in equally many pairs, so KL = loss - mean H(t).
         stats = {"teacher_entropy": entropy, "student_teacher_kl": loss.detach() - entropy}

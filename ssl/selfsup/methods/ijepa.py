@@ -9,8 +9,9 @@ encoder is an EMA of the context encoder (linear 0.996 -> 1.0, once per
 optimizer step) and sees the whole image. No CLS token anywhere: evaluation
 features are the average-pooled patch tokens of the target encoder.
 
-Masks are drawn in the DataLoader workers (the method installs its collator in
-the DataModule), and can be passed in directly: :meth:`IJEPA.ijepa_loss`.
+Masks are drawn in the DataLoader workers by the collate function the method asks
+for (:meth:`IJEPA.train_collate_fn`, which the run assembly installs), and can be
+passed in directly: :meth:`IJEPA.ijepa_loss`.
 
 Gradient accumulation averages gradients over micro-batches; the target encoder
 moves once per optimizer step, as without accumulation.
@@ -19,14 +20,15 @@ moves once per optimizer step, as without accumulation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightly.models.modules import IJEPAPredictorTIMM
 from lightly.models.utils import initialize_positional_embedding
 
 from selfsup.errors import ConfigError
+from selfsup.losses import ijepa_loss
 from selfsup.masks import MultiBlockMaskCollator, MultiBlockMaskSampler
 from selfsup.methods.teacher import TeacherStudentMethod
 
@@ -119,10 +121,10 @@ class IJEPA(TeacherStudentMethod):
                 f"the views are {size} px: set backbone_kwargs.img_size: {size}."
             )
 
-    def setup(self, stage: str) -> None:
-        datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "collate_fn"):
-            datamodule.collate_fn = MultiBlockMaskCollator(self.mask_sampler)
+    def train_collate_fn(self) -> Callable[[list], Any]:
+        """Batches as ``(default_collate(samples), (context, targets))``: the masks are
+        drawn in the DataLoader's workers."""
+        return MultiBlockMaskCollator(self.mask_sampler)
 
     def ijepa_loss(
         self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor
@@ -132,20 +134,34 @@ class IJEPA(TeacherStudentMethod):
         target_blocks = list(targets.unbind(1))  # M x (B, Nt)
         with torch.no_grad():
             h = self.teacher_backbone.encode_patches(images)
-            h = F.layer_norm(h, (h.shape[-1],))
             h = torch.cat([_gather(h, block) for block in target_blocks])  # (M*B, Nt, D)
         z = self.backbone.encode_patches(images, keep=context)
         pred = self.predictor(z, context, target_blocks)  # (M*B, Nt, D), target-major like h
-        with torch.autocast(self.device.type, enabled=False):
-            pred, h = pred.float(), h.float()
-            loss = F.mse_loss(pred, h) if self.hparams.loss == "l2" else F.smooth_l1_loss(pred, h)
+        loss = ijepa_loss(pred, h, self.hparams.loss)  # layer-normed targets, fp32
         return loss, z.mean(dim=1)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        ((images,), _), (context, targets) = batch
+        ((images,), _), (context, targets) = _with_masks(batch)
         loss, features = self.ijepa_loss(images, context, targets)
         self.log("train/loss", loss, prog_bar=True)
         return {"loss": loss, "embeddings": features.detach()}
+
+
+def _with_masks(batch: Any) -> Any:
+    """``batch`` if it is ``(collated, (context, targets))``; a ConfigError otherwise."""
+    masks = batch[1] if isinstance(batch, (tuple, list)) and len(batch) == 2 else None
+    if not (
+        isinstance(masks, (tuple, list))
+        and len(masks) == 2
+        and all(isinstance(m, torch.Tensor) for m in masks)
+        and masks[1].ndim == 3  # targets (B, M, Nt); a default batch has labels here
+    ):
+        raise ConfigError(
+            "I-JEPA's training batches carry no masks: install the method's collate function "
+            "in the training DataLoader (datamodule.collate_fn = model.train_collate_fn(); "
+            "`selfsup pretrain` does)."
+        )
+    return batch
 
 
 def _gather(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -20,23 +20,9 @@ from lightly.models.modules import MaskedVisionTransformerDecoderTIMM
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.losses import mae_loss, patch_statistics
 from selfsup.masks import random_masking
 from selfsup.methods.base import SelfSupervisedMethod
-
-
-def mae_loss(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool
-) -> torch.Tensor:
-    """Mean squared error on the masked patches: pred, target ``(B, L, p*p*C)``, mask ``(B, L)``
-    with 1 = masked. ``norm_pix_loss`` normalises each target patch by its own mean and
-    unbiased variance (eps 1e-6), as the reference."""
-    pred, target = pred.float(), target.float()
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = ((pred - target) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum() / mask.sum()
 
 
 class MAE(SelfSupervisedMethod):
@@ -169,8 +155,7 @@ class MAE(SelfSupervisedMethod):
         target = lightly_utils.patchify(images, p)
         pred = pred.float()
         if self.hparams.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            std = (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+            mean, std = patch_statistics(target)
             pred = pred * std + mean
         m = mask.unsqueeze(-1)
         channels = images.shape[1]
