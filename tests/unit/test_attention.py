@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from selfsup.backbones import Backbone
-from selfsup.errors import ConfigError
 from selfsup.checkpoints import LoadedBackbone
+from selfsup.errors import ConfigError
 from selfsup.viz.attention import attention_maps, last_block_attention, mass_mask, write_attention
 
 
@@ -84,3 +84,33 @@ def test_write_attention_for_non_square_images_and_another_size(tmp_path):
     resnet = LoadedBackbone(Backbone("resnet18"), loaded.meta, "r.ckpt")
     with pytest.raises(ConfigError, match="need a ViT"):
         write_attention(resnet, [str(wide)], tmp_path / "r")
+
+
+def test_output_names_stay_readable_and_never_share_a_place():
+    from selfsup.viz.names import output_names
+
+    assert output_names(["x/wide.png", "y/gray.png"]) == ["wide", "gray"]
+    assert output_names(["test/a/0.png", "test/b/0.png", "test/b/1.png"]) == ["a_0", "b_0", "1"]
+    assert output_names(["p/a/0.png", "q/a/0.png", "b/0.png"]) == ["p_a_0", "q_a_0", "b_0"]
+    # Nothing in the path tells them apart: a numeric suffix, still one place each.
+    names = output_names(["a/0.png", "a/0.jpg", "a/0.png", "a_0.png", "b/0.png"])
+    assert names[:3] == ["a_0", "a_0-2", "a_0-3"] and len(set(names)) == 5
+
+
+def test_same_named_images_in_different_folders_get_their_own_maps(tmp_path):
+    backbone = vit()
+    loaded = LoadedBackbone(backbone, {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                                       "loaded": "teacher"}, "x.ckpt")  # fmt: skip
+    colours = {"a": (230, 20, 20), "b": (20, 20, 230)}
+    paths = []
+    for folder, colour in colours.items():
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        paths.append(tmp_path / "test" / folder / "0.png")
+        Image.new("RGB", (32, 32), colour).save(paths[-1])
+    out = tmp_path / "att"
+    result = write_attention(loaded, [str(p) for p in paths], out)
+    assert result["images"] == [str(out / "a_0"), str(out / "b_0")]
+    for folder, colour in colours.items():
+        shown = Image.open(out / f"{folder}_0" / "image.png").convert("RGB").getpixel((16, 16))
+        assert all(abs(s - c) <= 2 for s, c in zip(shown, colour, strict=True)), (folder, shown)
+    assert not (out / "0").exists()

@@ -130,3 +130,73 @@ def test_augmented_probe_trains_on_new_views_each_epoch_and_separates_classes():
     assert result["top1"] == 1.0 and result["augment"] is True
     # One backbone pass over the 48 fitting images per epoch (batches of 16), no more.
     assert seen == [16, 16, 16] * 4 and result["n_train"] == 48 and result["n_val"] == 12
+
+
+def test_probe_on_one_class_says_top1_means_nothing(capsys):
+    train_f, _ = separable(40, 2, 4, seed=0)
+    test_f, test_y = separable(10, 2, 4, seed=1)
+    result = run_probe(train_f, torch.zeros(40, dtype=torch.long), test_f, test_y,
+                       class_names=["cat", "dog"], epochs=2)  # fmt: skip
+    assert result["top1"] == 0.5 and result["classes"] == ["cat", "dog"]
+    assert len(result["warnings"]) == 2  # one class; dog never trained on
+    assert result["warnings"][0].startswith("the training split has one class (cat)")
+    err = [e for e in capsys.readouterr().err.splitlines() if e.startswith("selfsup: warning:")]
+    assert err == [f"selfsup: warning: {w}" for w in result["warnings"]]
+    two_classes = train_f[:, 0].gt(1).long()
+    assert run_probe(train_f, two_classes, test_f, test_y, epochs=1)["warnings"] == []
+
+
+def test_augmented_probe_reads_only_the_images_kept_after_unreadable_ones(tmp_path, capsys):
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from selfsup.checkpoints import LoadedBackbone
+    from selfsup.data.datasets import open_dataset
+    from selfsup.eval.features import labelled_features
+    from selfsup.eval.probe import SeededViews, run_probe_augmented
+
+    colours = {"blue": (20, 20, 220), "red": (220, 20, 20)}
+    for split, n in (("train", 20), ("test", 6)):
+        for i in range(n):
+            cls = ("blue", "red")[i % 2]
+            (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), colours[cls]).save(tmp_path / split / cls / f"{i:02d}.png")
+    broken = [tmp_path / "train" / "blue" / "02.png", tmp_path / "train" / "red" / "07.png"]
+    for f in broken:
+        f.write_bytes(b"")
+    loaded = LoadedBackbone(ChannelMeans(), {"image_size": 8, "mean": [0.5] * 3,
+                            "std": [0.25] * 3, "loaded": "student", "pool": "avg"}, "x.ckpt")  # fmt: skip
+    train_f, train_y, test_f, test_y, classes = labelled_features(
+        loaded, str(tmp_path), "the linear probe", num_workers=0
+    )
+    assert len(train_f) == 18 and classes == ["blue", "red"]
+
+    class Reads(torch.utils.data.Dataset):
+        def __init__(self, dataset):
+            self.dataset, self.read = dataset, set()
+
+        def __len__(self):
+            return len(self.dataset)
+
+        def __getitem__(self, index):
+            self.read.add(index)
+            return self.dataset[index]
+
+    train = open_dataset(str(tmp_path), "train")
+    reads = Reads(train)
+    transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.RandomResizedCrop(8),
+                            v2.Normalize([0.5] * 3, [0.25] * 3)])  # as the eval view  # fmt: skip
+    views = SeededViews(reads, transform, seed=0)
+    result = run_probe_augmented(loaded.backbone, views, train_f, train_y, test_f, test_y,
+                                 classes, val_fraction=0.2, epochs=3, batch_size=8,
+                                 num_workers=0)  # fmt: skip
+    lost = {train.files.index(f) for f in broken}
+    # Every fitting image (kept, less validation), never a broken one or its stand-in.
+    assert not reads.read & lost and len(reads.read) == result["n_train"]
+    assert result["n_train"] + result["n_val"] == 18 and result["top1"] == 1.0
+    assert result["skipped_images"] == [str(f) for f in broken]
+    assert sum("2 of 20 train images" in w for w in result["warnings"]) == 1
+    # Features without the notes that say which images they are: refused, not misaligned.
+    with pytest.raises(ValueError, match="18 training features for 20 training views"):
+        run_probe_augmented(loaded.backbone, views, train_f, train_y, test_f, test_y,
+                            list(classes), epochs=1, num_workers=0)  # fmt: skip

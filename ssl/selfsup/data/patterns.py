@@ -10,7 +10,8 @@ colour, the random colours alone tell images apart, and contrastive learning
 takes that shortcut first.
 
 Every class maps to itself under a horizontal flip (flips are a standard
-augmentation), and generation is deterministic per split and vectorised.
+augmentation), and generation is deterministic per split and vectorised. This
+module makes arrays only; ``selfsup.data.datasets`` wraps them as a dataset.
 """
 
 from __future__ import annotations
@@ -91,11 +92,3 @@ def generate_patterns(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, 
     image = image + ramp * rng.uniform(-0.4, 0.4, (n, 1, 1, 3))
     image = image + rng.normal(0, 0.05, image.shape)
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), label
-
-
-def make_patterns(split: str):
-    from selfsup.data.datasets import ArrayDataset
-
-    n, seed = SPLITS[split]
-    images, labels = generate_patterns(n, seed)
-    return ArrayDataset(images, labels, CLASSES, source="patterns")

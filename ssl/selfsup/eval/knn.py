@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from selfsup.eval.features import labelled_features
 from selfsup.checkpoints import LoadedBackbone
-from selfsup.eval.metrics import classification_metrics
+from selfsup.eval.features import labelled_features, notes_of
+from selfsup.eval.metrics import classification_metrics, label_warnings
 from selfsup.knn import knn_scores
 
 
@@ -23,10 +23,24 @@ def run_knn(
     use_cache: bool = True,
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, Any], list[str]]:
-    """The kNN figures (with the metrics of :func:`classification_metrics`) and class names."""
+    """The kNN figures (with the metrics of :func:`classification_metrics`) and class names.
+
+    Besides the figures: ``warnings`` (one line each, also on stderr: unreadable images
+    left out, a one-class training split, a k above the number of training images),
+    ``skipped_images`` and ``n_skipped`` (see :class:`EvalNotes`).
+    """
     train_f, train_y, test_f, test_y, classes = labelled_features(
         loaded, data, "kNN evaluation", batch_size, num_workers, root, use_cache, device
     )
+    notes = notes_of(classes)
+    for message in label_warnings(train_y, test_y, classes):
+        notes.warn(message)
+    too_many = [k for k in ks if k > len(train_f)]
+    if too_many:
+        notes.warn(
+            f"k = {', '.join(map(str, too_many))} but there are only {len(train_f)} training "
+            f"images: each query votes over all {len(train_f)} (give --k {len(train_f)} or less)."
+        )
     num_classes = max(len(classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
     scores = knn_scores(train_f, train_y, test_f, num_classes, ks, temperature)
     # The headline k's weighted votes serve as class scores (top5, AUROC, ...).
@@ -42,8 +56,10 @@ def run_knn(
         temperature=temperature,
         n_train=len(train_f),
         n_test=len(test_f),
+        classes=list(classes),
         backbone=loaded.meta["loaded"],
         pool=loaded.meta["pool"],
         checkpoint=loaded.path,
+        **notes.fields(),
     )
     return result, classes

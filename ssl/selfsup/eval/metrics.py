@@ -36,6 +36,36 @@ def classification_metrics(
     return out
 
 
+def label_warnings(
+    train_y: torch.Tensor, test_y: torch.Tensor, class_names: list[str] | None = None
+) -> list[str]:
+    """What the labels make of a classifier's figures, one line each: a training split
+    of one class (every prediction is that class, so top1 says nothing about the
+    features) and test classes no training image has (never predicted right)."""
+
+    def name(c: int) -> str:
+        return str(class_names[c]) if class_names and 0 <= c < len(class_names) else str(c)
+
+    seen = set(train_y.long().unique().tolist())
+    out = []
+    if len(seen) == 1:
+        only = name(next(iter(seen)))
+        share = (test_y.long() == next(iter(seen))).float().mean().item() if len(test_y) else 0.0
+        out.append(
+            f"the training split has one class ({only}): every prediction is {only}, so top1 "
+            f"({share:.3g}) is the share of {only} in the test split and says nothing about "
+            "the features; evaluate on two or more classes."
+        )
+    unseen = sorted(set(test_y.long().unique().tolist()) - seen)
+    if unseen:
+        n = int(sum((test_y.long() == c).sum().item() for c in unseen))
+        out.append(
+            f"{n} test image(s) belong to classes with no training images "
+            f"({', '.join(name(c) for c in unseen)}): they can never be predicted right."
+        )
+    return out
+
+
 def auroc(score: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``score`` for the positive class 1 (Mann-Whitney U,
     ties counted half)."""

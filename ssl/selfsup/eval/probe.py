@@ -7,6 +7,10 @@ standardised features (train mean and std). The head with the best accuracy on a
 validation split carved from the training set (never the test set) is reported
 on the test set. With augmentation (:func:`run_probe_augmented`) the heads see
 new random crops and flips through the frozen backbone every epoch instead.
+
+Results carry ``warnings`` (also printed on stderr), ``skipped_images`` and
+``n_skipped`` (see :class:`selfsup.eval.features.EvalNotes`): the unreadable images
+left out and what the labels make of the figures (a one-class training split).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.module import default_num_workers
 from selfsup.distributed import gather_uneven, rank, world_size
-from selfsup.eval.metrics import classification_metrics
+from selfsup.eval.features import EvalNotes, notes_of
+from selfsup.eval.metrics import classification_metrics, label_warnings
 
 LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
@@ -124,6 +129,24 @@ def train_linear_grid(
     return sgd.heads, sgd.grid
 
 
+def _notes(
+    class_names: list[str] | None,
+    notes: EvalNotes | None,
+    train_y: torch.Tensor,
+    test_y: torch.Tensor,
+) -> EvalNotes:
+    """The notes of reading the data (given, or carried by ``class_names``) with the
+    label warnings added."""
+    notes = notes_of(class_names, notes)
+    for message in label_warnings(train_y, test_y, class_names):
+        notes.warn(message)
+    return notes
+
+
+def _num_classes(class_names: list[str] | None, train_y: torch.Tensor, test_y: torch.Tensor) -> int:
+    return max(len(class_names or []), int(max(train_y.max(), test_y.max())) + 1)
+
+
 def _standardiser(features: torch.Tensor):
     mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
     return lambda f: (f - mean) / std
@@ -166,9 +189,14 @@ def run_probe(
     learning_rates: Sequence[float] = LEARNING_RATES,
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
     seed: int = 0,
+    notes: EvalNotes | None = None,
 ) -> dict[str, Any]:
-    """The probe on extracted features: grid on train minus val, pick on val, report test."""
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    """The probe on extracted features: grid on train minus val, pick on val, report test.
+
+    ``notes``: what reading the data found (default: what ``class_names`` carries, as
+    :func:`~selfsup.eval.features.labelled_features` returns them)."""
+    notes = _notes(class_names, notes, train_y, test_y)
+    num_classes = _num_classes(class_names, train_y, test_y)
     fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
     standardise = _standardiser(train_f[fit_idx])
     heads, grid = train_linear_grid(
@@ -177,8 +205,13 @@ def run_probe(
     )  # fmt: skip
     result = _pick_best(heads, grid, standardise(train_f[val_idx]), train_y[val_idx],
                         standardise(test_f), test_y, class_names)  # fmt: skip
-    result.update(epochs=epochs, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_y))
+    result.update(epochs=epochs, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_y),
+                  **_names(class_names), **notes.fields())  # fmt: skip
     return result
+
+
+def _names(class_names: list[str] | None) -> dict[str, Any]:
+    return {"classes": list(class_names)} if class_names else {}
 
 
 class SeededViews(Dataset):
@@ -216,6 +249,7 @@ def run_probe_augmented(
     seed: int = 0,
     num_workers: int | None = None,
     device: torch.device | str = "cpu",
+    notes: EvalNotes | None = None,
 ) -> dict[str, Any]:
     """The probe trained on fresh augmented views every epoch (random resized crop and
     flip), each one passed through the frozen backbone in eval mode.
@@ -223,9 +257,22 @@ def run_probe_augmented(
     ``train_f``/``test_f`` are the eval-view features (cached): they give the validation
     split, the standardisation and the test figures. Each global batch is split over the
     processes, embedded, and gathered in batch order, so every process takes the same
-    head step on the same features as one process would.
+    head step on the same features as one process would. ``train_views`` holds every
+    training image; where reading left unreadable ones out of ``train_f``, ``notes``
+    (default: what ``class_names`` carries) maps its rows to ``train_views``' indices.
     """
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    notes = _notes(class_names, notes, train_y, test_y)
+    if notes.train_index is None:
+        source, aligned = torch.arange(len(train_f)), len(train_f) == len(train_views)
+    else:  # rows of train_f -> indices of train_views
+        source = notes.train_index
+        aligned = len(source) == len(train_f) and int(source.max()) < len(train_views)
+    if not aligned:
+        raise ValueError(
+            f"{len(train_f)} training features for {len(train_views)} training views: pass the "
+            "notes (or class names) that labelled_features returned with the features."
+        )
+    num_classes = _num_classes(class_names, train_y, test_y)
     fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
     standardise = _standardiser(train_f[fit_idx])
     steps = math.ceil(len(fit_idx) / batch_size)
@@ -239,7 +286,7 @@ def run_probe_augmented(
         order = fit_idx[torch.randperm(len(fit_idx), generator=g)]
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         world, positions = world_size(), [torch.arange(len(b)) for b in batches]
-        mine = [b[rank() :: world].tolist() for b in batches]
+        mine = [source[b[rank() :: world]].tolist() for b in batches]  # dataset indices
         loader = iter(DataLoader(train_views, batch_sampler=[m for m in mine if m],
                                  num_workers=workers))  # fmt: skip
         for batch, part, pos in zip(batches, mine, positions, strict=True):
@@ -253,5 +300,5 @@ def run_probe_augmented(
     result = _pick_best(sgd.heads, sgd.grid, standardise(train_f[val_idx]), train_y[val_idx],
                         standardise(test_f), test_y, class_names)  # fmt: skip
     result.update(epochs=epochs, augment=True, n_train=len(fit_idx), n_val=len(val_idx),
-                  n_test=len(test_y))  # fmt: skip
+                  n_test=len(test_y), **_names(class_names), **notes.fields())  # fmt: skip
     return result

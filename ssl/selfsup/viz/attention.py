@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from selfsup.errors import ConfigError
+from selfsup.viz.names import output_names
 
 
 @contextmanager
@@ -137,8 +138,10 @@ def write_attention(
     threshold: float = 0.6,
     size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """For each image: ``OUT/<stem>/head-<i>.png``, ``mean.png``, ``mask.png`` (the
-    thresholded mean map over the image) and ``image.png``; ``OUT/overview.png``."""
+    """For each image: ``OUT/<name>/head-<i>.png``, ``mean.png``, ``mask.png`` (the
+    thresholded mean map over the image) and ``image.png``; ``OUT/overview.png``.
+    ``<name>`` is the file's stem, or a longer tail of its path where stems clash
+    (``a/0.png``, ``b/0.png`` -> ``a_0``, ``b_0``; see :func:`output_names`)."""
     from selfsup.data.datasets import read_image
 
     if not 0 < threshold <= 1:
@@ -149,13 +152,14 @@ def write_attention(
             f"Attention maps need a ViT; this checkpoint's backbone is {backbone.name} "
             "(a ResNet has no attention)."
         )
+    missing = [path for path in images if not Path(path).is_file()]
+    if missing:
+        raise ConfigError(f"--image {missing[0]}: no such file.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     p = backbone.patch_size
     rows, written = [], []
-    for path in images:
-        if not Path(path).is_file():
-            raise ConfigError(f"--image {path}: no such file.")
+    for path, name in zip(images, output_names(images), strict=True):
         x, shown = prepare_image(
             read_image(path), p, backbone.in_chans, loaded.mean, loaded.std,
             short_side=int(loaded.meta["image_size"]), size=size,
@@ -164,7 +168,7 @@ def write_attention(
         maps = maps[0]  # (heads, h, w)
         mean_map = maps.mean(0)
         mask = mass_mask(mean_map, threshold)
-        stem = out / Path(path).stem
+        stem = out / name
         stem.mkdir(exist_ok=True)
         rgb = to_rgb(shown)
         _save_png(rgb.permute(1, 2, 0).numpy(), stem / "image.png")
@@ -174,7 +178,7 @@ def write_attention(
         keep = upsample(mask.float(), p)
         overlay = rgb * (0.25 + 0.75 * keep)  # outside the mask: darkened
         _save_png(overlay.clamp(0, 1).permute(1, 2, 0).numpy(), stem / "mask.png")
-        rows.append((Path(path).name, rgb, upsample(maps, p), upsample(mean_map, p), overlay))
+        rows.append((name, rgb, upsample(maps, p), upsample(mean_map, p), overlay))
         written.append(str(stem))
     title = (
         f"Last-block attention of the CLS token ({loaded.meta['loaded']} backbone)"

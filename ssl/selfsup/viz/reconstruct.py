@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
+from selfsup.checkpoints import resolve_checkpoint
 from selfsup.data.datasets import read_image
 from selfsup.data.module import _ChannelConverter
 from selfsup.errors import ConfigError
-from selfsup.checkpoints import resolve_checkpoint
 from selfsup.transforms import EvalTransform
+from selfsup.viz.names import output_names
 
 PADDING = 2
 
@@ -66,8 +67,10 @@ def write_reconstructions(
     upscale: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One PNG per image in ``out_dir``: ``<stem>_mae.png`` with the three panels side
-    by side, each ``upscale`` x the model's image size (default: at least 96 px)."""
+    """One PNG per image in ``out_dir``: ``<name>_mae.png`` with the three panels side
+    by side, each ``upscale`` x the model's image size (default: at least 96 px);
+    ``<name>`` is the stem, or a longer tail of the path where stems clash (see
+    :func:`output_names`)."""
     model, meta = load_mae(ckpt)
     missing = [p for p in image_paths if not Path(p).is_file()]
     if missing:
@@ -79,10 +82,10 @@ def write_reconstructions(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for path, row in zip(image_paths, panels, strict=True):
+    for name, row in zip(output_names(image_paths), panels, strict=True):
         row = row.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
         grid = make_grid(row, nrow=3, padding=PADDING, pad_value=1.0)
-        target = out / f"{Path(path).stem}_mae.png"
+        target = out / f"{name}_mae.png"
         save_image(grid, target)
         files.append(str(target))
     return {
