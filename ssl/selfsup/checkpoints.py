@@ -242,7 +242,9 @@ def _load_timm_weights(
     try:
         state = load_state_dict(str(path))
     except (*_UNREADABLE, SafetensorError) as e:
-        raise ConfigError(f"{path} cannot be read as a weights file ({type(e).__name__}).") from None
+        raise ConfigError(
+            f"{path} cannot be read as a weights file ({type(e).__name__})."
+        ) from None
     # timm checkpoints carry their classifier; the backbone has none (num_classes=0).
     heads = cfg.get("classifier") or ()
     for head in [heads] if isinstance(heads, str) else heads:

@@ -202,7 +202,7 @@ def launch_pretrain(argv: list[str]) -> int:
     trainer = ["--trainer.default_root_dir", str(run_dir), "--trainer.num_nodes", str(args.nodes),
                "--trainer.devices", str(tasks), "--trainer.accelerator", accelerator,
                "--trainer.strategy", strategy]  # fmt: skip
-    from selfsup.cli import resolve_pretrain_config
+    from selfsup.commands.pretrain import resolve_pretrain_config
 
     config, batch = resolve_pretrain_config(["--config", args.config, *overrides, *trainer])
     values = {
@@ -306,57 +306,3 @@ def launch(argv: list[str]) -> int:
             "selfsup launch pretrain|probe ...: say which kind of job (see --help of each)."
         )
     return kinds[argv[0]](argv[1:])
-
-
-# --------------------------------------------------------------------------- summary
-COLUMNS = ("task", "top1", "top5", "balanced_accuracy", "auroc", "lr", "weight_decay")
-
-
-def gather_metrics(paths: list[Path]) -> list[dict[str, Any]]:
-    """Every ``metrics.json`` under the given directories (or the files themselves),
-    each with ``name`` (its directory) added, in name order."""
-    rows = []
-    for path in paths:
-        files = [path] if path.is_file() else sorted(path.rglob("metrics.json"))
-        for f in files:
-            row = json.loads(f.read_text())
-            row["name"] = str(f.parent.relative_to(path)) if path.is_dir() else str(f.parent)
-            rows.append(row)
-    return rows
-
-
-def summary(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="selfsup summary",
-        description="One table of the metrics.json files under sweep or evaluation directories.",
-    )
-    parser.add_argument("dirs", nargs="+", help="sweep or evaluation directories")
-    parser.add_argument("--out", default=None, help="CSV file (default: DIR/summary.csv)")
-    args = parser.parse_args(argv)
-    paths = [Path(d) for d in args.dirs]
-    for p in paths:
-        if not p.exists():
-            raise ConfigError(f"{p} does not exist.")
-    rows = gather_metrics(paths)
-    if not rows:
-        raise ConfigError(f"No metrics.json under {', '.join(args.dirs)}: have the tasks finished?")
-    columns = ["name", *[c for c in COLUMNS if any(c in r for r in rows)], "checkpoint"]
-    import csv
-
-    out = Path(args.out) if args.out else paths[0] / "summary.csv"
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def cell(value: Any) -> str:
-        return (
-            f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
-        )
-
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")
-    print(f"summary: {out}", file=sys.stderr)
-    return 0

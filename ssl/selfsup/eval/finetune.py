@@ -9,6 +9,7 @@ pretraining. Test predictions are sharded over processes, each image counted onc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from selfsup.data.module import TransformedDataset, default_num_workers
 from selfsup.checkpoints import LoadedBackbone
+from selfsup.data.module import TransformedDataset, default_num_workers
 from selfsup.schedules import warmup_cosine
 
 
@@ -164,3 +165,67 @@ def train_loader(
         num_workers=workers,
         persistent_workers=workers > 0,
     )
+
+
+def run_finetune(
+    loaded: LoadedBackbone,
+    data: str,
+    root: str | None = None,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    drop_path: float = 0.1,
+    mixup: float = 0.8,
+    cutmix: float = 1.0,
+    smoothing: float = 0.1,
+    warmup_epochs: float = 5.0,
+    precision: str = "32",
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    devices: int = 1,
+    accelerator: str = "auto",
+    out: Path | None = None,
+) -> tuple[dict[str, Any], list[str]] | None:
+    """Fine-tune ``loaded`` on the train split of ``data`` and measure it on the test split
+    (Lightning DDP with ``devices`` > 1). Returns the figures and class names on rank 0,
+    None on the other ranks."""
+    from selfsup.data.datasets import open_dataset
+    from selfsup.errors import ConfigError
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.metrics import classification_metrics
+
+    train = open_dataset(data, "train", root)
+    test = open_dataset(data, "test", root)
+    if train.targets is None or test.targets is None:
+        raise ConfigError(
+            f"{data} has no labels: fine-tuning needs labelled train and test splits."
+        )
+    num_classes = max(len(train.classes), int(max(train.targets)) + 1)
+    pl.seed_everything(seed, verbose=False)
+    classifier = Classifier(loaded.backbone.train(), num_classes)
+    module = FineTune(classifier, num_classes, lr, weight_decay, layer_decay, warmup_epochs,
+                      mixup, cutmix, smoothing, batch_size)  # fmt: skip
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator=accelerator, devices=devices,
+        strategy="ddp" if devices > 1 else "auto", precision=precision,
+        logger=pl.loggers.CSVLogger(str(out), name="", version="") if out else False,
+        enable_checkpointing=False, default_root_dir=str(out) if out else None,
+        enable_model_summary=False, log_every_n_steps=10,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=train_loader(train, loaded, batch_size, num_workers))
+    # Test logits, each image once, in dataset order, on every process.
+    logits, labels = extract_features(
+        classifier.eval(), TransformedDataset(test, loaded.eval_transform()),
+        batch_size, num_workers, module.device,
+    )  # fmt: skip
+    if not trainer.is_global_zero:
+        return None
+    result = {"task": "finetune", **classification_metrics(logits, labels, list(train.classes))}
+    result.update(
+        epochs=epochs, lr=lr, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
+        cutmix=cutmix, smoothing=smoothing, n_train=len(train), n_test=len(labels),
+        backbone=loaded.meta["loaded"], checkpoint=loaded.path,
+    )  # fmt: skip
+    return result, list(train.classes)

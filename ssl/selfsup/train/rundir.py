@@ -1,6 +1,8 @@
 """The run directory: one flat folder per run, which a restart resumes.
 
-RUN/config.yaml               resolved config (rewritten on each start)
+RUN/config.yaml               resolved config of the run's first start (a resumed start with
+                              other values keeps it and appends the differences to
+                              RUN/config_changes.txt)
 RUN/checkpoints/last.ckpt     always the newest state (written atomically)
 RUN/hpc_ckpt_N.ckpt           Lightning's own pre-emption checkpoints, if some other setup
                               wrote them (read on resume, removed once last.ckpt is newer)
@@ -11,6 +13,7 @@ RUN/wandb/                    the wandb run, when wandb is on
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -21,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from selfsup.checkpoints import CHECKPOINT_DIR, LAST, _global_step
@@ -138,3 +142,51 @@ class RunStatus(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
         stopped = isinstance(exception, (SIGTERMException, KeyboardInterrupt))
         self._write(trainer, "stopped" if stopped else "failed")
+
+
+class RunConfig(SaveConfigCallback):
+    """``RUN/config.yaml``, written by rank 0 when training starts (so only after every
+    check passed). A new run writes it; a resumed run keeps the first start's file and,
+    when its values differ, appends the differences (a unified diff) to
+    ``RUN/config_changes.txt``, so the run's history stays readable.
+
+    The command sets :attr:`resumed_step` before fitting a resumed run.
+    """
+
+    resumed_step: int | None = None
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        path = Path(trainer.default_root_dir) / "config.yaml"
+        text = self.parser.dump(self.config, skip_none=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resumed_step is None or not path.is_file():
+            tmp = path.with_name("config.yaml.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            return
+        first = path.read_text()
+        if first == text:
+            return
+        diff = difflib.unified_diff(first.splitlines(), text.splitlines(), "config.yaml",
+                                    "this start", lineterm="", n=0)  # fmt: skip
+        lines = [ln for ln in diff if not ln.startswith("@@")]
+        when = time.strftime("%Y-%m-%dT%H:%M:%S")
+        with open(path.with_name("config_changes.txt"), "a") as f:
+            f.write(f"# resumed at step {self.resumed_step} on {when}\n" + "\n".join(lines) + "\n")
+
+
+class RunIdentity(Callback):
+    """Writes the run's name and seed into every checkpoint (``checkpoint["selfsup_run"]``):
+    a restart compares them before it resumes (:mod:`selfsup.train.resume`)."""
+
+    def __init__(self, run_name: str) -> None:
+        self.run_name = run_name
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        checkpoint["selfsup_run"] = {
+            "run_name": self.run_name,
+            "seed": int(seed) if seed is not None else None,
+        }

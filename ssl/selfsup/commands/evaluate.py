@@ -1,0 +1,238 @@
+"""``selfsup knn | probe | finetune | summary``: the evaluators' options and their runs.
+
+Each command's options are the signature of its function here (plus :class:`EvalSource`,
+what every evaluator reads), parsed by :func:`selfsup.commands.options.run_with_options`:
+``--config FILE``, ``--print_config`` and flags, as in ``selfsup pretrain``. The last
+line of stdout is one JSON object, printed once by rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from selfsup.commands.options import print_result
+from selfsup.errors import ConfigError
+
+
+@dataclass
+class EvalSource:
+    """What is evaluated, on which data, with how many processes.
+
+    Args:
+        ckpt: checkpoint file, run directory or .safetensors export (or a timm weights file
+            with timm_model)
+        data: an .npz, an image folder with train/ and test/, or a named set
+        backbone: student or teacher weights (default: the method's choice)
+        pool: ViTs: cls or avg pooling (default: the method's choice)
+        timm_model: ckpt is a weights file of this timm ResNet/ViT (e.g. vit_small_patch16_224)
+        batch_size: images per process and batch for feature extraction
+        num_workers: DataLoader workers (default: half the cores, 1 to 8)
+        root: where named datasets are stored
+        devices: processes (GPUs, or CPU processes) for extraction
+        accelerator: auto, cpu or gpu
+        out: evaluation directory (default: RUN/eval/<task>-<data>)
+    """
+
+    ckpt: str
+    data: str
+    backbone: Literal["student", "teacher"] | None = None
+    pool: Literal["cls", "avg"] | None = None
+    timm_model: str | None = None
+    batch_size: int = 256
+    num_workers: int | None = None
+    root: str | None = None
+    devices: int = 1
+    accelerator: str = "auto"
+    out: str | None = None
+
+    def load(self, overrides: dict[str, Any] | None = None) -> Any:
+        from selfsup.checkpoints import load_backbone
+
+        return load_backbone(self.ckpt, self.backbone, self.pool, overrides, self.timm_model)
+
+    def eval_dir(self, task: str) -> Path:
+        from selfsup.eval.report import eval_dir
+
+        return eval_dir(self.ckpt, task, self.data, self.out)
+
+
+def start_processes(devices: int, accelerator: str) -> tuple[Any, Any]:
+    """Lightning Fabric's DDP launch when more than one process is asked for (or SLURM
+    started several): the other ranks re-run this command. Returns (fabric, device)."""
+    import torch
+
+    if devices <= 1 and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        use_gpu = accelerator in ("gpu", "cuda") or (
+            accelerator == "auto" and torch.cuda.is_available()
+        )
+        if use_gpu and not torch.cuda.is_available():
+            raise ConfigError(f"--accelerator {accelerator}: no GPU here; use cpu or auto.")
+        return None, torch.device("cuda" if use_gpu else "cpu")
+    from lightning_fabric import Fabric
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp")
+    except MisconfigurationException as e:
+        raise ConfigError(f"--accelerator {accelerator} --devices {devices}: {e}") from None
+    fabric.launch()
+    return fabric, fabric.device
+
+
+def _report(result: dict[str, Any], classes: list[str], out: Path) -> None:
+    from selfsup.eval.report import write_report
+
+    print_result(write_report(result, classes, out))
+
+
+def knn(
+    source: EvalSource,
+    k: tuple[int, ...] = (20, 200),
+    temperature: float = 0.07,
+    cache: bool = True,
+) -> int:
+    """Weighted kNN (cosine) of a checkpoint's features: the train split is the memory bank,
+    the test split the queries.
+
+    Args:
+        k: neighbours; the first is the headline (top1), the others add top1_k<K>
+        temperature: the neighbours' vote weight is exp(similarity / temperature)
+        cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
+    """
+    from selfsup.eval.knn import run_knn
+
+    loaded = source.load()
+    fabric, device = start_processes(source.devices, source.accelerator)
+    result, classes = run_knn(loaded, source.data, tuple(k), temperature, source.batch_size,
+                              source.num_workers, source.root, cache, device)  # fmt: skip
+    if fabric is None or fabric.is_global_zero:
+        _report(result, classes, source.eval_dir("knn"))
+    return 0
+
+
+def probe(
+    source: EvalSource,
+    epochs: int = 100,
+    val_fraction: float = 0.1,
+    augment: bool = False,
+    last_blocks: int = 1,
+    avgpool_patches: bool = False,
+    seed: int = 0,
+    cache: bool = True,
+) -> int:
+    """Linear probe on frozen, cached features: a grid of heads (learning rates x weight
+    decays) trained in one pass, picked on a validation split of the training set.
+
+    Args:
+        epochs: epochs of every head
+        val_fraction: share of each class held out of the training split for the pick
+        augment: train on new random crops and flips through the frozen backbone every
+            epoch (one backbone pass per epoch) instead of on the cached features
+        last_blocks: ViTs: concatenate the pooled tokens of the last K blocks (DINO: 4 for ViT-S)
+        avgpool_patches: ViTs with CLS pooling: append the last block's mean patch token
+        seed: seed of the split, the heads and the augmentations
+        cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
+    """
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.1.")
+    from selfsup.eval.features import block_features, labelled_features
+    from selfsup.eval.probe import run_probe, run_probe_augmented
+
+    loaded = block_features(source.load(), last_blocks, avgpool_patches)
+    fabric, device = start_processes(source.devices, source.accelerator)
+    train_f, train_y, test_f, test_y, classes = labelled_features(
+        loaded, source.data, "the linear probe", source.batch_size, source.num_workers,
+        source.root, cache, device,
+    )  # fmt: skip
+    if augment:
+        from selfsup.data.datasets import open_dataset
+        from selfsup.eval.finetune import train_transform
+        from selfsup.eval.probe import SeededViews
+
+        views = SeededViews(open_dataset(source.data, "train", source.root),
+                            train_transform(loaded), seed)  # fmt: skip
+        # Every process takes part in the backbone passes and takes the same head steps.
+        result = run_probe_augmented(
+            loaded.backbone, views, train_f, train_y, test_f, test_y, classes, val_fraction,
+            epochs, source.batch_size, seed=seed, num_workers=source.num_workers, device=device,
+        )  # fmt: skip
+    elif fabric is None or fabric.is_global_zero:
+        result = run_probe(train_f, train_y, test_f, test_y, classes, val_fraction, epochs,
+                           seed=seed)  # fmt: skip
+    if fabric is not None and not fabric.is_global_zero:
+        return 0  # features are on every rank; rank 0 reports
+    result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"],
+                  features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path)  # fmt: skip
+    _report(result, classes, source.eval_dir("probe"))
+    return 0
+
+
+def finetune(
+    source: EvalSource,
+    epochs: int = 100,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    layer_decay: float = 0.75,
+    drop_path: float = 0.1,
+    mixup: float = 0.8,
+    cutmix: float = 1.0,
+    smoothing: float = 0.1,
+    warmup_epochs: float = 5.0,
+    precision: str = "32",
+    seed: int = 0,
+) -> int:
+    """Fine-tune the whole network on labels (AdamW, layer-wise lr decay for ViTs, drop path,
+    mixup/cutmix, label smoothing, warm-up + cosine) and measure it on the test split.
+
+    Args:
+        epochs: training epochs
+        lr: peak learning rate per 256 images (scaled by the global batch)
+        weight_decay: AdamW weight decay
+        layer_decay: ViTs: layer-wise learning-rate decay (0.65-0.75)
+        drop_path: stochastic depth rate
+        mixup: mixup alpha (0 switches it off)
+        cutmix: cutmix alpha (0 switches it off)
+        smoothing: label smoothing
+        warmup_epochs: linear warm-up length
+        precision: 32, bf16-mixed or 16-mixed
+        seed: seed of the head and the data order
+    """
+    from selfsup.eval.finetune import run_finetune
+
+    loaded = source.load({"drop_path_rate": drop_path})
+    out = source.eval_dir("finetune")
+    done = run_finetune(
+        loaded, source.data, source.root, epochs, lr, weight_decay, layer_decay, drop_path,
+        mixup, cutmix, smoothing, warmup_epochs, precision, seed, source.batch_size,
+        source.num_workers, source.devices, source.accelerator, out,
+    )  # fmt: skip
+    if done is not None:
+        _report(*done, out)
+    return 0
+
+
+def summary(dirs: list[str], out: str | None = None) -> int:
+    """One table of the metrics.json files under sweep or evaluation directories.
+
+    Args:
+        dirs: sweep or evaluation directories (or metrics.json files)
+        out: the CSV file (default: DIR/summary.csv of the first directory)
+    """
+    import sys
+
+    from selfsup.eval.report import gather_metrics, summary_table
+
+    paths = [Path(d) for d in dirs]
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"{p} does not exist.")
+    rows = gather_metrics(paths)
+    if not rows:
+        raise ConfigError(f"No metrics.json under {', '.join(dirs)}: have the tasks finished?")
+    csv_path = Path(out) if out else paths[0] / "summary.csv"
+    print(summary_table(rows, csv_path))
+    print(f"summary: {csv_path}", file=sys.stderr)
+    return 0

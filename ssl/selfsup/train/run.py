@@ -1,0 +1,285 @@
+"""Assembling a pretraining run: LightningCLI with selfsup's run directory, callbacks and checks.
+
+``build_pretrain_cli(argv)`` parses ``selfsup pretrain`` arguments (every value
+printable with ``--print_config``, saved as ``RUN/config.yaml``, overridable on the
+command line) and instantiates the method, the DataModule and the Trainer with:
+the run directory's logger and atomic checkpoints, the stop signals, the status file,
+the kNN, collapse, picture and skipped-images callbacks, and the loader hook the
+method declares (:meth:`~selfsup.methods.base.SelfSupervisedMethod.train_collate_fn`).
+``check_run`` then checks everything that can be checked before training starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentError
+from lightning_fabric.plugins import CheckpointIO
+from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from selfsup.backbones import check_input_size
+from selfsup.data.module import PretrainDataModule
+from selfsup.errors import ConfigError
+from selfsup.methods import TeacherStudentMethod, method_class
+from selfsup.methods.base import SelfSupervisedMethod
+from selfsup.train.collapse_monitor import CollapseMonitor
+from selfsup.train.knn_monitor import KNNMonitor
+from selfsup.train.loggers import RunCSVLogger, wandb_logger
+from selfsup.train.pictures import PictureLogger
+from selfsup.train.rundir import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    RunConfig,
+    RunIdentity,
+    RunStatus,
+)
+from selfsup.train.signals import GracefulStop
+from selfsup.train.skipped_images import SkippedImagesReport
+
+
+class PretrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--resume",
+            type=str,
+            default="auto",
+            help="auto: continue from the run directory's newest checkpoint if there is one; "
+            "never: start from scratch; or a checkpoint path.",
+        )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="the run's name, recorded in its checkpoints: a run directory resumes only a "
+            "run of the same name (default: <method>/<config name>; the run directory "
+            "defaults to runs/<run_name>)",
+        )
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="also write last.ckpt every N optimizer steps (default: each epoch end)",
+        )
+        parser.add_argument("--wandb", type=bool, default=False, help="log to Weights & Biases too")
+        parser.add_argument("--wandb_project", type=str, default="selfsup")
+        parser.add_argument(
+            "--status_interval",
+            type=float,
+            default=5.0,
+            help="seconds between rewrites of RUN/status.json during training",
+        )
+        parser.add_lightning_class_args(KNNMonitor, "knn_monitor")
+        parser.add_lightning_class_args(CollapseMonitor, "collapse_monitor")
+        parser.add_lightning_class_args(PictureLogger, "pictures")
+        # The learning rate scales with the per-process batch: one value, two places.
+        parser.link_arguments("data.batch_size", "model.init_args.batch_size")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            raise ConfigError(explain_parse_error(str(e), parser)) from None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        check_slurm_shape(config.trainer.devices, config.trainer.num_nodes)
+        if config.run_name is None:
+            configs = config.get("config") or []
+            stem = Path(str(configs[0])).stem if configs else "pretrain"
+            method = str(config.model.class_path).rsplit(".", 1)[-1].lower()
+            config.run_name = f"{method}/{stem}"
+        if config.trainer.default_root_dir is None:
+            config.trainer.default_root_dir = os.path.join("runs", config.run_name)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # What the method needs from the training loader (I-JEPA: its mask collator).
+        self.datamodule.collate_fn = self.model.train_collate_fn()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        run_dir = config["default_root_dir"]
+        if config.get("logger") in (None, True):
+            loggers: list[Any] = [RunCSVLogger(run_dir)]
+            if self.config.wandb:
+                loggers.append(wandb_logger(run_dir, self.config.wandb_project))
+            config["logger"] = loggers
+        if config.get("enable_checkpointing", True) is not False:
+            callbacks = [
+                *callbacks,
+                RunCheckpoint(run_dir, self.config.checkpoint_every_n_steps),
+                GracefulStop(run_dir),
+            ]
+            plugins = config.get("plugins") or []
+            plugins = plugins if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                plugins = [*plugins, AtomicCheckpointIO()]
+            # GracefulStop handles SLURM's USR1 (checkpoint, requeue) at a step end on
+            # every process; Lightning's own handler must not act as well.
+            if SLURMEnvironment.detect() and not any(
+                isinstance(p, ClusterEnvironment) for p in plugins
+            ):
+                plugins = [*plugins, SLURMEnvironment(auto_requeue=False)]
+            config["plugins"] = plugins
+        callbacks = [
+            *callbacks,
+            RunIdentity(self.config.run_name),
+            RunStatus(run_dir, self.config.status_interval),
+            SkippedImagesReport(),
+            LearningRateMonitor(logging_interval="step"),
+        ]
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except MisconfigurationException as e:
+            first = str(e).split(". ")[0].strip().rstrip(".")
+            raise ConfigError(
+                f"{first} (--trainer.accelerator {config.get('accelerator')}, --trainer.devices "
+                f"{config.get('devices')}): use --trainer.accelerator cpu, or auto."
+            ) from None
+
+    @property
+    def run_config(self) -> RunConfig:
+        return next(c for c in self.trainer.callbacks if isinstance(c, RunConfig))
+
+    def check_run(self) -> None:
+        """Everything that can be checked before training starts."""
+        model, data, trainer = self.model, self.datamodule, self.trainer
+        backbone = model.backbone
+        if data.transform is not None:
+            for size in sorted(set(data.transform.view_sizes)):
+                check_input_size(backbone, size)
+                model.check_view_size(size)
+        data.check(world_size=trainer.world_size)
+        channels = data.data_channels()
+        if channels != backbone.in_chans:
+            raise ConfigError(
+                f"The images have {channels} channel(s) but the backbone takes {backbone.in_chans}: "
+                f"set model.init_args.backbone_kwargs.in_chans: {channels}, or data.channels: {backbone.in_chans}."
+            )
+        if len(data.transform.mean) != channels or len(data.transform.std) != channels:
+            raise ConfigError(
+                f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
+                f"give transform mean/std with {channels} value(s)."
+            )
+        if str(self.config.trainer.precision) == "bf16-true" and isinstance(
+            model, TeacherStudentMethod
+        ):
+            raise ConfigError(
+                f"{type(model).__name__}'s EMA teacher needs fp32 weights: with bf16-true an update of "
+                "1 - momentum vanishes below bf16's resolution. Use --trainer.precision bf16-mixed."
+            )
+        if self.config.trainer.sync_batchnorm and isinstance(trainer.accelerator, CPUAccelerator):
+            raise ConfigError(
+                "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
+            )
+
+
+def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> PretrainCLI:
+    """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no
+    training); with ``resolve_only``, parse and pin the seed without instantiating."""
+    cls = PretrainCLI
+    if resolve_only:
+
+        class cls(PretrainCLI):  # the same CLI, minus instantiation
+            def instantiate_classes(self) -> None:
+                pass
+
+    try:
+        return cls(
+            SelfSupervisedMethod,
+            PretrainDataModule,
+            subclass_mode_model=True,
+            run=False,
+            args=argv,
+            save_config_callback=RunConfig,
+            save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
+            parser_kwargs={"prog": "selfsup pretrain", "exit_on_error": False},
+            trainer_defaults={"log_every_n_steps": 10},
+            # Reproducible by default; a resumed run keeps the seed it started with.
+            seed_everything_default=0,
+        )
+    except (ValueError, TypeError) as e:
+        # jsonargparse reports a constructor's ConfigError as "Does not validate against
+        # any of the Union subtypes": the user's one line is the ConfigError inside.
+        cause = _config_error_in(e)
+        if cause is None:
+            raise
+        raise ConfigError(str(cause)) from None
+
+
+def _config_error_in(error: BaseException | None) -> ConfigError | None:
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, ConfigError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def explain_parse_error(message: str, parser: LightningArgumentParser) -> str:
+    """One line for jsonargparse's error: an unknown option with its close matches
+    (a method's own options are read from its signature), else the gist of the message."""
+    option = re.search(r"Option '([\w.]+)' is not accepted", message)
+    cls = re.search(r"Problem with given class_path '([\w.]+)'", message)
+    unrecognized = re.search(r"[Uu]nrecognized arguments: (\S+)", message)
+    if option and cls:
+        name, candidates = option.group(1), _init_parameters(cls.group(1))
+        where = (
+            f"--model.init_args.{name}: {cls.group(1).rsplit('.', 1)[-1]} has no option {name!r}"
+        )
+    elif option or unrecognized:
+        name = (option or unrecognized).group(1).lstrip("-")
+        candidates = [k for k in parser.get_defaults().keys() if k != "config"]  # noqa: SIM118 (dotted keys)
+        where = f"--{name}: no such option"
+    else:
+        lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+        gist = next((ln for ln in lines if ln.startswith("- ") and "NoneType" not in ln), "")
+        return (" ".join([*lines[:1], gist.lstrip("- ")]).strip() + ". See selfsup pretrain "
+                "--help, or --print_config for every value.")  # fmt: skip
+    close = difflib.get_close_matches(name.rsplit(".", 1)[-1], [c.rsplit(".", 1)[-1] for c in candidates], n=3, cutoff=0.6)  # fmt: skip
+    full = [c for c in candidates if c.rsplit(".", 1)[-1] in close]
+    hint = f" Did you mean {' or '.join('--' + c for c in full or close)}?" if close else ""
+    return f"{where}.{hint} (--print_config lists every option.)"
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    """Constructor arguments of a method class and of the bases its ``**kwargs`` reach."""
+    try:
+        cls = method_class(class_path)
+    except ConfigError:
+        return []
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names += [p for p in inspect.signature(init).parameters if p not in ("self", "kwargs")]
+    return list(dict.fromkeys(names))
+
+
+def check_slurm_shape(devices: Any, num_nodes: Any) -> None:
+    """Inside a SLURM job (as Lightning detects one), trainer.devices must equal the
+    tasks per node and trainer.num_nodes the nodes: one task per GPU."""
+    env = os.environ
+    if "SLURM_NTASKS" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return
+    per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    nodes = env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES")
+    if str(devices).isdigit() and per_node.isdigit() and int(devices) != int(per_node):
+        raise ConfigError(
+            f"trainer.devices is {devices} but the SLURM job runs {per_node} task(s) per node: "
+            f"use --trainer.devices {per_node}, or submit with --ntasks-per-node={devices} "
+            "(one task per GPU; `selfsup launch pretrain` sets both)."
+        )
+    if nodes and str(nodes).isdigit() and int(num_nodes) != int(nodes):
+        raise ConfigError(
+            f"trainer.num_nodes is {num_nodes} but the SLURM job has {nodes} node(s): "
+            f"use --trainer.num_nodes {nodes}, or submit with --nodes={num_nodes}."
+        )
