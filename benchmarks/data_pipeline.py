@@ -34,7 +34,7 @@ CONFIGS = {
 
 
 def datamodule(config: str, data: str, workers: int):
-    from selfsup.cli import build_pretrain_cli
+    from selfsup.train.run import build_pretrain_cli
     from selfsup.masks import MultiBlockMaskCollator
 
     cli = build_pretrain_cli(["--config", str(REPO / config), "--data.path", data,

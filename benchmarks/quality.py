@@ -174,7 +174,7 @@ def calibrate(build: Callable[[], tuple[Any, Any, str]], steps: int = 6) -> floa
 
 # -- the two sides ---------------------------------------------------------------------------
 def selfsup_side(method: str, seed: int, workers: int, data: dict) -> dict[str, Any]:
-    from selfsup.cli import build_pretrain_cli
+    from selfsup.train.run import build_pretrain_cli
 
     config = REPO / METHODS[method][0]
     cfg = yaml.safe_load(config.read_text())

@@ -179,7 +179,7 @@ def run_steps(module: pl.LightningModule, batch: Any, warmup: int, steps: int, p
 
 
 def selfsup_module(method: str, backbone: str, precision: str) -> tuple[Any, Any, Path]:
-    from selfsup.cli import build_pretrain_cli
+    from selfsup.train.run import build_pretrain_cli
 
     config = config_for(method, backbone, precision)
     cli = build_pretrain_cli(["--config", str(config), "--data.path", str(CIFAR),

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from selfsup.cli import build_pretrain_cli
+from selfsup.train.run import build_pretrain_cli
 from selfsup.methods.base import SelfSupervisedMethod
 
 ALL = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml"))
