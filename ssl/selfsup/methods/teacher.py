@@ -1,9 +1,10 @@
 """The EMA teacher shared by BYOL, DINO and I-JEPA.
 
 The teacher starts as an exact copy of the student's modules, takes no
-gradients, and moves once per optimizer step (so gradient accumulation does not
-change how often it moves): ``teacher = m * teacher + (1 - m) * student`` with
-``m`` on a schedule from ``teacher_momentum`` to ``teacher_momentum_end``.
+gradients, and moves right after each optimizer step (so gradient accumulation
+does not change how often it moves): ``teacher_k = m_k * teacher_{k-1} + (1 - m_k)
+* student_k``, with ``student_k`` the student after step ``k`` and ``m_k`` on a
+schedule from ``teacher_momentum`` to ``teacher_momentum_end``.
 It stays in fp32 (parameters are fp32 under ``bf16-mixed``; ``bf16-true`` is
 refused: an update of 1 - 0.996 vanishes below bf16's resolution). Every process
 applies the same update to the same weights, so teachers stay identical.
@@ -44,7 +45,6 @@ class TeacherStudentMethod(SelfSupervisedMethod):
     ) -> None:
         super().__init__(**kwargs)
         self._ema_pairs = []
-        self._last_ema_step = 0
 
     def make_teacher(self, student: nn.Module) -> nn.Module:
         """A frozen copy of ``student`` that :meth:`update_teacher` moves."""
@@ -73,14 +73,16 @@ class TeacherStudentMethod(SelfSupervisedMethod):
             for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
                 pt.mul_(momentum).add_(ps.detach().to(pt.dtype), alpha=1.0 - momentum)
 
-    def on_train_start(self) -> None:
-        self._last_ema_step = self.global_step  # resumed runs continue from their step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step counts optimizer steps: under gradient accumulation the
-        # teacher moves once per step, not once per micro-batch.
-        if self.global_step > self._last_ema_step:
-            momentum = self.teacher_momentum(self.global_step - 1)
-            self.update_teacher(momentum)
-            self._last_ema_step = self.global_step
-            self.log("train/teacher_momentum", momentum)
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        step = self.global_step  # optimizer steps taken before this one
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Right after the student moved, and only then: under gradient accumulation the
+        # teacher moves once per optimizer step, not per micro-batch; and before any
+        # callback's batch-end hook, so a checkpoint written there (stop signals,
+        # every-N-steps saves) holds the teacher of its global_step, and a run resumed
+        # from it misses no update.
+        momentum = self.teacher_momentum(step)
+        self.update_teacher(momentum)
+        self.log("train/teacher_momentum", momentum)
