@@ -45,7 +45,7 @@ def test_dino_run_logs_attention_to_offline_wandb_then_attention_and_embed(
     assert result["n_points"] == 48 and result["n_classes"] == 4 and plot.is_file()
 
 
-def test_mae_run_without_wandb_writes_reconstruction_pictures(tiny_npz, tmp_path):
+def test_mae_run_without_wandb_writes_reconstruction_pictures(tiny_npz, tmp_path, capsys):
     run = tmp_path / "mae"
     config = str(REPO / "configs/mae/vit_tiny_cifar.yaml")
     assert pretrain(run, tiny_npz, "--trainer.max_epochs", "1", "--pictures.every_n_epochs", "1",
@@ -54,3 +54,22 @@ def test_mae_run_without_wandb_writes_reconstruction_pictures(tiny_npz, tmp_path
     attention = Image.open(run / "pictures" / "attention-epoch0000.png")
     # 4 images x (image | mean attention | mask), 32 px tiles with 2 px padding.
     assert attention.size == (3 * 34 + 2, 4 * 34 + 2)
+
+    # Two images named 0.png in different folders: two files, each from its own image.
+    x = np.load(tiny_npz)["x_test"][:2]
+    paths = []
+    for folder, image in zip(("a", "b"), x, strict=True):
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        paths.append(tmp_path / "test" / folder / "0.png")
+        Image.fromarray(image).save(paths[-1])
+    out = tmp_path / "recon"
+    capsys.readouterr()
+    assert main(["reconstruct", "--ckpt", str(run), "--image", *map(str, paths),
+                 "--out", str(out)]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["files"] == [str(out / "a_0_mae.png"), str(out / "b_0_mae.png")]
+    for file, own, other in zip(result["files"], x, x[::-1], strict=True):
+        with Image.open(file) as grid:  # the first panel: the image, 3x upscaled, 2 px padding
+            original = np.asarray(grid.convert("RGB"))[2 : 2 + 96 : 3, 2 : 2 + 96 : 3]
+        assert np.abs(original.astype(int) - own).max() <= 2
+        assert np.abs(original.astype(int) - other).mean() > 10

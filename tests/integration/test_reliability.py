@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, make_blob_images
 from selfsup.cli import main
 
 CONFIG = str(REPO / "configs/simclr/resnet18_cifar.yaml")
@@ -72,11 +72,69 @@ def test_image_folder_with_5_percent_broken_files_trains_and_reports(tmp_path, c
     assert sorted((run / "skipped_images.txt").read_text().split()) == broken
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * (60 // 16) and ckpt["epoch"] == 1  # full batches, to the end
+    # Evaluation leaves the broken files out (features and labels) instead of counting the
+    # images that stand in for them: 57 training images, and the JSON names the 3 files.
+    for task, extra in (("knn", ["--k", "20"]), ("probe", ["--epochs", "2"]),
+                        ("probe", ["--epochs", "1", "--augment", "true"])):  # fmt: skip
+        assert main([task, "--ckpt", str(run), "--data", str(data), "--num-workers", "0",
+                     *extra]) == 0  # fmt: skip
+        out, err = capsys.readouterr()
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["n_train"] + result.get("n_val", 0) == 57 and result["n_test"] == 20
+        assert sorted(result["skipped_images"]) == broken and result["n_skipped"] == 3
+        warnings = [line for line in err.splitlines() if line.startswith("selfsup: warning:")]
+        assert len(warnings) == 1 and "3 of 60 train images cannot be read" in warnings[0]
+        assert result["warnings"] == [warnings[0].removeprefix("selfsup: warning: ")]
     # --data.strict: stop before training with every bad file listed.
     assert main(pretrain_argv(data, tmp_path / "strict", "--data.strict", "true")) == 2
     err = capsys.readouterr().err
     assert "3 of 60 files" in err and all(f in err for f in broken)
     assert not (tmp_path / "strict" / "checkpoints").exists()
+    # A split where no file can be read: one line, exit status 2.
+    for f in (data / "test").rglob("*.*"):
+        f.write_bytes(b"")
+    assert main(["knn", "--ckpt", str(run), "--data", str(data), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "None of the 20 image files" in err and "Traceback" not in err
+
+
+def test_class_names_one_class_and_a_large_k_reach_the_json(tmp_path, capsys):
+    x_train, y_train = make_blob_images(48, 32, seed=0)
+    x_test, y_test = make_blob_images(24, 32, seed=1)
+    names = np.array(["cat", "dog", "eel", "fox"])
+    data = tmp_path / "named.npz"
+    np.savez(data, x_train=x_train, y_train=names[y_train], x_test=x_test, y_test=names[y_test])
+    run = tmp_path / "run"
+    assert main(pretrain_argv(data, run, "--trainer.max_steps", "2")) == 0
+    capsys.readouterr()
+    assert main(["knn", "--ckpt", str(run), "--data", str(data), "--num-workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["classes"] == list(names) and sorted(result["per_class_accuracy"]) == list(names)
+    metrics = json.loads((run / "eval" / "knn-named" / "metrics.json").read_text())
+    assert metrics["classes"] == list(names) and sum(map(sum, metrics["confusion_matrix"])) == 24
+    # One class and 12 training images under k = 20: the figure stands, with two warnings.
+    one = tmp_path / "one.npz"
+    np.savez(one, x_train=x_train[:12], y_train=np.array(["cat"] * 12), x_test=x_test[:6],
+             y_test=np.array(["cat"] * 6))  # fmt: skip
+    for task, extra in (("knn", ["--k", "20"]), ("probe", ["--epochs", "1"])):
+        assert main([task, "--ckpt", str(run), "--data", str(one), "--num-workers", "0",
+                     *extra]) == 0  # fmt: skip
+        out, err = capsys.readouterr()
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["top1"] == 1.0 and result["classes"] == ["cat"]
+        lines = [line for line in err.splitlines() if line.startswith("selfsup: warning:")]
+        assert lines == [f"selfsup: warning: {w}" for w in result["warnings"]]
+        assert "the training split has one class (cat)" in lines[0]
+        assert len(lines) == (2 if task == "knn" else 1)
+        if task == "knn":
+            assert "k = 20 but there are only 12 training images" in lines[1]
+    # Several labels per image: refused in one line before anything runs.
+    multi = tmp_path / "multi.npz"
+    np.savez(multi, x_train=x_train, y_train=np.zeros((48, 5), np.uint8), x_test=x_test,
+             y_test=np.zeros((24, 5), np.uint8))  # fmt: skip
+    assert main(["knn", "--ckpt", str(run), "--data", str(multi), "--num-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "48x5 labels" in err and "one label per image" in err and "Traceback" not in err
 
 
 def test_no_command_writes_into_the_data_directory(tmp_path, capsys):
