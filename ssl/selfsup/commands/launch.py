@@ -4,7 +4,8 @@
                             [--partition P] [--account A] [--qos Q] [--run-dir RUN]
                             [--accelerator cpu --tasks-per-node K] [--dry-run] [-- overrides]
     selfsup launch probe    --ckpt CKPT [CKPT ...] --data DATA [--out SWEEP] ... [-- probe options]
-    selfsup summary         SWEEP|EVAL_DIR ...
+
+(``selfsup summary SWEEP`` tabulates a probe sweep's results: selfsup.commands.evaluate.)
 
 ``launch pretrain`` resolves the config at submission (every value, the seed pinned,
 the trainer's nodes and devices matching the job) into ``RUN/config.yaml``, renders
