@@ -79,7 +79,7 @@ def _global_step(path: Path) -> int:
     try:
         return int(read_checkpoint(path, mmap=True).get("global_step", -1))
     except ConfigError as e:  # a truncated file from an older, non-atomic write
-        warnings.warn(f"Skipping {e}", stacklevel=2)
+        warnings.warn(f"Skipping an unreadable checkpoint: {e}", stacklevel=2)
         return -1
 
 

@@ -1,0 +1,87 @@
+"""Pixels: image files and arrays to ``(C, H, W)`` tensors, with the intensity and channel policies.
+
+Images are ``uint8`` for 8-bit data and ``float32`` in ``[0, 1]`` for deeper data. 16-bit
+intensity policy: ``intensity="dtype"`` (default) maps the dtype's full range to
+``[0, 1]`` (0..65535); ``intensity="percentile"`` maps each image's ``[p_low, p_high]``
+percentile window to ``[0, 1]`` and clips, which suits CT/X-ray data that uses a small
+part of the range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from selfsup.errors import ConfigError
+
+Split = Literal["train", "test"]
+Intensity = Literal["dtype", "percentile"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+NAMED_DATASETS = ("patterns", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
+
+
+class DataError(ConfigError):
+    """The data the user pointed at cannot be used; the message names the fix."""
+
+
+def to_tensor_image(
+    array: np.ndarray, intensity: Intensity = "dtype", window: tuple[float, float] = (0.5, 99.5)
+) -> torch.Tensor:
+    """``(H, W)`` or ``(H, W, C)`` uint8/uint16 array -> ``(C, H, W)`` tensor (see module doc)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if array.dtype in (np.uint16, np.int32, np.int16, np.float32, np.float64):
+        x = array.astype(np.float32)
+        if intensity == "percentile":
+            lo, hi = np.percentile(x, window)
+            x = np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+        elif array.dtype in (np.float32, np.float64):
+            x = np.clip(x, 0.0, 1.0)
+        else:
+            info = np.iinfo(array.dtype)
+            x = (x - max(info.min, 0)) / (info.max - max(info.min, 0))
+            x = np.clip(x, 0.0, 1.0)
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    raise DataError(f"Unsupported pixel dtype {array.dtype}: use uint8 or uint16 images.")
+
+
+def read_image(path: str | Path, intensity: Intensity = "dtype") -> torch.Tensor:
+    """An image file -> ``(C, H, W)`` tensor: uint8 for 8-bit files, float in [0, 1] for
+    16-bit ones (after the intensity policy); gray stays 1 channel, colour becomes RGB."""
+    with Image.open(path) as im:
+        if im.mode.startswith("I"):  # 16-bit ("I;16*") or 32-bit integer grayscale
+            array = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
+        elif im.mode in ("L", "RGB"):
+            array = np.asarray(im)
+        elif im.mode == "LA":
+            array = np.asarray(im.convert("L"))
+        else:  # RGBA, P, CMYK, ...
+            array = np.asarray(im.convert("RGB"))
+    return to_tensor_image(array, intensity)
+
+
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(C, H, W)`` -> ``(channels, H, W)``: gray -> RGB by repetition, RGB -> gray by
+    ITU-R 601 luminance (a gray file in a colour folder, or the other way round)."""
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return image.expand(channels, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        gray = (image.float() * weights).sum(0, keepdim=True)
+        return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
+    raise DataError(f"Cannot convert {c}-channel images to {channels} channels.")
+
+
+#: What reading a broken file raises: PIL's UnidentifiedImageError (not an image,
+#: zero bytes) and "image file is truncated" are OSErrors; damaged headers raise the others.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
