@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from selfsup.commands.evaluate import EvalSource, start_processes
 from selfsup.commands.options import print_result
@@ -52,8 +53,27 @@ def reconstruct(
     """
     from selfsup.viz.reconstruct import write_reconstructions
 
-    print_result(write_reconstructions(ckpt, image, out, upscale, seed))
+    model, meta, path = load_mae(ckpt)
+    result = write_reconstructions(model, meta, image, out, upscale, seed)
+    print_result({**result, "checkpoint": str(path)})
     return 0
+
+
+def load_mae(ckpt: str) -> tuple[Any, dict[str, Any], Path]:
+    """The whole MAE of a checkpoint file or run directory (its decoder draws the
+    reconstructions: a picture only that method can make), in eval mode."""
+    from selfsup.checkpoints import read_checkpoint, resolve_checkpoint
+    from selfsup.methods import MAE
+
+    path = resolve_checkpoint(ckpt)
+    meta = read_checkpoint(path).get("selfsup") or {}
+    if meta.get("method") != "MAE":
+        raise ConfigError(
+            f"{path} is a {meta.get('method', 'non-selfsup')} checkpoint: reconstructions need "
+            "MAE's decoder, so give an MAE checkpoint."
+        )
+    model = MAE.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    return model.eval(), meta, path
 
 
 def embed(

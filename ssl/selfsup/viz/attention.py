@@ -93,9 +93,9 @@ def prepare_image(
     ``(1, C, H', W')`` and the displayed image ``(C, H', W')`` in [0, 1]: resized (to
     ``size``, or so that the shorter side is ``short_side``, keeping the aspect) and
     cropped to multiples of the patch size."""
-    from selfsup.data.module import _ChannelConverter
+    from selfsup.data.datasets import match_channels
 
-    img = _ChannelConverter(in_chans)(image)
+    img = match_channels(image, in_chans)
     img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
     hh, ww = img.shape[-2:]
     if size is None:

@@ -10,29 +10,12 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
-from selfsup.checkpoints import resolve_checkpoint
-from selfsup.data.datasets import read_image
-from selfsup.data.module import _ChannelConverter
+from selfsup.data.datasets import match_channels, read_image
 from selfsup.errors import ConfigError
 from selfsup.transforms import EvalTransform
 from selfsup.viz.names import output_names
 
 PADDING = 2
-
-
-def load_mae(ckpt: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """The whole MAE (encoder and decoder) of a checkpoint file or run directory, in eval mode."""
-    from selfsup.methods import MAE
-
-    path = resolve_checkpoint(ckpt)
-    meta = torch.load(path, map_location="cpu", weights_only=True).get("selfsup") or {}
-    if meta.get("method") != "MAE":
-        raise ConfigError(
-            f"{path} is a {meta.get('method', 'non-selfsup')} checkpoint: reconstructions need MAE's decoder, "
-            "so give an MAE checkpoint."
-        )
-    model = MAE.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return model.eval(), meta
 
 
 def reconstruction_rows(
@@ -42,9 +25,9 @@ def reconstruction_rows(
     [0, 1] (original, masked, reconstruction) and the masked-patch MSE per image
     (in normalised pixels)."""
     size, mean, std = int(meta["image_size"]), meta["mean"], meta["std"]
-    to_channels = _ChannelConverter(int(meta["in_chans"]))
+    channels = int(meta["in_chans"])
     transform = EvalTransform(size, mean, std)
-    x = torch.stack([transform(to_channels(im)) for im in images])
+    x = torch.stack([transform(match_channels(im, channels)) for im in images])
     generator = torch.Generator().manual_seed(seed)
     masked, reconstruction, mask = model.reconstruct(x, generator=generator)
     mse = ((reconstruction - x) ** 2).flatten(1).sum(1) / (
@@ -61,7 +44,8 @@ def reconstruction_rows(
 
 
 def write_reconstructions(
-    ckpt: str | os.PathLike,
+    model: Any,
+    meta: dict[str, Any],
     image_paths: list[str],
     out_dir: str | os.PathLike,
     upscale: int | None = None,
@@ -70,8 +54,8 @@ def write_reconstructions(
     """One PNG per image in ``out_dir``: ``<name>_mae.png`` with the three panels side
     by side, each ``upscale`` x the model's image size (default: at least 96 px);
     ``<name>`` is the stem, or a longer tail of the path where stems clash (see
-    :func:`output_names`)."""
-    model, meta = load_mae(ckpt)
+    :func:`output_names`). ``model`` is a trained MAE (its ``reconstruct`` draws the
+    masks) with its checkpoint metadata ``meta``."""
     missing = [p for p in image_paths if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"No such image file: {missing[0]}.")
@@ -93,5 +77,4 @@ def write_reconstructions(
         "files": files,
         "mse_masked": [round(float(v), 6) for v in mse],
         "mask_ratio": float(model.hparams.mask_ratio),
-        "checkpoint": str(resolve_checkpoint(ckpt)),
     }
