@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,3 +73,17 @@ def ddp_pretrain(
     proc = subprocess.run(cmd, cwd=run.parent, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def naive_weighted_knn(train, train_y, test, k, t, num_classes):
+    """Weighted kNN predictions written from the formula: each query's k most cosine-similar
+    training features vote with weight exp(similarity / t)."""
+    preds = []
+    for q in test:
+        sims = [(float(q @ x / (q.norm() * x.norm())), int(y)) for x, y in zip(train, train_y)]
+        sims.sort(key=lambda s: -s[0])
+        votes = [0.0] * num_classes
+        for s, y in sims[:k]:
+            votes[y] += math.exp(s / t)
+        preds.append(max(range(num_classes), key=lambda c: votes[c]))
+    return torch.tensor(preds)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, naive_weighted_knn
 from selfsup.cli import main
 
 CONFIG = str(REPO / "configs" / "simclr" / "resnet18_cifar.yaml")
@@ -92,14 +92,32 @@ def test_checkpoint_carries_plain_metadata(simclr_run):
 
 
 def test_knn_prints_json_last(simclr_run, tiny_npz, capsys):
+    """The JSON's figures are the weighted kNN of the checkpoint's own features, computed
+    here by a naive loop (k=20, and k=200 clipped to the 96 training images)."""
+    from selfsup.checkpoints import load_backbone
+    from selfsup.data.datasets import open_dataset
+
+    loaded = load_backbone(simclr_run)
+    transform = loaded.eval_transform()
+
+    def features(split):
+        ds = open_dataset(str(tiny_npz), split)
+        with torch.no_grad():
+            x = torch.stack([transform(ds[i][0]) for i in range(len(ds))])
+            return loaded.backbone(x), torch.as_tensor(ds.targets)
+
+    (train, train_y), (test, test_y) = features("train"), features("test")
+    expected = {k: (naive_weighted_knn(train, train_y, test, k, 0.07, 4) == test_y).float().mean()
+                for k in (20, 96)}  # fmt: skip
     for ckpt in (simclr_run, simclr_run / "checkpoints" / "last.ckpt"):
         assert (
             main(["knn", "--ckpt", str(ckpt), "--data", str(tiny_npz), "--num-workers", "0"]) == 0
         )
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert result["task"] == "knn" and 0.0 <= result["top1"] <= 1.0
-        assert result["n_train"] == 96 and result["n_test"] == 48 and result["k"] == 20
-        assert "top1_k200" in result
+        assert result["task"] == "knn" and result["k"] == 20
+        assert result["n_train"] == 96 and result["n_test"] == 48
+        assert result["top1"] == pytest.approx(float(expected[20]), abs=1e-6)
+        assert result["top1_k200"] == pytest.approx(float(expected[96]), abs=1e-6)
 
 
 def test_restart_in_the_same_directory_resumes(simclr_run, tiny_npz, tmp_path):
@@ -267,7 +285,12 @@ def test_reconstruct_writes_a_grid_per_image(tiny_npz, simclr_run, tmp_path, cap
     # Three 32 px panels, repeated 3x to >= 96 px, with 2 px padding around each.
     with Image.open(result["files"][0]) as grid:
         assert grid.size == (3 * 96 + 4 * 2, 96 + 2 * 2) and grid.mode == "RGB"
-    assert all(v >= 0 for v in result["mse_masked"])
+    # The masked panel shows the mask: 75 % of the 8 x 8 patches black (the images' blobs
+    # and noise are never exactly black), and the masked-patch error is a real number.
+    with Image.open(result["files"][0]) as grid:
+        masked = np.asarray(grid)[2:98, 100:196].reshape(8, 12, 8, 12, 3)
+    assert (masked.max(axis=(1, 3, 4)) == 0).sum() == 48
+    assert all(np.isfinite(v) and v > 0 for v in result["mse_masked"])
     # A method without a decoder is refused in one line that says what to give.
     assert main(["reconstruct", "--ckpt", str(simclr_run), "--image", str(paths[0]),
                  "--out", str(out)]) == 2  # fmt: skip
@@ -283,11 +306,19 @@ def test_finetune_and_probe_print_top1_and_write_their_metrics(
             "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["task"] == "finetune" and 0 <= result["top1"] <= 1 and result["n_test"] == 48
-    assert (out / "metrics.json").is_file() and (out / "confusion_matrix.png").is_file()
+    assert result["task"] == "finetune" and result["n_test"] == 48
+    # top1 is what the saved confusion matrix says (the matrix counts each test image once).
+    confusion = np.array(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
+    assert confusion.sum() == 48
+    assert result["top1"] == pytest.approx(np.trace(confusion) / 48)
+    assert (out / "confusion_matrix.png").is_file()
     argv = ["probe", "--ckpt", str(simclr_run), "--data", str(tiny_npz), "--epochs", "5",
             "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "probe" and result["n_train"] + result["n_val"] == 96
-    assert (simclr_run / "eval" / "probe-tiny" / "metrics.json").is_file()  # beside the run
+    saved = json.loads((simclr_run / "eval" / "probe-tiny" / "metrics.json").read_text())
+    confusion = np.array(saved["confusion_matrix"])  # beside the run
+    assert result["top1"] == pytest.approx(np.trace(confusion) / confusion.sum())
+    # The pick is the grid point best on validation: its accuracy is the grid's maximum.
+    assert result["val_top1"] == pytest.approx(max(result["grid_val_top1"]), abs=1e-4)

@@ -1,22 +1,9 @@
-import math
-
 import pytest
 import torch
 
+from conftest import naive_weighted_knn
 from selfsup.knn import knn_scores, knn_top1
 from selfsup.schedules import linear, warmup_cosine
-
-
-def naive_weighted_knn(train, train_y, test, k, t, num_classes):
-    preds = []
-    for q in test:
-        sims = [(float(q @ x / (q.norm() * x.norm())), int(y)) for x, y in zip(train, train_y)]
-        sims.sort(key=lambda s: -s[0])
-        votes = [0.0] * num_classes
-        for s, y in sims[:k]:
-            votes[y] += math.exp(s / t)
-        preds.append(max(range(num_classes), key=lambda c: votes[c]))
-    return torch.tensor(preds)
 
 
 @pytest.mark.parametrize("k", [1, 5, 20, 500])
