@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from selfsup.commands.options import print_result
 from selfsup.errors import ConfigError
+from selfsup.eval.finetune import FinetuneRecipe
 
 
 @dataclass
@@ -170,45 +171,15 @@ def probe(
     return 0
 
 
-def finetune(
-    source: EvalSource,
-    epochs: int = 100,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.75,
-    drop_path: float = 0.1,
-    mixup: float = 0.8,
-    cutmix: float = 1.0,
-    smoothing: float = 0.1,
-    warmup_epochs: float = 5.0,
-    precision: str = "32",
-    seed: int = 0,
-) -> int:
+def finetune(source: EvalSource, recipe: FinetuneRecipe) -> int:
     """Fine-tune the whole network on labels (AdamW, layer-wise lr decay for ViTs, drop path,
-    mixup/cutmix, label smoothing, warm-up + cosine) and measure it on the test split.
-
-    Args:
-        epochs: training epochs
-        lr: peak learning rate per 256 images (scaled by the global batch)
-        weight_decay: AdamW weight decay
-        layer_decay: ViTs: layer-wise learning-rate decay (0.65-0.75)
-        drop_path: stochastic depth rate
-        mixup: mixup alpha (0 switches it off)
-        cutmix: cutmix alpha (0 switches it off)
-        smoothing: label smoothing
-        warmup_epochs: linear warm-up length
-        precision: 32, bf16-mixed or 16-mixed
-        seed: seed of the head and the data order
-    """
+    mixup/cutmix, label smoothing, warm-up + cosine) and measure it on the test split."""
     from selfsup.eval.finetune import run_finetune
 
-    loaded = source.load({"drop_path_rate": drop_path})
+    loaded = source.load({"drop_path_rate": recipe.drop_path})
     out = source.eval_dir("finetune")
-    done = run_finetune(
-        loaded, source.data, source.root, epochs, lr, weight_decay, layer_decay, drop_path,
-        mixup, cutmix, smoothing, warmup_epochs, precision, seed, source.batch_size,
-        source.num_workers, source.devices, source.accelerator, out,
-    )  # fmt: skip
+    done = run_finetune(loaded, source.data, recipe, source.root, source.batch_size,
+                        source.num_workers, source.devices, source.accelerator, out)  # fmt: skip
     if done is not None:
         _report(*done, out)
     return 0

@@ -9,6 +9,7 @@ pretraining. Test predictions are sharded over processes, each image counted onc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,30 +168,51 @@ def train_loader(
     )
 
 
+@dataclass
+class FinetuneRecipe:
+    """How the whole network trains on labels.
+
+    Args:
+        epochs: training epochs
+        lr: peak learning rate per 256 images (scaled by the global batch)
+        weight_decay: AdamW weight decay
+        layer_decay: ViTs: layer-wise learning-rate decay (0.65-0.75)
+        drop_path: stochastic depth rate
+        mixup: mixup alpha (0 switches it off)
+        cutmix: cutmix alpha (0 switches it off)
+        smoothing: label smoothing
+        warmup_epochs: linear warm-up length
+        precision: 32, bf16-mixed or 16-mixed
+        seed: seed of the head and the data order
+    """
+
+    epochs: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    drop_path: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    smoothing: float = 0.1
+    warmup_epochs: float = 5.0
+    precision: str = "32"
+    seed: int = 0
+
+
 def run_finetune(
     loaded: LoadedBackbone,
     data: str,
+    recipe: FinetuneRecipe,
     root: str | None = None,
-    epochs: int = 100,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.75,
-    drop_path: float = 0.1,
-    mixup: float = 0.8,
-    cutmix: float = 1.0,
-    smoothing: float = 0.1,
-    warmup_epochs: float = 5.0,
-    precision: str = "32",
-    seed: int = 0,
     batch_size: int = 64,
     num_workers: int | None = None,
     devices: int = 1,
     accelerator: str = "auto",
     out: Path | None = None,
 ) -> tuple[dict[str, Any], list[str]] | None:
-    """Fine-tune ``loaded`` on the train split of ``data`` and measure it on the test split
-    (Lightning DDP with ``devices`` > 1). Returns the figures and class names on rank 0,
-    None on the other ranks."""
+    """Fine-tune ``loaded`` (built with ``drop_path_rate=recipe.drop_path``) on the train
+    split of ``data`` and measure it on the test split (Lightning DDP with ``devices`` >
+    1). Returns the figures and class names on rank 0, None on the other ranks."""
     from selfsup.data.datasets import open_dataset
     from selfsup.errors import ConfigError
     from selfsup.eval.features import extract_features
@@ -203,13 +225,14 @@ def run_finetune(
             f"{data} has no labels: fine-tuning needs labelled train and test splits."
         )
     num_classes = max(len(train.classes), int(max(train.targets)) + 1)
-    pl.seed_everything(seed, verbose=False)
+    r = recipe
+    pl.seed_everything(r.seed, verbose=False)
     classifier = Classifier(loaded.backbone.train(), num_classes)
-    module = FineTune(classifier, num_classes, lr, weight_decay, layer_decay, warmup_epochs,
-                      mixup, cutmix, smoothing, batch_size)  # fmt: skip
+    module = FineTune(classifier, num_classes, r.lr, r.weight_decay, r.layer_decay,
+                      r.warmup_epochs, r.mixup, r.cutmix, r.smoothing, batch_size)  # fmt: skip
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=devices,
-        strategy="ddp" if devices > 1 else "auto", precision=precision,
+        max_epochs=r.epochs, accelerator=accelerator, devices=devices,
+        strategy="ddp" if devices > 1 else "auto", precision=r.precision,
         logger=pl.loggers.CSVLogger(str(out), name="", version="") if out else False,
         enable_checkpointing=False, default_root_dir=str(out) if out else None,
         enable_model_summary=False, log_every_n_steps=10,
@@ -224,8 +247,8 @@ def run_finetune(
         return None
     result = {"task": "finetune", **classification_metrics(logits, labels, list(train.classes))}
     result.update(
-        epochs=epochs, lr=lr, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
-        cutmix=cutmix, smoothing=smoothing, n_train=len(train), n_test=len(labels),
-        backbone=loaded.meta["loaded"], checkpoint=loaded.path,
+        epochs=r.epochs, lr=r.lr, layer_decay=r.layer_decay, drop_path=r.drop_path,
+        mixup=r.mixup, cutmix=r.cutmix, smoothing=r.smoothing, n_train=len(train),
+        n_test=len(labels), backbone=loaded.meta["loaded"], checkpoint=loaded.path,
     )  # fmt: skip
     return result, list(train.classes)
