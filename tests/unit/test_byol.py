@@ -126,8 +126,8 @@ def test_teacher_moves_once_per_optimizer_step(batch_size, accumulate, tmp_path)
 
 def test_bf16_true_is_refused_for_ema_teachers(tmp_path):
     from conftest import REPO
-    from selfsup.train.run import build_pretrain_cli
     from selfsup.errors import ConfigError
+    from selfsup.train.run import build_pretrain_cli
 
     cli = build_pretrain_cli(
         [

@@ -7,9 +7,8 @@ import timm
 import torch
 from safetensors import safe_open
 
+from selfsup.checkpoints import export_backbone, load_backbone, load_export
 from selfsup.errors import ConfigError
-from selfsup.checkpoints import load_backbone
-from selfsup.checkpoints import export_backbone, load_export
 from selfsup.methods import DINO, SimCLR
 
 
