@@ -35,16 +35,12 @@ CONFIGS = {
 
 def datamodule(config: str, data: str, workers: int):
     from selfsup.train.run import build_pretrain_cli
-    from selfsup.masks import MultiBlockMaskCollator
 
     cli = build_pretrain_cli(["--config", str(REPO / config), "--data.path", data,
                               "--data.batch_size", "64", "--data.num_workers", str(workers),
                               "--trainer.accelerator", "cpu", "--trainer.logger", "false",
                               "--trainer.default_root_dir", "/tmp/selfsup-bench-data"])  # fmt: skip
-    dm = cli.datamodule
-    if hasattr(cli.model, "mask_sampler"):  # I-JEPA draws its masks in the loader workers
-        dm.collate_fn = MultiBlockMaskCollator(cli.model.mask_sampler)
-    return dm
+    return cli.datamodule  # with the method's collate function (I-JEPA's masks) installed
 
 
 def images_per_second(dm, batches: int) -> float:

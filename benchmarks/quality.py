@@ -193,12 +193,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict) -> dict[str, 
         for key in list(model.hparams):
             if key.endswith("_epochs") and isinstance(model.hparams[key], (int, float)):
                 model.hparams[key] = type(model.hparams[key])(model.hparams[key] * scale)
-        dm = cli.datamodule
-        if hasattr(model, "mask_sampler"):
-            from selfsup.masks import MultiBlockMaskCollator
-
-            dm.collate_fn = MultiBlockMaskCollator(model.mask_sampler)
-        return model, dm, precision
+        return model, cli.datamodule, precision
 
     return {
         "build": build, "precision": precision, "batch": batch, "config_epochs": epochs,

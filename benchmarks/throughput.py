@@ -111,7 +111,7 @@ class BackboneStep(pl.LightningModule):
 
 
 class _Feed(pl.LightningDataModule):
-    """The same batch ``n`` times (selfsup's methods read ``datamodule.batch_size``)."""
+    """The same batch ``n`` times, ``batch_size`` images each."""
 
     def __init__(self, batch: Any, n: int) -> None:
         super().__init__()
