@@ -175,7 +175,7 @@ def launch_pretrain(argv: list[str]) -> int:
         "that checkpoints, requeues and resumes by itself.",
     )
     parser.add_argument("--config", required=True, help="configs/<method>/<name>.yaml")
-    parser.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    parser.add_argument("--run-dir", default=None, help="default: runs/<method>/<config name>")
     parser.add_argument(
         "--signal-seconds",
         type=int,
@@ -191,7 +191,7 @@ def launch_pretrain(argv: list[str]) -> int:
             f"--signal-seconds {args.signal_seconds} is not shorter than --time {args.time}: "
             "the job would be signalled before it starts training."
         )
-    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem).resolve()
+    run_dir = Path(args.run_dir or Path("runs") / _run_name(args.config)).resolve()
     _plain_path(run_dir, "--run-dir")
     if any(run_dir.glob("checkpoints/*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt")):
         raise ConfigError(
@@ -300,8 +300,31 @@ def launch_probe(argv: list[str]) -> int:
     return 0
 
 
+def _run_name(config: str) -> str:
+    """The default run name of ``selfsup pretrain --config CONFIG``."""
+    from selfsup.commands.options import check_yaml
+    from selfsup.train.run import default_run_name
+
+    model = check_yaml(config).get("model")
+    class_path = model.get("class_path", "") if isinstance(model, dict) else str(model or "")
+    return default_run_name(config, class_path or "pretrain")
+
+
+USAGE = """usage: selfsup launch pretrain --config FILE --nodes N --gpus-per-node G ... [-- overrides]
+       selfsup launch probe --ckpt CKPT [CKPT ...] --data DATA ... [-- probe options]
+
+pretrain: one pretraining run as a SLURM job that checkpoints, requeues and resumes itself.
+probe:    one array job of linear probes, a task per checkpoint (selfsup summary SWEEP
+          tabulates them).
+Run 'selfsup launch pretrain --help' or 'selfsup launch probe --help' for the options.
+"""
+
+
 def launch(argv: list[str]) -> int:
     kinds = {"pretrain": launch_pretrain, "probe": launch_probe}
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
     if not argv or argv[0] not in kinds:
         raise ConfigError(
             "selfsup launch pretrain|probe ...: say which kind of job (see --help of each)."

@@ -94,9 +94,8 @@ class PretrainCLI(LightningCLI):
         check_slurm_shape(config.trainer.devices, config.trainer.num_nodes)
         if config.run_name is None:
             configs = config.get("config") or []
-            stem = Path(str(configs[0])).stem if configs else "pretrain"
-            method = str(config.model.class_path).rsplit(".", 1)[-1].lower()
-            config.run_name = f"{method}/{stem}"
+            config.run_name = default_run_name(configs[0] if configs else None,
+                                               str(config.model.class_path))  # fmt: skip
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", config.run_name)
 
@@ -180,6 +179,13 @@ class PretrainCLI(LightningCLI):
             raise ConfigError(
                 "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
             )
+
+
+def default_run_name(config_file: Any, class_path: str) -> str:
+    """``<method>/<config name>``, e.g. ``simclr/resnet18_cifar``: the run's name, and its
+    directory under ``runs/``, unless given."""
+    stem = Path(str(config_file)).stem if config_file else "pretrain"
+    return f"{class_path.rsplit('.', 1)[-1].lower()}/{stem}"
 
 
 def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> PretrainCLI:
