@@ -1,5 +1,6 @@
 """A run stopped by SIGTERM, or killed by SIGKILL, resumes from its newest checkpoint and
-ends where an uninterrupted run ends (same global step and epoch)."""
+ends where an uninterrupted run ends: same global step and epoch, and (seeded) the same
+weights, from a checkpoint at an epoch's end or inside an epoch."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from pytorch_lightning import Callback
 from conftest import REPO
 
 MAX_STEPS = 12  # 96 images, batch 16: 6 steps per epoch -> 2 epochs
+KILL_AFTER = 8  # a checkpoint every 4 steps: 4 and 8 inside epochs, 6 at the first's end
 
 
 def command(run: Path, data: Path) -> list[str]:
@@ -24,7 +26,8 @@ def command(run: Path, data: Path) -> list[str]:
             "--data.batch_size", "16", "--data.num_workers", "0", "--trainer.accelerator", "cpu",
             "--trainer.precision", "32", "--trainer.enable_progress_bar", "false",
             "--model.init_args.projection_hidden_dim", "64", "--knn_monitor.every_n_epochs", "0",
-            "--trainer.max_steps", str(MAX_STEPS), "--checkpoint_every_n_steps", "2",
+            "--trainer.max_steps", str(MAX_STEPS), "--checkpoint_every_n_steps", "4",
+            "--seed_everything", "7", "--trainer.deterministic", "true",
             "--status_interval", "0", "--trainer.log_every_n_steps", "1",
             "--trainer.default_root_dir", str(run)]  # fmt: skip
 
@@ -65,20 +68,48 @@ def final_state(run: Path) -> tuple[int, int]:
     return ckpt["global_step"], ckpt["epoch"]
 
 
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Every tensor of the two runs' last.ckpt state_dicts (weights and buffers) agrees."""
+    wa, wb = (
+        torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+            "state_dict"
+        ]
+        for run in (a, b)
+    )
+    assert wa.keys() == wb.keys()
+    for name, value in wa.items():
+        assert torch.allclose(value.float(), wb[name].float(), atol=1e-6), name
+
+
+class SigkillAfterCheckpoint(Callback):
+    """SIGKILL as the step after KILL_AFTER starts: last.ckpt was written inside the
+    second epoch (by the every-N-steps checkpoint at the end of step KILL_AFTER)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == KILL_AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_sigkill_then_resume_auto_ends_like_an_uninterrupted_run(tiny_npz, tmp_path):
     reference = tmp_path / "reference"
     run_to_end(reference, tiny_npz)
     assert final_state(reference)[0] == MAX_STEPS
     run = tmp_path / "killed"
-    proc = start(run, tiny_npz)
-    wait_for_step(run, proc, 7)  # in the second epoch (6 steps per epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = final_state(run)[0]
-    assert 2 <= killed_at < MAX_STEPS
+    here = Path(__file__).parent  # this module, and the conftest it imports
+    path = os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    callback = f"--trainer.callbacks+={Path(__file__).stem}.SigkillAfterCheckpoint"
+    proc = subprocess.run([*command(run, tiny_npz), callback], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # Written inside the second epoch, after 2 of its 6 batches.
+    assert ckpt["global_step"] == KILL_AFTER
+    assert ckpt["PretrainDataModule"] == {"epoch": 1, "batches": KILL_AFTER - 6}
     resumed = run_to_end(run, tiny_npz)  # --resume auto is the default
     assert "resuming from" in resumed.stderr
     assert final_state(run) == final_state(reference)
+    assert_same_weights(run, reference)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     # The training curve continues from the checkpoint's step, up to the last step.
     rows = (run / "metrics.csv").read_text().splitlines()
@@ -146,8 +177,5 @@ def test_resume_after_an_epoch_ends_with_the_uninterrupted_runs_weights(tiny_npz
         run(resumed, "--trainer.callbacks+=test_stop_and_resume.StopAfterFirstEpoch")
     assert final_state(resumed)[0] == 6
     assert run(resumed) == 0
-    a = torch.load(straight / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 12
-    for name, value in a["state_dict"].items():
-        assert torch.allclose(value.float(), b["state_dict"][name].float(), atol=1e-6), name
+    assert final_state(straight)[0] == final_state(resumed)[0] == 12
+    assert_same_weights(straight, resumed)

@@ -1,9 +1,31 @@
-"""The LightningDataModule that pairs a dataset with a method's view pipeline."""
+"""The LightningDataModule that pairs a dataset with a method's view pipeline.
+
+Every random draw of a training run is a function of the run's seed and where the run
+is, so a resumed run draws what an uninterrupted one draws, whatever the number of
+DataLoader workers, and a checkpoint holds no random state (there is none to save):
+
+- the epoch's order and the workers' seeds: the loader's generator, seeded from
+  (seed, epoch, rank) when the epoch's iterator starts (:class:`EpochSeededLoader`);
+- augmentations: Python's, NumPy's and torch's generators, seeded from (seed, epoch,
+  dataset index) before each sample is transformed (:class:`SeededTransforms`);
+- masks drawn by a collate function (I-JEPA): seeded from (seed, epoch, the batch's
+  first index) before the collate function runs, in the process that runs it;
+- draws in the training step (MAE's masks, dropout, drop path): seeded from (seed,
+  epoch, batch index in the epoch, rank) right before each step
+  (:meth:`PretrainDataModule.on_after_batch_transfer`).
+
+A checkpoint written inside an epoch records the epoch and how many of its batches were
+trained on; the resumed run draws the same epoch order and skips those batches in the
+batch sampler (no image of theirs is loaded), so steps and epochs line up with the
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator, Sized
 from typing import Any, Literal
 
 import numpy as np
@@ -14,13 +36,53 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from selfsup.data.datasets import DataError, Intensity, match_channels, open_dataset
 from selfsup.transforms import EvalTransform, ViewTransform
 
+_MASK64 = 2**64 - 1
+# First key of each stream's seed, so that no two streams share a seed.
+_LOADER, _SAMPLES, _BATCHES, _STEPS = range(4)
 
-def epoch_seed(epoch: int, rank: int = 0, salt: int = 0) -> int:
-    """The seed of one epoch's random streams: a function of the run's seed
-    (``PL_GLOBAL_SEED``, set by ``seed_everything``), the epoch, the process, and a
-    salt (the step a run resumed mid-epoch from; 0 otherwise)."""
-    base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    return (((base * 1_000_003 + epoch) * 1009 + rank) * 7_919 + salt) % 2**63
+
+def mix_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from ``seed`` and non-negative integer keys, each mixed in with
+    splitmix64 (Steele et al., 2014), so that nearby keys give unrelated seeds."""
+    for key in keys:
+        z = ((seed ^ key) + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        seed = z ^ (z >> 31)
+    return seed >> 1
+
+
+def run_seed(*keys: int) -> int:
+    """:func:`mix_seed` of the run's seed (``PL_GLOBAL_SEED``, set by ``seed_everything``)."""
+    return mix_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) & _MASK64, *keys)
+
+
+def seed_rngs(seed: int, all_devices: bool = False) -> None:
+    """Seed Python's, NumPy's and torch's global generators (torch's on the CPU only,
+    unless ``all_devices``)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if all_devices:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+def resume_point(trainer: pl.Trainer) -> tuple[int, int]:
+    """``(epoch, batches of it trained on)`` where a run resumed from a checkpoint
+    written now continues, as Lightning restores its loops: a checkpoint written in
+    ``on_train_batch_end`` (every N steps, a stop signal) counts that batch as done,
+    and one written at an epoch's end or after its last batch starts the next epoch."""
+    epochs = trainer.fit_loop.epoch_progress.current
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current
+    if epochs.processed > epochs.completed:  # on_train_epoch_end
+        return epochs.processed, 0
+    # Lightning's RESTARTED_ON_TRAIN_BATCH_END (loops/training_epoch_loop.py, reset()).
+    in_batch_end = batches.ready == batches.started == batches.processed == batches.completed + 1
+    done = batches.completed + int(in_batch_end)
+    if done >= trainer.num_training_batches:  # the epoch's last batch, or between epochs
+        return trainer.current_epoch + int(in_batch_end), 0
+    return trainer.current_epoch, done
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -33,33 +95,30 @@ def _ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def mid_epoch(trainer: pl.Trainer) -> bool:
-    """Whether a checkpoint written now lies inside an epoch (one that ends on the epoch's
-    last batch counts as the epoch's end, as Lightning restores it)."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    return epochs.started > epochs.processed and not (
-        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    )
+class _SkipBatches:
+    """A batch sampler without its first ``n`` batches. Their indices are still drawn,
+    so the rest come in the same order; the length stays the whole epoch's, which
+    Lightning counts the resumed epoch's batches against."""
 
+    def __init__(self, batches: Sized, n: int) -> None:
+        self.batches, self.n = batches, n
 
-def next_epoch(trainer: pl.Trainer) -> int:
-    """The epoch a run resumed from a checkpoint written now starts (or restarts)."""
-    epochs = trainer.fit_loop.epoch_progress.current
-    inside = epochs.started > epochs.processed
-    return epochs.processed + int(inside and not mid_epoch(trainer))
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.batches), self.n, None)  # type: ignore[call-overload]
 
 
 class EpochSeededLoader(DataLoader):
-    """A DataLoader whose every epoch starts its random streams from :func:`epoch_seed`.
+    """A DataLoader whose every epoch starts its random streams from (seed, epoch, rank).
 
-    Why: a resumed run must draw the same data order, augmentations and masks as the
-    run it continues, and Lightning's checkpoints hold no random state (worker
-    streams could not be saved anyway: they live in other processes). When an
-    epoch's iterator starts, the loader's generator (shuffling order, worker seeds)
-    and this process's Python, NumPy and torch generators (augmentations without
-    workers, random masks in the training step) are seeded for that epoch. The
-    epoch comes from the trainer's progress, which a resumed run restores before
-    it builds its first iterator.
+    When an epoch's iterator starts, the loader's generator (shuffling order, worker
+    seeds), this process's Python, NumPy and torch generators, a DistributedSampler's
+    epoch and a :class:`SeededTransforms` dataset's epoch are set for that epoch. The
+    epoch comes from ``epoch_fn``, with how many of its batches to skip (a run resumed
+    inside an epoch). Workers are not persistent: they are started for each epoch
+    with that epoch's dataset.
     """
 
     def __init__(self, *args: Any, epoch_fn: Callable[[], tuple[int, int, int]] | None = None,
@@ -70,24 +129,41 @@ class EpochSeededLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.epoch_fn = epoch_fn
         self._epochs_started = 0
+        self._skip = 0
+
+    @property
+    def _index_sampler(self):  # DataLoader's: what a new iterator draws its indices from
+        sampler = super()._index_sampler
+        return _SkipBatches(sampler, self._skip) if getattr(self, "_skip", 0) else sampler
 
     def __iter__(self):
-        import random
-
-        epoch, rank, salt = self.epoch_fn() if self.epoch_fn else (self._epochs_started, 0, 0)
+        epoch, rank, skip = self.epoch_fn() if self.epoch_fn else (self._epochs_started, 0, 0)
         self._epochs_started += 1
-        seed = epoch_seed(epoch, rank, salt)
+        seed = run_seed(_LOADER, epoch, rank)
         # A DistributedSampler orders by its own epoch; Lightning sets it only after the
         # first iterator of a (resumed) run exists.
         for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+        if isinstance(self.dataset, SeededTransforms):
+            self.dataset.set_epoch(epoch)
         if self.generator is not None:
             self.generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        return super().__iter__()
+        seed_rngs(seed)
+        self._skip = skip  # read once, as the iterator starts
+        try:
+            return super().__iter__()
+        finally:
+            self._skip = 0
+
+    # Lightning warns on a mid-epoch resume unless the loader is stateful. It resumes:
+    # the DataModule's state says where (Lightning builds this loader, to count the
+    # schedules' steps, before it would hand the loader a state of its own).
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 class TransformedDataset(Dataset):
@@ -102,6 +178,32 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int):
         image, label = self.dataset[index]
         return self.transform(image), label
+
+
+class SeededTransforms(TransformedDataset):
+    """:class:`TransformedDataset` whose draws are a function of (seed, epoch, index):
+    every image gets the same views whichever process or worker loads it, in which
+    order, after how many others. A batch (``__getitems__``, which PyTorch calls
+    right before the collate function) also seeds the collate function's draws from
+    the batch's first index. The generators are not restored: in a worker nothing
+    else draws from them, and the main process seeds its own before each step.
+    """
+
+    def __init__(self, dataset: Dataset, transform) -> None:
+        super().__init__(dataset, transform)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._samples, self._batches = run_seed(_SAMPLES, epoch), run_seed(_BATCHES, epoch)
+
+    def __getitem__(self, index: int):
+        seed_rngs(mix_seed(self._samples, index))
+        return super().__getitem__(index)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        samples = [self[i] for i in indices]
+        seed_rngs(mix_seed(self._batches, indices[0]))
+        return samples
 
 
 def default_num_workers() -> int:
@@ -142,6 +244,7 @@ class PretrainDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.strict = strict
+        # (epoch, batches of it trained on) of a checkpoint being resumed.
         self._resume: tuple[int, int] | None = None
         self.path = path
         self.transform = transform
@@ -197,43 +300,49 @@ class PretrainDataModule(pl.LightningDataModule):
         self.check()
 
     def _epoch_and_rank(self) -> tuple[int, int, int]:
-        """(epoch, rank, salt) of the iterator about to start."""
+        """(epoch, rank, batches to skip) of the iterator about to start."""
         trainer = self.trainer
         if trainer is None:
             return 0, 0, 0
         if self._resume is not None:
             # A resumed run builds its first iterator before Lightning restores the loops'
             # progress (the schedules ask for the number of steps): take the checkpoint's.
-            (epoch, salt), self._resume = self._resume, None
-            return epoch, trainer.global_rank, salt
+            (epoch, skip), self._resume = self._resume, None
+            return epoch, trainer.global_rank, skip
         # Epochs finished so far: what Lightning also gives the samplers' set_epoch.
         return trainer.fit_loop.epoch_progress.current.processed, trainer.global_rank, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Where a run resumed from a checkpoint written now starts its random streams:
-        the next epoch from its beginning (as an uninterrupted run does), or, inside an
-        epoch, that epoch again with fresh streams salted by the step (Lightning
-        restarts the epoch's data; the salt keeps it from repeating the same views)."""
-        trainer = self.trainer
-        if trainer is None:
-            return {"next_epoch": 0, "salt": 0}
-        salt = trainer.global_step if mid_epoch(trainer) else 0
-        return {"next_epoch": next_epoch(trainer), "salt": salt}
+        """Where a run resumed from a checkpoint written now continues: the epoch, and
+        how many of its batches were trained on (0 at an epoch's end)."""
+        epoch, batches = resume_point(self.trainer) if self.trainer is not None else (0, 0)
+        return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume = (int(state_dict.get("next_epoch", 0)), int(state_dict.get("salt", 0)))
+        # Checkpoints from before mid-epoch resumption hold only "next_epoch" (and a salt).
+        epoch = state_dict.get("epoch", state_dict.get("next_epoch", 0))
+        self._resume = (int(epoch), int(state_dict.get("batches", 0)))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Lightning calls this right before each training step, after the batch was
+        # loaded (loops/training_epoch_loop.py, advance()); the batch's index in the
+        # epoch is the number of batches counted ready so far.
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            index = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            seed = run_seed(_STEPS, trainer.current_epoch, index, trainer.global_rank)
+            seed_rngs(seed, all_devices=True)
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return EpochSeededLoader(
-            TransformedDataset(self.train_dataset, self.transform),
+            SeededTransforms(self.train_dataset, self.transform),
             batch_size=self.batch_size,
             shuffle=True,
             # Every process must gather batches of equal shape.
             drop_last=True,
             num_workers=self.num_workers,
-            # Not persistent: each epoch's workers are seeded from the loader's
-            # generator, which EpochSeededLoader seeds per epoch, so a resumed run draws
-            # the same augmentations as the run it continues.
+            # Not persistent: each epoch's workers get that epoch's dataset (its seeds).
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
