@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
-from lightly.utils.lars import LARS
 
 import selfsup
 from selfsup.backbones import Backbone, Pool
@@ -22,6 +21,80 @@ from selfsup.schedules import warmup_cosine
 Optimizer = Literal["sgd", "lars", "adamw"]
 
 
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017, Eq. 6).
+
+    For each parameter of a group with ``lars_adapt`` (default True), the step is
+    scaled by the trust ratio ``r = trust_coefficient x |w| / (|g| + wd x |w|)``, so
+    the layer's rate is ``lr x r``. With ``clip`` (solo-learn's ``clip_lr``) the scale
+    is ``min(r / lr, 1)`` instead: the layer's rate is ``min(r, lr)``, a step of at
+    most ``trust_coefficient x |w|`` (at wd 0) and never faster than the global rate.
+    Then, per parameter::
+
+        d = scale x (g + wd x w);   v = momentum x v + d;   w = w - lr x v
+
+    A zero weight or gradient norm leaves the scale at 1. Groups with ``lars_adapt:
+    False`` (selfsup puts norms, biases and ViT tokens there) take plain SGD steps.
+
+    Why not lightly's LARS: it cannot clip, and it decides adaptation by a group's
+    weight decay (none when it is 0), so ``weight_decay: 0`` silently turned LARS into
+    plain SGD for every layer. Here the group decides, whatever its weight decay.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+        clip: bool = False,
+        eps: float = 1e-8,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "clip": clip,
+            "eps": eps,
+            "lars_adapt": True,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
+                if group["lars_adapt"]:
+                    # Tensors throughout: no host sync per parameter on a GPU.
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    eta, eps = group["trust_coefficient"], group["eps"]
+                    scale = eta * w_norm / (g_norm + wd * w_norm + eps)
+                    if group["clip"]:
+                        # lr is 0 at the first warm-up step: no step to clip then.
+                        scale = (scale / lr).clamp(max=1.0) if lr > 0 else torch.ones_like(scale)
+                    d.mul_(torch.where((w_norm > 0) & (g_norm > 0), scale, torch.ones_like(scale)))
+                if momentum != 0:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d  # a fresh tensor: g was copied
+                    else:
+                        state["momentum_buffer"].mul_(momentum).add_(d)
+                    d = state["momentum_buffer"]
+                p.add_(d, alpha=-lr)
+        return loss
+
+
 class SelfSupervisedMethod(pl.LightningModule):
     """Base LightningModule of the selfsup methods.
 
@@ -29,7 +102,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         backbone: timm architecture, e.g. ``resnet18``, ``vit_tiny``.
         backbone_kwargs: passed to :class:`selfsup.backbones.Backbone`
             (``img_size``, ``patch_size``, ``in_chans``, ``cifar_stem``, ``pool``, ...).
-        optimizer: ``sgd``, ``lars`` (lightly's) or ``adamw``.
+        optimizer: ``sgd``, ``lars`` (:class:`LARS`) or ``adamw``.
         base_lr: learning rate for a global batch of 256; the run uses
             ``base_lr x global_batch / 256`` with ``global_batch = batch_size x
             devices x num_nodes x accumulate_grad_batches``, so a config keeps its
@@ -40,6 +113,12 @@ class SelfSupervisedMethod(pl.LightningModule):
             ``weight_decay`` to this value over the run (DINO and I-JEPA's ViT
             recipes: 0.04 -> 0.4); constant otherwise.
         momentum: SGD/LARS momentum. betas: AdamW betas.
+        lars_trust_coefficient: LARS's trust coefficient eta; a layer's rate is ``lr x
+            eta |w| / (|g| + wd |w|)``. 1e-3 in the official SimCLR and BYOL; solo-learn's
+            CIFAR recipes use 0.02 with ``lars_clip``. Weights are adapted whatever the
+            weight decay; norms, biases and ViT tokens are not (SimCLR/BYOL's exclusion).
+        lars_clip: solo-learn's ``clip_lr``: a layer's rate is ``min(eta |w| / (|g| + wd
+            |w|), lr)`` instead, never above the global rate.
         warmup_epochs: linear warm-up of the learning rate (fractions allowed).
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio x`` peak.
         batch_size: per-process batch size the learning rate scales with; ``selfsup
@@ -63,9 +142,21 @@ class SelfSupervisedMethod(pl.LightningModule):
         warmup_epochs: float = 10.0,
         min_lr_ratio: float = 0.0,
         batch_size: int | None = None,
+        lars_trust_coefficient: float = 1e-3,
+        lars_clip: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if optimizer != "lars" and (lars_clip or lars_trust_coefficient != 1e-3):
+            raise ConfigError(
+                f"lars_trust_coefficient and lars_clip act on LARS only, but optimizer is "
+                f"{optimizer!r}: set model.init_args.optimizer: lars, or drop the lars_ keys."
+            )
+        if lars_trust_coefficient <= 0:
+            raise ConfigError(
+                f"lars_trust_coefficient is {lars_trust_coefficient}: use a positive value "
+                "(1e-3 as in SimCLR and BYOL, 0.02 as in solo-learn)."
+            )
         self.backbone = Backbone(backbone, **(backbone_kwargs or {}))
         self.steps_per_epoch = 1  # optimizer steps; set when the optimiser is configured
 
@@ -115,9 +206,11 @@ class SelfSupervisedMethod(pl.LightningModule):
                 no_decay.append(p)
             else:
                 decay.append(p)
+        # LARS adapts the first group only: the group decides, not its weight decay.
+        wd = self.hparams.weight_decay
         return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay, "decayed": True},
-            {"params": no_decay, "weight_decay": 0.0, "decayed": False},
+            {"params": decay, "weight_decay": wd, "decayed": True, "lars_adapt": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False, "lars_adapt": False},
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -128,9 +221,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
         elif hp.optimizer == "lars":
-            # lightly's LARS skips the trust ratio for groups without weight decay,
-            # so norms and biases are excluded from adaptation as in SimCLR/BYOL.
-            opt = LARS(groups, lr=lr, momentum=hp.momentum)
+            eta, clip = hp.lars_trust_coefficient, hp.lars_clip
+            opt = LARS(groups, lr=lr, momentum=hp.momentum, trust_coefficient=eta, clip=clip)
         else:
             opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
         total = int(self.trainer.estimated_stepping_batches)
