@@ -1,5 +1,7 @@
 """selfsup's LARS against its closed form: trust ratio, clipping, weight decay 0, exclusions."""
 
+import copy
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -96,6 +98,26 @@ def test_equals_lightly_where_lightly_is_right():
         a.grad, b.grad = grad.clone(), grad.clone()
         ours.step()
         theirs.step()
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_state_saved_by_lightlys_lars_loads_and_steps():
+    from lightly.utils.lars import LARS as LightlyLARS
+
+    def groups(w):
+        return [{"params": [w], "weight_decay": 1e-4, "decayed": True}]
+
+    a, b = W.clone().requires_grad_(True), W.clone().requires_grad_(True)
+    a.grad = b.grad = G.clone()
+    old = LightlyLARS(groups(a), lr=0.5, momentum=0.9)
+    old.step()
+    ours = LARS(groups(b), lr=0.5)
+    ours.load_state_dict(copy.deepcopy(old.state_dict()))  # not sharing the momentum buffer
+    assert ours.param_groups[0]["lars_adapt"] and not ours.param_groups[0]["clip"]
+    b.data.copy_(a.data)
+    a.grad, b.grad = G.clone(), G.clone()
+    old.step()
+    ours.step()
     assert torch.allclose(a, b, atol=1e-6)
 
 

@@ -62,6 +62,15 @@ class LARS(torch.optim.Optimizer):
         }
         super().__init__(params, defaults)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Optimizer states saved while selfsup used lightly's LARS lack these keys:
+        # resume them unclipped, adapting the decayed group.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("clip", False)
+            group.setdefault("eps", 1e-8)
+            group.setdefault("lars_adapt", group.get("decayed", True))
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
