@@ -122,17 +122,19 @@ class SelfSupervisedMethod(pl.LightningModule):
             ``weight_decay`` to this value over the run (DINO and I-JEPA's ViT
             recipes: 0.04 -> 0.4); constant otherwise.
         momentum: SGD/LARS momentum. betas: AdamW betas.
-        lars_trust_coefficient: LARS's trust coefficient eta; a layer's rate is ``lr x
-            eta |w| / (|g| + wd |w|)``. 1e-3 in the official SimCLR and BYOL; solo-learn's
-            CIFAR recipes use 0.02 with ``lars_clip``. Weights are adapted whatever the
-            weight decay; norms, biases and ViT tokens are not (SimCLR/BYOL's exclusion).
-        lars_clip: solo-learn's ``clip_lr``: a layer's rate is ``min(eta |w| / (|g| + wd
-            |w|), lr)`` instead, never above the global rate.
         warmup_epochs: linear warm-up of the learning rate (fractions allowed).
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio x`` peak.
         batch_size: per-process batch size the learning rate scales with; ``selfsup
             pretrain`` links it from ``data.batch_size`` (LightningCLI argument linking);
             None takes it from the training DataLoader (``trainer.train_dataloader.batch_size``).
+        lars_trust_coefficient: LARS's trust coefficient eta; a layer's rate is ``lr x
+            eta |w| / (|g| + wd |w|)``. 1e-3 in the official SimCLR and BYOL; solo-learn's
+            CIFAR recipes use 0.02 with ``lars_clip``. Weights are adapted whatever the
+            weight decay; norms, biases and ViT tokens are not (SimCLR/BYOL's exclusion).
+        lars_clip: solo-learn's ``clip_lr``: a layer's rate is ``min(eta |w| / (|g| + wd
+            |w|), lr)`` instead, never above the global rate. Other optimizers ignore
+            both, as SGD ignores ``betas`` (so ``--model.init_args.optimizer sgd``
+            works on a LARS config as it stands).
     """
 
     #: Which backbone evaluators use by default: "student" or "teacher".
@@ -156,11 +158,6 @@ class SelfSupervisedMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if optimizer != "lars" and (lars_clip or lars_trust_coefficient != 1e-3):
-            raise ConfigError(
-                f"lars_trust_coefficient and lars_clip act on LARS only, but optimizer is "
-                f"{optimizer!r}: set model.init_args.optimizer: lars, or drop the lars_ keys."
-            )
         if lars_trust_coefficient <= 0:
             raise ConfigError(
                 f"lars_trust_coefficient is {lars_trust_coefficient}: use a positive value "
