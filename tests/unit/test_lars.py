@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfsup.errors import ConfigError
 from selfsup.methods import SimCLR
-from selfsup.methods.base import LARS
+from selfsup.optimizers import LARS
 
 W = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # |w| = 5
 G = torch.tensor([[0.0, 0.6], [0.8, 0.0]])  # |g| = 1

@@ -16,92 +16,10 @@ import torch
 import selfsup
 from selfsup.backbones import Backbone, Pool
 from selfsup.errors import ConfigError
+from selfsup.optimizers import LARS
 from selfsup.schedules import warmup_cosine
 
 Optimizer = Literal["sgd", "lars", "adamw"]
-
-
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017, Eq. 6).
-
-    For each parameter of a group with ``lars_adapt`` (default True), the step is
-    scaled by the trust ratio ``r = trust_coefficient x |w| / (|g| + wd x |w|)``, so
-    the layer's rate is ``lr x r``. With ``clip`` (solo-learn's ``clip_lr``) the scale
-    is ``min(r / lr, 1)`` instead: the layer's rate is ``min(r, lr)``, a step of at
-    most ``trust_coefficient x |w|`` (at wd 0) and never faster than the global rate.
-    Then, per parameter::
-
-        d = scale x (g + wd x w);   v = momentum x v + d;   w = w - lr x v
-
-    A zero weight or gradient norm leaves the scale at 1. Groups with ``lars_adapt:
-    False`` (selfsup puts norms, biases and ViT tokens there) take plain SGD steps.
-
-    Why not lightly's LARS: it cannot clip, and it decides adaptation by a group's
-    weight decay (none when it is 0), so ``weight_decay: 0`` silently turned LARS into
-    plain SGD for every layer. Here the group decides, whatever its weight decay.
-    """
-
-    def __init__(
-        self,
-        params: Any,
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        trust_coefficient: float = 1e-3,
-        clip: bool = False,
-        eps: float = 1e-8,
-    ) -> None:
-        defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "trust_coefficient": trust_coefficient,
-            "clip": clip,
-            "eps": eps,
-            "lars_adapt": True,
-        }
-        super().__init__(params, defaults)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Optimizer states saved while selfsup used lightly's LARS lack these keys:
-        # resume them unclipped, adapting the decayed group.
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("clip", False)
-            group.setdefault("eps", 1e-8)
-            group.setdefault("lars_adapt", group.get("decayed", True))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
-                if group["lars_adapt"]:
-                    # Tensors throughout: no host sync per parameter on a GPU.
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    eta, eps = group["trust_coefficient"], group["eps"]
-                    scale = eta * w_norm / (g_norm + wd * w_norm + eps)
-                    if group["clip"]:
-                        # lr is 0 at the first warm-up step: no step to clip then.
-                        scale = (scale / lr).clamp(max=1.0) if lr > 0 else torch.ones_like(scale)
-                    d.mul_(torch.where((w_norm > 0) & (g_norm > 0), scale, torch.ones_like(scale)))
-                if momentum != 0:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d  # a fresh tensor: g was copied
-                    else:
-                        state["momentum_buffer"].mul_(momentum).add_(d)
-                    d = state["momentum_buffer"]
-                p.add_(d, alpha=-lr)
-        return loss
 
 
 class SelfSupervisedMethod(pl.LightningModule):
@@ -111,7 +29,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         backbone: timm architecture, e.g. ``resnet18``, ``vit_tiny``.
         backbone_kwargs: passed to :class:`selfsup.backbones.Backbone`
             (``img_size``, ``patch_size``, ``in_chans``, ``cifar_stem``, ``pool``, ...).
-        optimizer: ``sgd``, ``lars`` (:class:`LARS`) or ``adamw``.
+        optimizer: ``sgd``, ``lars`` (:class:`selfsup.optimizers.LARS`) or ``adamw``.
         base_lr: learning rate for a global batch of 256; the run uses
             ``base_lr x global_batch / 256`` with ``global_batch = batch_size x
             devices x num_nodes x accumulate_grad_batches``, so a config keeps its
