@@ -171,8 +171,8 @@ class BYOLTransform(ViewTransform):
 
     View 1 always blurs and never solarizes; view 2 rarely blurs and sometimes
     solarizes. Colour jitter (0.4, 0.4, 0.2, 0.1) with p = 0.8, grayscale p = 0.2.
-    At 32 px, the CIFAR recipes drop the blur (``blur_prob: [0, 0]``) and use
-    ``color_jitter_strength: 0.5``.
+    At 32 px, the CIFAR recipes drop the blur (``blur_prob: [0, 0]``) and keep this
+    jitter as it is (it is already milder than SimCLR's).
     """
 
     def __init__(
