@@ -9,6 +9,7 @@ part of the range.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,75 @@ NAMED_DATASETS = ("patterns", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
 
 class DataError(ConfigError):
     """The data the user pointed at cannot be used; the message names the fix."""
+
+
+#: CT windows (centre, width) in Hounsfield units, as radiology reads them.
+WINDOW_PRESETS = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "abdomen": (40.0, 400.0),
+}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How files become pixels: the intensity policy for every deep image, and what
+    DICOM files and volumes (NIfTI) need besides.
+
+    Args:
+        intensity: images deeper than 8 bits without a window of their own: ``dtype``
+            maps the stored range to [0, 1], ``percentile`` each image's (each volume's)
+            0.5-99.5 percentile window.
+        window: DICOM and volumes: ``None`` for the DICOM file's own VOI LUT or window
+            (else the intensity policy); ``percentile``; a CT preset (``lung``,
+            ``mediastinum``, ``bone``, ``brain``, ``abdomen``); or ``center,width`` in the
+            modality's units (Hounsfield units for CT).
+        frames: multi-frame DICOM: ``all`` (each frame is an image) or ``middle``.
+        slice_axis: volumes: the axis slices are cut along after reorientation to the
+            closest canonical (RAS) orientation: ``axial``, ``coronal`` or ``sagittal``.
+        slice_context: volumes: 0 reads one slice; k reads 2k + 1 adjacent slices as
+            channels (1: the 2.5D input of three slices).
+        slices_per_volume: volumes: slices drawn per volume and epoch (an epoch is
+            this many random slices of every volume).
+        foreground_threshold: volumes: a drawn slice with less than this share of its
+            pixels above the volume's lowest intensity is drawn again (background only).
+        volumes_4d: 4D volumes: ``all`` (each 3D volume counts as one) or ``first``.
+        square_pixels: volumes: resample each slice to square pixels (in-plane spacing).
+        volume_cache: volumes: decoded volumes kept in memory per process (or worker).
+    """
+
+    intensity: Intensity = "dtype"
+    window: str | None = None
+    frames: Literal["all", "middle"] = "all"
+    slice_axis: Literal["axial", "coronal", "sagittal"] = "axial"
+    slice_context: int = 0
+    slices_per_volume: int = 8
+    foreground_threshold: float = 0.05
+    volumes_4d: Literal["all", "first"] = "all"
+    square_pixels: bool = False
+    volume_cache: int = 4
+
+    def window_values(self) -> tuple[float, float] | str | None:
+        """``(center, width)``, ``"percentile"``, or None (the file's own window)."""
+        w = self.window
+        if w is None or w in ("", "file", "auto"):
+            return None
+        if w == "percentile":
+            return "percentile"
+        if w in WINDOW_PRESETS:
+            return WINDOW_PRESETS[w]
+        try:
+            center, width = (float(v) for v in w.split(","))
+        except ValueError:
+            raise DataError(
+                f"data.window {w!r}: give center,width (e.g. -600,1500), percentile, or one of "
+                f"{', '.join(WINDOW_PRESETS)}."
+            ) from None
+        if width <= 0:
+            raise DataError(f"data.window {w!r}: the width must be positive.")
+        return center, width
 
 
 def to_tensor_image(
