@@ -1,4 +1,4 @@
-"""Datasets: `.npz` arrays, image folders, torchvision sets, MedMNIST, built-in patterns set.
+"""Datasets: `.npz` arrays, manifests, image/DICOM folders, volumes, torchvision sets, MedMNIST, patterns.
 
 Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` tensor
 (``uint8``; ``float32`` in ``[0, 1]`` for 16-bit data) and ``label`` an int
@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from selfsup.data import patterns
 from selfsup.data.arrays import ArrayDataset, load_npz
@@ -26,6 +27,7 @@ from selfsup.data.pixels import (  # noqa: F401 (the data layer's names, in one 
     UNREADABLE,
     DataError,
     Intensity,
+    Reading,
     Split,
     match_channels,
     read_image,
@@ -46,9 +48,17 @@ def open_dataset(
     download: bool = False,
     intensity: Intensity = "dtype",
     strict: bool = False,
-) -> ArrayDataset | ImageFolderDataset:
-    """Turn ``DATA`` (an ``.npz``, an image folder, or a named set) into the ``split`` dataset
-    (``strict``: image folders fail on unreadable files instead of skipping them)."""
+    reading: Reading | None = None,
+) -> Dataset:
+    """Turn ``DATA`` into the ``split`` dataset: an ``.npz``, a manifest (``.csv``/``.tsv``),
+    a folder of volumes (NIfTI), an image/DICOM folder (``train/<class>/`` and
+    ``test/<class>/``, or an unlabelled tree), or a named set. ``reading`` says how
+    DICOM files and volumes become pixels (its intensity policy replaces ``intensity``);
+    ``strict``: fail on unreadable files instead of skipping them."""
+    from selfsup.data.manifest import MANIFEST_SUFFIXES, ManifestDataset
+
+    reading = reading or Reading(intensity=intensity)
+    intensity = reading.intensity
     root = root or default_data_root()
     name = data.lower()
     if name == "patterns":
@@ -62,23 +72,37 @@ def open_dataset(
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(
-            f"Data path {data!r} does not exist. DATA is an .npz file, an image folder, "
-            f"or one of the named sets {', '.join(NAMED_DATASETS)}."
+            f"Data path {data!r} does not exist. DATA is an .npz file, a manifest (.csv, .tsv), "
+            f"a folder of images, DICOM files or volumes, or one of the named sets "
+            f"{', '.join(NAMED_DATASETS)}."
         )
     if path.is_file():
-        if path.suffix != ".npz":
-            raise DataError(
-                f"{path} is a file but not an .npz archive; point DATA at an .npz or an image folder."
-            )
-        return load_npz(path, split, intensity)
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return ManifestDataset(path, split, reading, strict)
+        if path.suffix == ".npz":
+            return load_npz(path, split, intensity)
+        from selfsup.data.volumes import VolumeSliceDataset, is_volume
+
+        if is_volume(path):
+            return VolumeSliceDataset([path], reading, source=str(path), strict=strict)
+        raise DataError(
+            f"{path} is a file but neither an .npz archive, a manifest (.csv, .tsv) nor a "
+            "volume; point DATA at one of those or at a folder."
+        )
     split_dir = path / split
     if split_dir.is_dir():
-        return ImageFolderDataset(split_dir, labelled=True, intensity=intensity, strict=strict)
+        return ImageFolderDataset(split_dir, True, strict=strict, reading=reading)
     if split == "test":
         raise DataError(
-            f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and {path}/test/<class>/."
+            f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and "
+            f"{path}/test/<class>/, or a manifest with a split column."
         )
-    return ImageFolderDataset(path, labelled=False, intensity=intensity, strict=strict)
+    from selfsup.data.volumes import VolumeSliceDataset, list_volumes
+
+    volumes = list_volumes(path)
+    if volumes:
+        return VolumeSliceDataset(volumes, reading, source=str(path), strict=strict)
+    return ImageFolderDataset(path, False, strict=strict, reading=reading)
 
 
 def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> ArrayDataset:

@@ -1,4 +1,6 @@
-"""Image files on disk: labelled class folders or an unlabelled tree, with broken files skipped."""
+"""Image files on disk — PNG/JPEG/TIFF/... and DICOM (every frame an image) — as labelled
+class folders or an unlabelled tree, with broken files skipped and non-image DICOM
+objects counted."""
 
 from __future__ import annotations
 
@@ -8,53 +10,107 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.data.dicom import (
+    DicomUnreadable,
+    NotAnImage,
+    could_be_dicom,
+    frames_to_read,
+    read_dicom_frame,
+    read_header,
+)
 from selfsup.data.pixels import (
     IMAGE_EXTENSIONS,
     UNREADABLE,
     DataError,
     Intensity,
+    Reading,
     match_channels,
     read_image,
 )
 
+#: Files a tree may hold beside its images, never tried as images.
+IGNORED_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".md", ".xml", ".html",
+                    ".pdf", ".zip", ".gz", ".nii", ".mgz", ".npz", ".npy", ".pt", ".ckpt")  # fmt: skip
 
-class ImageFolderDataset(Dataset):
-    """Image files on disk: labelled ``<root>/<class>/*`` or unlabelled (any files under root).
 
-    A file that cannot be read (corrupt, truncated, empty, not an image) is replaced by
-    the next readable one, so batches keep their size (gathered batches must match
-    across processes) and one bad file never stops a run; :meth:`skipped` lists them
-    (flags in shared memory, so DataLoader workers' findings reach the main process).
-    ``strict=True`` makes :meth:`scan` (called before training) fail with every bad
-    file instead. Unusual modes are converted, not skipped: CMYK, palette and RGBA
-    become RGB, 16-bit follows the intensity policy, gray stays one channel.
+def list_images(root: Path) -> list[Path]:
+    """Image and DICOM files under ``root`` (any depth), sorted; hidden files left out."""
+    found = []
+    for f in sorted(root.rglob("*")):
+        if f.name.startswith(".") or not f.is_file():
+            continue
+        suffix = f.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS or (suffix not in IGNORED_SUFFIXES and could_be_dicom(f)):
+            found.append(f)
+    return found
+
+
+class ImageFiles(Dataset):
+    """Images read from files, one entry per image: its file, its frame (a DICOM frame,
+    or a volume's slice; None for a plain image file) and its label (-1: none).
+
+    A file that cannot be read (corrupt, truncated, empty, not an image, a transfer
+    syntax nothing decodes) is replaced by the next readable one, so batches keep their
+    size (gathered batches must match across processes) and one bad file never stops a
+    run; :meth:`skipped` lists them (flags in shared memory, so DataLoader workers'
+    findings reach the main process). ``strict=True`` makes :meth:`scan` (called before
+    training) fail with every bad file instead. Unusual modes are converted, not
+    skipped: CMYK, palette and RGBA become RGB, 16-bit follows the intensity policy,
+    gray stays one channel. Subclasses fill the entries and call :meth:`_finish`.
     """
 
-    def __init__(
-        self, root: str | Path, labelled: bool, intensity: Intensity = "dtype", strict: bool = False
-    ) -> None:
-        root = Path(root)
-        self.intensity = intensity
-        self.strict = strict
-        self.source = str(root)
-        if labelled:
-            self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-            self.files, labels = [], []
-            for label, cls in enumerate(self.classes):
-                for f in sorted((root / cls).rglob("*")):
-                    if f.suffix.lower() in IMAGE_EXTENSIONS:
-                        self.files.append(f)
-                        labels.append(label)
-            self.labels: np.ndarray | None = np.asarray(labels, dtype=np.int64)
-        else:
-            self.classes = []
-            self.files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
-            self.labels = None
+    files: list[Path]
+    frames: list[int | None]
+    labels: np.ndarray | None
+    classes: list[str]
+    not_images: list[str]
+    source: str
+
+    def __init__(self, reading: Reading, strict: bool = False) -> None:
+        self.reading, self.intensity, self.strict = reading, reading.intensity, strict
+        self.files, self.frames, self.not_images = [], [], []
+
+    def add_file(self, f: Path, frame: int | None = None) -> int:
+        """Entries for ``f``: one for an image file or a given frame/slice, one per frame
+        read of a DICOM file; a DICOM object without an image adds none (listed in
+        :attr:`not_images`), an unreadable one a single entry marked bad."""
+        frames: list[int | None] = [frame]
+        self._broken = getattr(self, "_broken", [])
+        if frame is None and f.suffix.lower() not in IMAGE_EXTENSIONS:
+            try:
+                frames = list(frames_to_read(read_header(f), self.reading))
+            except NotAnImage as e:
+                self.not_images.append(f"{f} ({e})")
+                return 0
+            except DicomUnreadable:
+                self._broken.append(len(self.files))  # listed as skipped from the start
+                frames = [0]
+        self.files += [f] * len(frames)
+        self.frames += frames
+        return len(frames)
+
+    def _finish(self, what: str) -> None:
         if not self.files:
-            raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
+            others = (
+                f" ({len(self.not_images)} DICOM objects without images)" if self.not_images else ""
+            )
+            raise DataError(f"No images found in {what}{others}.")
         self.bad = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
+        self.bad[getattr(self, "_broken", [])] = True
         first, _ = self._readable(0)
         self.channels = first.shape[0]
+
+    def summary(self) -> dict[str, object]:
+        """What the folder holds: images, DICOM files and frames, what is skipped and why."""
+        dicom = [f for f, frame in zip(self.files, self.frames, strict=True) if frame is not None]
+        return {
+            "images": len(self.files),
+            "files": len(set(self.files)),
+            "dicom_files": len(set(dicom)),
+            "dicom_frames": len(dicom),
+            "not_images": len(self.not_images),
+            "unreadable": len(self.skipped()),
+        }
 
     def __len__(self) -> int:
         return len(self.files)
@@ -64,7 +120,14 @@ class ImageFolderDataset(Dataset):
         return self.labels
 
     def _read(self, index: int) -> torch.Tensor:
-        return read_image(self.files[index], self.intensity)
+        f, frame = self.files[index], self.frames[index]
+        if frame is None:
+            return read_image(f, self.intensity)
+        from selfsup.data.volumes import is_volume, read_volume_slice
+
+        if is_volume(f):
+            return read_volume_slice(f, frame, self.reading)
+        return read_dicom_frame(f, frame, self.reading)
 
     def _readable(self, index: int) -> tuple[torch.Tensor, int]:
         """The image at ``index``, or at the next index whose file reads."""
@@ -96,20 +159,51 @@ class ImageFolderDataset(Dataset):
 
     def skipped(self) -> list[str]:
         """The files found unreadable so far (by any worker)."""
-        return [str(self.files[i]) for i in self.bad.nonzero().flatten().tolist()]
+        bad = self.bad.nonzero().flatten().tolist()
+        return list(dict.fromkeys(str(self.files[i]) for i in bad))
 
     def scan(self) -> None:
-        """Read every file; raise a DataError listing all unreadable ones."""
-        broken = []
+        """Read every file once; raise a DataError listing all unreadable ones (and the
+        DICOM objects without images, which are skipped either way)."""
+        broken, seen = [], set()
         for i, f in enumerate(self.files):
+            if f in seen:
+                continue
+            seen.add(f)
             try:
                 self._read(i)
             except UNREADABLE as e:
                 broken.append(f"{f} ({type(e).__name__}: {e})")
         if broken:
             listing = "\n  ".join(broken)
+            others = "".join(f"\n  skipped, not an image: {x}" for x in self.not_images)
             raise DataError(
-                f"{len(broken)} of {len(self.files)} files under {self.source} cannot be read "
-                f"(data.strict is on):\n  {listing}\nRemove or replace them, or drop "
+                f"{len(broken)} of {len(seen)} files under {self.source} cannot be read "
+                f"(data.strict is on):\n  {listing}{others}\nRemove or replace them, or drop "
                 "--data.strict to skip them."
             )
+
+
+class ImageFolderDataset(ImageFiles):
+    """Image and DICOM files on disk: labelled ``<root>/<class>/*`` or unlabelled (any
+    files under root)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        labelled: bool,
+        intensity: Intensity = "dtype",
+        strict: bool = False,
+        reading: Reading | None = None,
+    ) -> None:
+        super().__init__(reading or Reading(intensity=intensity), strict)
+        root = Path(root)
+        self.source = str(root)
+        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if labelled else []
+        folders = [(root / c, i) for i, c in enumerate(self.classes)] if labelled else [(root, -1)]
+        labels: list[int] = []
+        for folder, label in folders:
+            for f in list_images(folder):
+                labels += [label] * self.add_file(f)
+        self.labels = np.asarray(labels, np.int64) if labelled else None
+        self._finish(f"{root} ({', '.join(IMAGE_EXTENSIONS)} or DICOM files)")

@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from selfsup.data.datasets import DataError, Intensity, match_channels, open_dataset
+from selfsup.data.datasets import DataError, Intensity, Reading, match_channels, open_dataset
 from selfsup.transforms import EvalTransform, ViewTransform
 
 _MASK64 = 2**64 - 1
@@ -228,6 +228,9 @@ class PretrainDataModule(pl.LightningDataModule):
         strict: image folders: read every file before training and stop with the
             list of unreadable ones (default: skip them, replaced by the next
             readable image, and report how many were skipped).
+        window, frames, slice_axis, slice_context, slices_per_volume,
+            foreground_threshold, volumes_4d, square_pixels, volume_cache: how DICOM files
+            and volumes become images (:class:`selfsup.data.pixels.Reading`).
     """
 
     def __init__(
@@ -241,8 +244,22 @@ class PretrainDataModule(pl.LightningDataModule):
         root: str | None = None,
         download: bool = False,
         strict: bool = False,
+        window: str | None = None,
+        frames: Literal["all", "middle"] = "all",
+        slice_axis: Literal["axial", "coronal", "sagittal"] = "axial",
+        slice_context: int = 0,
+        slices_per_volume: int = 8,
+        foreground_threshold: float = 0.05,
+        volumes_4d: Literal["all", "first"] = "all",
+        square_pixels: bool = False,
+        volume_cache: int = 4,
     ) -> None:
         super().__init__()
+        self.reading = Reading(
+            intensity, window, frames, slice_axis, slice_context, slices_per_volume,
+            foreground_threshold, volumes_4d, square_pixels, volume_cache,
+        )  # fmt: skip
+        self.reading.window_values()  # a malformed window fails here, before training
         self.strict = strict
         # (epoch, batches of it trained on) of a checkpoint being resumed.
         self._resume: tuple[int, int] | None = None
@@ -260,7 +277,8 @@ class PretrainDataModule(pl.LightningDataModule):
 
     # -- datasets -------------------------------------------------------------------
     def _open(self, split: Literal["train", "test"]):
-        ds = open_dataset(self.path, split, self.root, self.download, self.intensity, self.strict)
+        ds = open_dataset(self.path, split, self.root, self.download, strict=self.strict,
+                          reading=self.reading)  # fmt: skip
         if self.channels is not None:
             ds = TransformedDataset(ds, _ChannelConverter(self.channels))
         return ds

@@ -1,0 +1,131 @@
+"""CSV/TSV manifests: one row per image, the way a study's data manager hands data over.
+
+Columns (a header row names them; order free):
+
+- ``path`` (required): the file, relative to the table's folder (or absolute): a PNG/
+  JPEG/TIFF, a DICOM file (``frame`` picks one frame of a multi-frame file; without it
+  every frame is an image, as ``data.frames`` says), or a volume (NIfTI) with its
+  ``slice`` along ``data.slice_axis`` (required for volumes: a manifest names images);
+- ``label``: a class index or name (names become indices in sorted order); rows of a
+  labelled table must all have one;
+- ``group``: the patient or study a row belongs to (kept for group-aware splits);
+- ``split``: ``train``, ``val`` or ``test``; without the column every row is training data.
+
+Other columns are kept (:attr:`ManifestDataset.columns`) and not read here. Missing files
+stop before training with their row numbers; unreadable files are skipped like broken
+images (:class:`~selfsup.data.folders.ImageFiles`).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.data.folders import ImageFiles
+from selfsup.data.pixels import DataError, Reading
+
+MANIFEST_SUFFIXES = (".csv", ".tsv")
+SPLITS = ("train", "val", "test")
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (each with its 1-based line number under ``"#row"``)."""
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            rows = [{**r, "#row": str(i)} for i, r in enumerate(reader, start=2)]
+            header = [h.strip() for h in reader.fieldnames or []]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"Cannot read the manifest {path} ({e}).") from None
+    if "path" not in header:
+        raise DataError(
+            f"{path} has columns {header} but no 'path' column: a manifest names each image's "
+            "file in a column called path (optional: label, group, split, slice, frame)."
+        )
+    rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in rows]
+    return header, rows
+
+
+class ManifestDataset(ImageFiles):
+    """The rows of a manifest's ``split`` as images (see the module doc).
+
+    Attributes: ``labels`` (int, or None for an unlabelled table), ``classes``,
+    ``groups`` (str per image, or None), ``rows`` (the table's line number per image),
+    ``columns`` (every column of the table).
+    """
+
+    def __init__(
+        self, path: str | Path, split: str, reading: Reading | None = None, strict: bool = False
+    ) -> None:
+        from selfsup.data.volumes import is_volume
+
+        super().__init__(reading or Reading(), strict)
+        path = Path(path)
+        self.source = str(path)
+        self.columns, table = read_table(path)
+        if "split" in self.columns:
+            unknown = sorted({r["split"] for r in table} - set(SPLITS))
+            if unknown:
+                raise DataError(f"{path}: split values {unknown}; use {', '.join(SPLITS)}.")
+            chosen = [r for r in table if r["split"] == split]
+        else:
+            chosen = table if split == "train" else []
+        if not chosen:
+            where = (
+                "no split column (every row is training data)"
+                if "split" not in self.columns
+                else f"no rows with split {split}"
+            )
+            raise DataError(f"{path} has {where}: give rows with split {split}.")
+        root = path.parent
+        missing, volumes_without_slice = [], []
+        for r in chosen:
+            f = Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
+            r["#file"] = str(f)
+            if not r["path"] or not f.is_file():
+                missing.append(r)
+            elif is_volume(f) and not r.get("slice"):
+                volumes_without_slice.append(r)
+        _refuse(
+            path, missing, "files missing", "fix the paths (relative to the table) or drop the rows"
+        )
+        _refuse(path, volumes_without_slice, "volumes without a slice",
+                "give the slice column, or point DATA at the folder of volumes")  # fmt: skip
+        labelled = "label" in self.columns and any(r["label"] for r in chosen)
+        if labelled:
+            _refuse(path, [r for r in chosen if not r["label"]], "no label", "label every row")
+            names = sorted({r["label"] for r in chosen + [r for r in table if r["label"]]},
+                           key=_label_order)  # fmt: skip
+            index = {name: i for i, name in enumerate(names)}
+            self.classes = names
+        else:
+            self.classes = []
+        labels, groups, rows = [], [], []
+        for r in chosen:
+            frame = r.get("slice") or r.get("frame") or None
+            n = self.add_file(Path(r["#file"]), int(frame) if frame else None)
+            labels += [index[r["label"]] if labelled else -1] * n
+            groups += [r.get("group", "")] * n
+            rows += [int(r["#row"])] * n
+        self.labels = np.asarray(labels, np.int64) if labelled else None
+        self.groups = np.asarray(groups) if "group" in self.columns else None
+        self.rows = np.asarray(rows, np.int64)
+        self._finish(f"{path} (split {split})")
+
+
+def _label_order(name: str) -> tuple[int, float | str]:
+    """Integer labels in numeric order (2 before 10), then names alphabetically."""
+    try:
+        return 0, float(name)
+    except ValueError:
+        return 1, name
+
+
+def _refuse(path: Path, rows: list[dict[str, str]], problem: str, fix: str) -> None:
+    if rows:
+        shown = ", ".join(f"{r['#row']} ({r['path'] or 'empty'})" for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise DataError(f"{path}: {len(rows)} row(s) with {problem}: lines {shown}{more}; {fix}.")
