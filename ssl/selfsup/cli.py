@@ -26,6 +26,7 @@ commands:
   launch       submit a SLURM job: launch pretrain --config FILE --nodes N --gpus-per-node G ...
                or an array of probes: launch probe --ckpt CKPT [CKPT ...] --data DATA ...
   summary      one table of the metrics.json files under sweep directories (selfsup summary DIR)
+  data         what selfsup reads from DATA, and a preview grid (selfsup data inspect --data DATA)
 
 Run 'selfsup <command> --help' for a command's options; every command but launch
 also takes --config FILE (a YAML of its options) and --print_config.
@@ -45,6 +46,7 @@ COMMANDS = {
     "reconstruct": ("pictures", "reconstruct", "options"),
     "embed": ("pictures", "embed", "options"),
     "launch": ("launch", "launch", "argv"),
+    "data": ("data", "data", "argv"),
 }
 
 

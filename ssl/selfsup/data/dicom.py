@@ -73,9 +73,12 @@ def read_header(path: str | Path) -> Any:
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
         raise DicomUnreadable(f"not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        if "SOPClassUID" not in ds and "Modality" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+        if sop is None and "Modality" not in ds:
             raise DicomUnreadable("not a DICOM file (no DICOM elements found)")
-        raise NotAnImage(f"{ds.get('Modality', 'object')} without pixel data")
+        what = ds.get("Modality") or getattr(sop, "name", "object")
+        raise NotAnImage(f"{what} without pixel data")
     modality = str(ds.get("Modality", "")).upper()
     if modality in NON_IMAGE_MODALITIES:
         raise NotAnImage(f"{modality} object, not an image")

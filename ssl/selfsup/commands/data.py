@@ -1,0 +1,65 @@
+"""``selfsup data inspect --data PATH``: what selfsup will read, before a run spends a GPU-day."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from selfsup.data.pixels import Reading
+from selfsup.errors import ConfigError
+
+USAGE = """usage: selfsup data inspect --data PATH [--split train] [--out PREVIEW.png] [--window ...]
+
+inspect: counts, shapes, value ranges after the window, channels, labels and groups,
+         files skipped and why; and a PNG grid of images as the model will see them.
+Run 'selfsup data inspect --help' for the options.
+"""
+
+
+def inspect(
+    reading: Reading,
+    data: str,
+    split: str = "train",
+    out: str | None = None,
+    n: int = 16,
+    root: str | None = None,
+    seed: int = 0,
+) -> int:
+    """Say what selfsup reads from DATA (as `selfsup pretrain --data.path DATA` and the
+    evaluators would), and write a grid of images as the model sees them.
+
+    Args:
+        data: an .npz, a manifest (.csv, .tsv), a folder of images, DICOM files or
+            volumes, or a named set
+        split: train, val or test
+        out: the preview PNG (default: data-preview.png in the current folder)
+        n: images in the preview
+        root: where named datasets are stored
+        seed: which images the preview shows
+    """
+    from selfsup.data.datasets import open_dataset
+    from selfsup.data.summary import describe
+    from selfsup.viz.preview import write_preview
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split {split}: give train, val or test.")
+    ds = open_dataset(data, split, root, reading=reading)  # type: ignore[arg-type]
+    info = describe(ds)
+    info["reading"] = {k: v for k, v in vars(reading).items()}
+    info.update(write_preview(ds, out or "data-preview.png", n, seed))
+    for key, value in info.items():
+        shown = value if not isinstance(value, list) or len(value) <= 8 else [*value[:8], "..."]
+        print(f"{key:>20}: {shown}", file=sys.stderr)
+    print(json.dumps({"task": "inspect", **info}), flush=True)
+    return 0
+
+
+def data(argv: list[str]) -> int:
+    from selfsup.commands.options import run_with_options
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    if argv[0] != "inspect":
+        raise ConfigError(f"selfsup data {argv[0]}: the data command has one action, inspect.")
+    return run_with_options("selfsup data inspect", inspect, argv[1:])

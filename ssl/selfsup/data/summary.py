@@ -1,0 +1,66 @@
+"""What selfsup will read from a data set: counts, shapes, value ranges, labels, groups,
+and what it skips and why — printed before a run starts and by ``selfsup data inspect``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def base_dataset(ds: Dataset) -> Dataset:
+    """The reader under any wrappers (channel conversion, transforms)."""
+    while hasattr(ds, "dataset"):
+        ds = ds.dataset
+    return ds
+
+
+def describe(ds: Dataset, samples: int = 16) -> dict[str, Any]:
+    """A dict of what ``ds`` holds; ``samples`` evenly spaced images are read for their
+    shapes, dtype and value range (as the model will see them: after the window)."""
+    base = base_dataset(ds)
+    info: dict[str, Any] = {"source": getattr(base, "source", ""), "reader": type(base).__name__,
+                            "items": len(ds)}  # fmt: skip
+    if hasattr(base, "summary"):
+        info.update(base.summary())
+    picks = np.unique(np.linspace(0, len(ds) - 1, min(samples, len(ds))).round().astype(int))
+    images = [torch.as_tensor(ds[int(i)][0]) for i in picks]
+    info["sample_shapes"] = dict(Counter("x".join(map(str, im.shape)) for im in images))
+    info["sample_dtype"] = str(images[0].dtype).replace("torch.", "")
+    scale = 255.0 if images[0].dtype == torch.uint8 else 1.0
+    info["sample_range"] = [min(float(im.min()) for im in images) / scale,
+                            max(float(im.max()) for im in images) / scale]  # fmt: skip
+    info["channels"] = int(images[0].shape[0])
+    labels = getattr(base, "targets", None)
+    if labels is not None and len(labels):
+        classes = list(getattr(base, "classes", []) or [])
+        counts = Counter(int(y) for y in np.asarray(labels).reshape(-1))
+        info["labels"] = {(classes[k] if k < len(classes) else str(k)): n
+                          for k, n in sorted(counts.items())}  # fmt: skip
+    groups = getattr(base, "groups", None)
+    if groups is not None:
+        info["groups"] = len(set(np.asarray(groups).tolist()))
+    skipped = base.skipped() if hasattr(base, "skipped") else []
+    info["skipped_unreadable"] = skipped
+    info["skipped_not_images"] = list(getattr(base, "not_images", []))
+    return info
+
+
+def one_line(info: dict[str, Any]) -> str:
+    """The summary a run prints before training."""
+    parts = [f"{info['items']} images" if info["reader"] != "VolumeSliceDataset"
+             else f"{info.get('volumes_3d', '?')} volumes x {info.get('slices_per_volume')} "
+                  f"slices per epoch"]  # fmt: skip
+    if info.get("dicom_files"):
+        parts.append(f"{info['dicom_files']} DICOM files ({info['dicom_frames']} frames)")
+    parts.append(f"{info['channels']} channel(s), {'/'.join(info['sample_shapes'])} px")
+    if "labels" in info:
+        parts.append(f"{len(info['labels'])} classes")
+    if "groups" in info:
+        parts.append(f"{info['groups']} groups")
+    skipped = len(info["skipped_unreadable"]), len(info["skipped_not_images"])
+    parts.append(f"skipped: {skipped[0]} unreadable, {skipped[1]} not images")
+    return f"{info['source']}: " + ", ".join(parts)

@@ -1,0 +1,47 @@
+"""A grid of a data set's images as the model will see them (after the window), with
+their labels: what to look at before spending a GPU-day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from selfsup.data.summary import base_dataset
+
+
+def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> dict:
+    """``n`` images of ``ds`` (a seeded random choice, in index order) as one PNG grid,
+    4 per row, each titled with its index and label; returns the PNG's path and the
+    indices shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(ds))
+    picks = np.sort(np.random.default_rng(seed).choice(len(ds), n, replace=False))
+    classes = list(getattr(base_dataset(ds), "classes", []) or [])
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picks, strict=False):
+        image, label = ds[int(i)]
+        image = torch.as_tensor(image)
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        if x.shape[0] == 3:
+            ax.imshow(x.permute(1, 2, 0).clamp(0, 1).numpy())
+        else:  # one channel, or 2k + 1 slices: the middle one
+            ax.imshow(x[x.shape[0] // 2].numpy(), cmap="gray", vmin=0, vmax=1)
+        name = classes[label] if 0 <= int(label) < len(classes) else ("" if label < 0 else label)
+        ax.set_title(f"#{i} {name}".strip(), fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return {"preview": str(out), "shown": picks.tolist()}
