@@ -15,6 +15,7 @@ import difflib
 import inspect
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from selfsup.backbones import check_input_size
 from selfsup.data.module import PretrainDataModule
+from selfsup.data.summary import describe, one_line
 from selfsup.errors import ConfigError
 from selfsup.methods import TeacherStudentMethod, method_class
 from selfsup.methods.base import SelfSupervisedMethod
@@ -157,6 +159,9 @@ class PretrainCLI(LightningCLI):
                 check_input_size(backbone, size)
                 model.check_view_size(size)
         data.check(world_size=trainer.world_size)
+        if trainer.is_global_zero:
+            print(f"selfsup: data {one_line(describe(data.train_dataset, samples=4))}",
+                  file=sys.stderr, flush=True)  # fmt: skip
         channels = data.data_channels()
         if channels != backbone.in_chans:
             raise ConfigError(
