@@ -257,3 +257,5 @@ def test_summary_says_what_will_be_read(permuted):
     assert summary["volumes"] == 1 and summary["items"] == 5 and summary["shapes"] == {"5x6x7": 1}
     assert summary["dtypes"] == {"int16": 1} and summary["spacing_mm"]["min"] == [2.0, 3.0, 1.0]
     assert summary["intensity"].startswith("window center -600, width 1500")
+    with pytest.raises(DataError, match="2 labels for 1 volume files"):
+        VolumeSliceDataset([path], Reading(), labels=np.array([0, 1]))

@@ -6,19 +6,11 @@ that volume is needed, and the reorientation (``as_closest_canonical``: RAS+). W
 selfsup adds is what nibabel has no notion of: cutting slices for display, the
 intensity window, drawing slices per epoch, and a bounded cache of decoded volumes.
 
-A slice is shown as radiology viewers in neurological convention (nilearn, FSLeyes)
-show it: rows run from the top of the patient's view downwards, columns from the
-first in-plane canonical axis:
-
-================  ===================  ==============================
-``slice_axis``    rows (top first)     columns (left first)
-================  ===================  ==============================
-``axial`` (S)     anterior..posterior  patient's left..right (R+)
-``coronal`` (A)   superior..inferior   patient's left..right (R+)
-``sagittal`` (R)  superior..inferior   posterior..anterior (A+)
-================  ===================  ==============================
-
-so pixel ``[r, c]`` of axial slice ``s`` is ``canonical[c, n_A - 1 - r, s]``.
+Slices are shown in neurological convention (as nilearn and FSLeyes show them), the
+patient's left on the image's left: axial (cut along S) has anterior at the top and R+
+to the right; coronal (along A) superior at the top, R+ to the right; sagittal (along
+R) superior at the top, anterior to the right. So pixel ``[r, c]`` of axial slice
+``s`` is ``canonical[c, n_A - 1 - r, s]`` (the canonical array indexed R, A, S).
 
 Intensity, per (3D) volume, to float32 in [0, 1] (clipped): ``reading.window``
 ``center,width`` or a preset, in the volume's units (HU for CT); ``percentile`` (or
@@ -32,7 +24,7 @@ from __future__ import annotations
 
 import sys
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +42,8 @@ from selfsup.data.pixels import UNREADABLE, DataError, Reading
 #: What nibabel reads well as 3D/4D images. An Analyze/NIfTI pair is listed once, by
 #: its ``.hdr``; its ``.img`` is read through it (either name opens the pair).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".hdr", ".img")
-_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # canonical RAS+ array axes
+#: Per slice axis: (the axis cut along, the columns' axis, the rows' axis) of RAS+ arrays.
+_PLANES = {"sagittal": (0, 1, 2), "coronal": (1, 0, 2), "axial": (2, 0, 1)}
 _FLOOR = 0.01  # foreground: above the volume's lowest windowed value by 1% of [0, 1]
 
 
@@ -143,9 +136,8 @@ def _decode(path: Path, volume: int, reading: Reading) -> _Volume:
         data = np.where(finite, data, data[finite].min() if finite.any() else 0.0)
     lo, hi = _intensity_range(data, reading, img.header)
     data = np.clip((data - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
-    a = _AXES[reading.slice_axis]
-    p, q = (ax for ax in range(3) if ax != a)
-    slices = np.ascontiguousarray(data.transpose(a, q, p)[:, ::-1, :])
+    a, cols, rows = _PLANES[reading.slice_axis]
+    slices = np.ascontiguousarray(data.transpose(a, rows, cols)[:, ::-1, :])  # rows top down
     floor = slices.min() + _FLOOR
     return _Volume(slices, (slices > floor).mean(axis=(1, 2)))
 
@@ -183,24 +175,19 @@ def _cut(volume: _Volume, s: int, header: _Header, reading: Reading) -> torch.Te
 
 def _slice_shape(header: _Header, reading: Reading) -> tuple[int, int]:
     """``(H, W)`` of a slice; with square pixels, at the finer in-plane spacing."""
-    a = _AXES[reading.slice_axis]
-    p, q = (ax for ax in range(3) if ax != a)
-    (h, dh), (w, dw) = (header.shape[q], header.spacing[q]), (header.shape[p], header.spacing[p])
+    _, cols, rows = _PLANES[reading.slice_axis]
+    h, dh = header.shape[rows], header.spacing[rows]
+    w, dw = header.shape[cols], header.spacing[cols]
     if not reading.square_pixels or dh <= 0 or dw <= 0:
         return h, w
     fine = min(dh, dw)
     return max(1, round(h * dh / fine)), max(1, round(w * dw / fine))
 
 
-def _count(keys) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _x(shape: tuple[int, ...]) -> str:
-    return "x".join(map(str, shape))
+def _count(values) -> dict[str, int]:
+    """How many of each value (shapes written ``AxBxC``)."""
+    names = ("x".join(map(str, v)) if isinstance(v, tuple) else v for v in values)
+    return dict(sorted(Counter(names).items()))
 
 
 _SLICE_CACHE = _LRU()
@@ -210,7 +197,7 @@ def read_volume_slice(path: Path, index: int, reading: Reading, volume: int = 0)
     """Slice ``index`` of a volume file (of its 3D volume ``volume`` if 4D), as
     ``(2k + 1, H, W)`` float32 in [0, 1]; volumes stay cached per process as in the dataset."""
     header = _read_header(Path(path))
-    n = header.shape[_AXES[reading.slice_axis]]
+    n = header.shape[_PLANES[reading.slice_axis][0]]
     if not 0 <= index < n or not 0 <= volume < header.volumes:
         raise DataError(
             f"{path}: slice {index} of volume {volume}: it has {n} {reading.slice_axis} "
@@ -257,6 +244,8 @@ class VolumeSliceDataset(Dataset):
         self.reasons: dict[int, str] = {}
         self.headers: dict[int, _Header] = {}
         where = self._where = f" under {source}" if source else ""
+        if labels is not None and len(labels) != len(self.files):
+            raise DataError(f"{len(labels)} labels for {len(self.files)} volume files{where}.")
         if not self.files:
             raise DataError(f"No volume files ({', '.join(VOLUME_SUFFIXES)}) found{where}.")
         for i, f in enumerate(self.files):
@@ -343,8 +332,7 @@ class VolumeSliceDataset(Dataset):
         """The files found unreadable so far (by any worker)."""
         return [str(self.files[i]) for i in self.bad.nonzero().flatten().tolist()]
 
-    def _broken(self) -> list[str]:
-        """The unreadable files with why (reasons found by workers read as unknown)."""
+    def _broken(self) -> list[str]:  # with why (a worker's finding reads "unreadable")
         bad = self.bad.nonzero().flatten().tolist()
         return [f"{self.files[i]} ({self.reasons.get(i, 'unreadable')})" for i in bad]
 
@@ -384,9 +372,9 @@ class VolumeSliceDataset(Dataset):
             "volumes_3d": len(self.units),
             "slices_per_volume": self.reading.slices_per_volume,
             "items": len(self),
-            "shapes": _count(_x(h.shape) for h in headers),
+            "shapes": _count(h.shape for h in headers),
             "slice_axis": self.reading.slice_axis,
-            "slice_shapes": _count(_x(_slice_shape(h, self.reading)) for h in headers),
+            "slice_shapes": _count(_slice_shape(h, self.reading) for h in headers),
             "channels": self.channels,
             "spacing_mm": {"min": spacing.min(0).tolist(), "max": spacing.max(0).tolist()},
             "dtypes": _count(h.dtype for h in headers),
