@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from conftest import make_blob_images
-from selfsup.data.module import EpochSeededLoader, SeededTransforms
+from selfsup.data.streams import EpochSeededLoader, SeededTransforms
 from selfsup.masks import MultiBlockMaskCollator, MultiBlockMaskSampler
 from selfsup.transforms import IJEPATransform, SimCLRTransform
 

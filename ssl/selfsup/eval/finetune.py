@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from selfsup.checkpoints import LoadedBackbone
-from selfsup.data.module import TransformedDataset, default_num_workers
+from selfsup.data.module import default_num_workers
+from selfsup.data.streams import TransformedDataset
 from selfsup.schedules import warmup_cosine
 
 
