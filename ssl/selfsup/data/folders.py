@@ -101,11 +101,14 @@ class ImageFiles(Dataset):
         self.channels = first.shape[0]
 
     def summary(self) -> dict[str, object]:
-        """What the folder holds: images, DICOM files and frames, what is skipped and why."""
-        dicom = [f for f, frame in zip(self.files, self.frames, strict=True) if frame is not None]
+        """What the files hold: readable images (so far), DICOM files and frames, and how
+        many files are skipped."""
+        good = [(f, frame) for i, (f, frame) in enumerate(zip(self.files, self.frames, strict=True))
+                if not self.bad[i]]  # fmt: skip
+        dicom = [f for f, frame in good if frame is not None]
         return {
-            "images": len(self.files),
-            "files": len(set(self.files)),
+            "images": len(good),
+            "files": len({f for f, _ in good}),
             "dicom_files": len(set(dicom)),
             "dicom_frames": len(dicom),
             "not_images": len(self.not_images),

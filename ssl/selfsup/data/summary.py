@@ -51,7 +51,7 @@ def describe(ds: Dataset, samples: int = 16) -> dict[str, Any]:
 
 def one_line(info: dict[str, Any]) -> str:
     """The summary a run prints before training."""
-    parts = [f"{info['items']} images" if info["reader"] != "VolumeSliceDataset"
+    parts = [f"{info.get('images', info['items'])} images" if info["reader"] != "VolumeSliceDataset"
              else f"{info.get('volumes_3d', '?')} volumes x {info.get('slices_per_volume')} "
                   f"slices per epoch"]  # fmt: skip
     if info.get("dicom_files"):
