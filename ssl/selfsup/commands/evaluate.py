@@ -9,18 +9,21 @@ line of stdout is one JSON object, printed once by rank 0.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from selfsup.commands.options import print_result
+from selfsup.data.pixels import Reading
 from selfsup.errors import ConfigError
 from selfsup.eval.finetune import FinetuneRecipe
 
 
-@dataclass
-class EvalSource:
-    """What is evaluated, on which data, with how many processes.
+@dataclass(frozen=True, kw_only=True)
+class EvalSource(Reading):
+    """What is evaluated, on which data, with how many processes; and how DICOM files and
+    volumes become pixels (the fields of :class:`selfsup.data.pixels.Reading`:
+    ``--window``, ``--frames``, ``--slice_axis``, ``--slice_context``, ...).
 
     Args:
         ckpt: checkpoint file, run directory or .safetensors export (or a timm weights file
@@ -48,6 +51,10 @@ class EvalSource:
     devices: int = 1
     accelerator: str = "auto"
     out: str | None = None
+
+    @property
+    def reading(self) -> Reading:
+        return Reading(**{f.name: getattr(self, f.name) for f in fields(Reading)})
 
     def load(self, overrides: dict[str, Any] | None = None) -> Any:
         from selfsup.checkpoints import load_backbone
@@ -108,7 +115,8 @@ def knn(
     loaded = source.load()
     fabric, device = start_processes(source.devices, source.accelerator)
     result, classes = run_knn(loaded, source.data, tuple(k), temperature, source.batch_size,
-                              source.num_workers, source.root, cache, device)  # fmt: skip
+                              source.num_workers, source.root, cache, device,
+                              reading=source.reading)  # fmt: skip
     if fabric is None or fabric.is_global_zero:
         _report(result, classes, source.eval_dir("knn"))
     return 0
@@ -146,14 +154,14 @@ def probe(
     fabric, device = start_processes(source.devices, source.accelerator)
     train_f, train_y, test_f, test_y, classes = labelled_features(
         loaded, source.data, "the linear probe", source.batch_size, source.num_workers,
-        source.root, cache, device,
+        source.root, cache, device, reading=source.reading,
     )  # fmt: skip
     if augment:
         from selfsup.data.datasets import open_dataset
         from selfsup.eval.finetune import train_transform
         from selfsup.eval.probe import SeededViews
 
-        views = SeededViews(open_dataset(source.data, "train", source.root),
+        views = SeededViews(open_dataset(source.data, "train", source.root, reading=source.reading),
                             train_transform(loaded), seed)  # fmt: skip
         # Every process takes part in the backbone passes and takes the same head steps.
         result = run_probe_augmented(

@@ -98,7 +98,7 @@ def embed(
 
     loaded = source.load()
     fabric, device = start_processes(source.devices, source.accelerator)
-    test = open_dataset(source.data, "test", source.root)
+    test = open_dataset(source.data, "test", source.root, reading=source.reading)
     if test.targets is None:
         raise ConfigError(f"{source.data} has no test labels: the plot colours points by label.")
     feats, labels, _ = cached_features(loaded, source.data, "test", test, source.batch_size,

@@ -70,6 +70,7 @@ def cache_key(
         "backbone": loaded.meta.get("backbone"),
         "data": _data_id(data, dataset),
         "split": split,
+        "reading": repr(getattr(dataset, "reading", None)),  # DICOM window, volume slicing
         "transform": [int(transform.size), list(loaded.meta.get("mean") or []),
                       list(loaded.meta.get("std") or [])],
     }  # fmt: skip
@@ -302,11 +303,13 @@ def labelled_features(
     root: str | None = None,
     use_cache: bool = True,
     device: torch.device | str = "cpu",
+    reading: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ClassNames]:
     """Train and test features and labels of a labelled data set, and its class names
-    (:class:`ClassNames`, whose ``notes`` list the unreadable images left out)."""
-    train = open_dataset(data, "train", root)
-    test = open_dataset(data, "test", root)
+    (:class:`ClassNames`, whose ``notes`` list the unreadable images left out);
+    ``reading`` says how DICOM files and volumes become pixels."""
+    train = open_dataset(data, "train", root, reading=reading)
+    test = open_dataset(data, "test", root, reading=reading)
     if train.targets is None or test.targets is None:
         raise ConfigError(f"{data} has no labels: {task} needs labelled train and test splits.")
     notes, out = EvalNotes(), []

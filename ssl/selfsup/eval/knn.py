@@ -22,6 +22,7 @@ def run_knn(
     root: str | None = None,
     use_cache: bool = True,
     device: torch.device | str = "cpu",
+    reading: Any = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The kNN figures (with the metrics of :func:`classification_metrics`) and class names.
 
@@ -30,7 +31,15 @@ def run_knn(
     ``skipped_images`` and ``n_skipped`` (see :class:`EvalNotes`).
     """
     train_f, train_y, test_f, test_y, classes = labelled_features(
-        loaded, data, "kNN evaluation", batch_size, num_workers, root, use_cache, device
+        loaded,
+        data,
+        "kNN evaluation",
+        batch_size,
+        num_workers,
+        root,
+        use_cache,
+        device,
+        reading=reading,
     )
     notes = notes_of(classes)
     for message in label_warnings(train_y, test_y, classes):
