@@ -217,9 +217,10 @@ class MultiBlockMaskSampler:
 class MultiBlockMaskCollator:
     """collate_fn for a DataLoader: ``default_collate(batch)`` plus masks for the batch.
 
-    Uses torch's global RNG, which PyTorch seeds differently in each DataLoader worker
-    (from the main process's RNG, so a seeded run is reproducible). A plain object (no
-    lambdas), so it pickles into worker processes.
+    Uses torch's global RNG, which the pretraining loader seeds from (seed, epoch, the
+    batch's first index) right before this runs (:mod:`selfsup.data.streams`), so the
+    masks do not depend on the worker or on a resume. A plain object (no lambdas), so it
+    pickles into worker processes.
     """
 
     def __init__(self, sampler: MultiBlockMaskSampler) -> None:

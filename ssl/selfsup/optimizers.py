@@ -71,7 +71,7 @@ class LARS(torch.optim.Optimizer):
                     continue
                 g = p.grad
                 d = g.add(p, alpha=wd) if wd != 0 else g.clone()
-                if group["lars_adapt"]:
+                if group.get("lars_adapt", True):  # optimizer states saved before the key
                     # Tensors throughout: no host sync per parameter on a GPU.
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
                     eta, eps = group["trust_coefficient"], group["eps"]

@@ -104,6 +104,10 @@ class GracefulStop(Callback):
         self._action = self._agreed(trainer, pl_module)
         if self._action == 0:
             return
+        if trainer.fit_loop._should_accumulate():
+            # Inside an accumulation window: stop at the batch that steps the optimizer, so
+            # no accumulated gradient is lost and the resumed run stays exact.
+            return
         # Every process reached this point for the same step, and knows the same action.
         if _state_is_finite(pl_module):
             trainer.save_checkpoint(str(self.last))
