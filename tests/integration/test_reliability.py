@@ -69,7 +69,9 @@ def test_image_folder_with_5_percent_broken_files_trains_and_reports(tmp_path, c
     assert main(pretrain_argv(data, run, "--trainer.max_epochs", "2")) == 0
     err = capsys.readouterr().err
     assert "3 unreadable image(s) skipped" in err and "the run skipped 3" in err
-    assert sorted((run / "skipped_images.txt").read_text().split()) == broken
+    listed = (run / "skipped_images.txt").read_text().splitlines()
+    assert sorted(line.split(" (")[0] for line in listed) == broken
+    assert all(line.endswith(")") and "Error" in line for line in listed)  # each with its reason
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 * (60 // 16) and ckpt["epoch"] == 1  # full batches, to the end
     # Evaluation leaves the broken files out (features and labels) instead of counting the

@@ -165,6 +165,22 @@ class ImageFiles(Dataset):
         bad = self.bad.nonzero().flatten().tolist()
         return list(dict.fromkeys(str(self.files[i]) for i in bad))
 
+    def why_unreadable(self, files: list[str]) -> list[str]:
+        """``FILE (reason)`` for each of ``files`` (paths :meth:`skipped` gave, on any
+        process): read once more here, which costs only the few skipped files."""
+        first = {str(f): i for i, f in reversed(list(enumerate(self.files)))}
+        out = []
+        for f in files:
+            try:
+                self._read(first[f])
+                reason = "read on a second try"
+            except UNREADABLE as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except KeyError:
+                reason = "not in this data set"
+            out.append(f"{f} ({reason})")
+        return out
+
     def scan(self) -> None:
         """Read every file once; raise a DataError listing all unreadable ones (and the
         DICOM objects without images, which are skipped either way)."""

@@ -14,7 +14,8 @@ from selfsup.distributed import gather_object_list
 class SkippedImagesReport(pl.Callback):
     """Says how many unreadable images a run skipped: one warning line when new ones
     appear (count and a few names), ``data/skipped_images`` in the logged metrics,
-    the full list in ``RUN/skipped_images.txt``, and a last line when training ends."""
+    the full list with each file's reason (a DICOM transfer syntax nothing decodes, say)
+    in ``RUN/skipped_images.txt``, and a last line when training ends."""
 
     def __init__(self) -> None:
         self.reported = 0
@@ -29,7 +30,9 @@ class SkippedImagesReport(pl.Callback):
         if not trainer.is_global_zero or len(files) <= self.reported:
             return
         self.reported = len(files)
-        (Path(trainer.default_root_dir) / "skipped_images.txt").write_text("\n".join(files) + "\n")
+        source = unwrap_dataset(trainer.datamodule.train_dataset)
+        lines = source.why_unreadable(files) if hasattr(source, "why_unreadable") else files
+        (Path(trainer.default_root_dir) / "skipped_images.txt").write_text("\n".join(lines) + "\n")
         for logger in trainer.loggers:
             logger.log_metrics({"data/skipped_images": len(files)}, step=trainer.global_step)
         names = ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")
