@@ -117,8 +117,9 @@ def group_split(
       patient-level labels, or ``groups=None``); with mixed groups a class can stay on one
       side only when each of its groups there is the last one on that side of another class
       (three groups each holding two of three findings cannot all be split);
-    - ``|len(val_idx) - fraction * N| <= max group size / 2``, unless every group on the
-      heavy side is the last one there of some class (the rule above wins over the size).
+    - ``|len(val_idx) - fraction * N| <= max group size / 2``, unless the heavy side holds
+      one group, or each of its groups is the last one there of some class (the rules
+      above win over the size).
 
     Algorithm: seeded random ranks; each class held by >= 2 groups, rarest first, gets its
     smallest free group on the validation side and a free group on the training side; the
@@ -156,8 +157,9 @@ def group_split(
     half = sizes.max() / 2
     for _ in range(n_groups):
         n_val = sizes[val].sum()
-        grow = n_val < strat.size_target - half or not val.any()
-        if not grow and not (n_val > strat.size_target + half or val.all()):
+        grow = (n_val < strat.size_target - half or not val.any()) and (~val).sum() > 1
+        shrink = (n_val > strat.size_target + half or val.all()) and val.sum() > 1
+        if not grow and not shrink:  # neither side is ever emptied
             break
         side = ~val if grow else val
         idx = np.flatnonzero(side & ~_blocked(holds, side, must))
