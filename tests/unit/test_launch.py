@@ -132,6 +132,8 @@ def test_graceful_stop_saves_at_the_step_end_and_never_a_non_finite_state(tmp_pa
 
         def __init__(self):
             self.saved = []
+            self.accumulating = False  # inside a gradient-accumulation window
+            self.fit_loop = type("Loop", (), {"_should_accumulate": lambda _: self.accumulating})()
 
         def save_checkpoint(self, path):
             self.saved.append(path)
@@ -143,7 +145,11 @@ def test_graceful_stop_saves_at_the_step_end_and_never_a_non_finite_state(tmp_pa
         stop.on_train_batch_end(trainer, module)  # no signal: nothing happens
         assert trainer.saved == []
         signal.raise_signal(signal.SIGTERM)  # the handler only sets a flag...
-        with pytest.raises(SIGTERMException):  # ...acted on at the step's end
+        trainer.accumulating = True  # ...not acted on inside an accumulation window...
+        stop.on_train_batch_end(trainer, module)
+        assert trainer.saved == []
+        trainer.accumulating = False
+        with pytest.raises(SIGTERMException):  # ...but at the end of the stepping batch
             stop.on_train_batch_end(trainer, module)
         assert trainer.saved == [str(tmp_path / "checkpoints" / "last.ckpt")]
         with torch.no_grad():
