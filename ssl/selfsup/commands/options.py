@@ -18,7 +18,6 @@ import difflib
 import inspect
 import json
 import re
-import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -163,7 +162,3 @@ def _explain(message: str, options: list[str], prog: str) -> str:
 def print_result(result: dict[str, Any]) -> None:
     """The evaluators' last line of stdout: one JSON object."""
     print(json.dumps(result), flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"selfsup: warning: {message}", file=sys.stderr, flush=True)
