@@ -87,3 +87,15 @@ def naive_weighted_knn(train, train_y, test, k, t, num_classes):
             votes[y] += math.exp(s / t)
         preds.append(max(range(num_classes), key=lambda c: votes[c]))
     return torch.tensor(preds)
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Eight samples of two seeded random 16 px views each, label 0: a loader for a method's
+    training step in unit tests."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return [torch.randn(3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)], 0

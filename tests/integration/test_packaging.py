@@ -94,6 +94,9 @@ def test_wheel_in_a_fresh_venv_runs_and_renders_packaged_templates(tmp_path):
                  "#SBATCH --gpus-per-node=4", "#SBATCH --time=01:00:00", "#SBATCH --requeue"):  # fmt: skip
         assert line in script, proc.stdout
     assert f"srun {python} -m selfsup.cli pretrain" in proc.stdout  # the job runs this install
-    assert f"--trainer.default_root_dir {elsewhere.resolve()}/runs/simclr/resnet18_cifar" in proc.stdout
+    assert (
+        f"--trainer.default_root_dir {elsewhere.resolve()}/runs/simclr/resnet18_cifar"
+        in proc.stdout
+    )
     assert "{{" not in proc.stdout.split("#SBATCH")[-1]  # every field filled
     assert not (elsewhere / "runs").exists()  # a dry run writes nothing

@@ -5,8 +5,9 @@ import copy
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from conftest import TwoViews
 from selfsup.errors import ConfigError
 from selfsup.methods import SimCLR
 from selfsup.optimizers import LARS
@@ -122,15 +123,6 @@ def test_a_state_saved_by_lightlys_lars_loads_and_steps():
 
 
 # -- through a method ----------------------------------------------------------------------
-
-
-class TwoViews(Dataset):
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return [torch.randn(3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)], 0
 
 
 class _Data(pl.LightningDataModule):

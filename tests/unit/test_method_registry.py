@@ -6,8 +6,9 @@ import inspect
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from conftest import TwoViews
 from selfsup import methods
 from selfsup.errors import ConfigError
 from selfsup.methods import METHODS, SelfSupervisedMethod, SimCLR, method_class
@@ -48,15 +49,6 @@ def test_unknown_names_are_a_config_error_with_close_matches(name, suggestion):
     with pytest.raises(ConfigError, match="methods are") as error:
         method_class("Xyzzy")
     assert "Did you mean" not in str(error.value)
-
-
-class TwoViews(Dataset):
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return [torch.randn(3, 16, 16, generator=g), torch.randn(3, 16, 16, generator=g)], 0
 
 
 def tiny_simclr(**kwargs) -> SimCLR:
