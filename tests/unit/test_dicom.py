@@ -152,9 +152,11 @@ def test_strict_lists_the_broken_file_and_the_non_image(dicom_tree):
     assert "IM0002" in str(e.value) and "dose.dcm" in str(e.value)
 
 
-def test_a_malformed_window_is_one_line():
+def test_malformed_reading_options_are_one_line_before_any_file_is_read():
     with pytest.raises(DataError, match="center,width"):
-        Reading(window="lungs").window_values()
+        Reading(window="lungs")
+    with pytest.raises(DataError, match="slice_context is -1"):
+        Reading(slice_context=-1)
 
 
 def test_shipped_files_are_found_locally():

@@ -89,6 +89,7 @@ def test_missing_files_are_named_by_their_line_numbers(study):
         (["path,label,split", "png/0.png,a,training"], "split values"),
         (["path,label", "png/0.png,a", "png/1.png,"], "no label"),
         (["path", "ct.nii.gz"], "volumes without a slice"),
+        (["path,slice", "ct.nii.gz,middle"], "not a whole number"),
     ],
 )
 def test_bad_tables_are_one_line(study, rows, problem):

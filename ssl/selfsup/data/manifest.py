@@ -94,6 +94,8 @@ class ManifestDataset(ImageFiles):
         )
         _refuse(path, volumes_without_slice, "volumes without a slice",
                 "give the slice column, or point DATA at the folder of volumes")  # fmt: skip
+        _refuse(path, [r for r in chosen if not _is_index(r.get("slice", "") or r.get("frame", ""))],
+                "a slice or frame that is not a whole number", "give 0, 1, 2, ... or leave it empty")  # fmt: skip
         labelled = "label" in self.columns and any(r["label"] for r in chosen)
         if labelled:
             _refuse(path, [r for r in chosen if not r["label"]], "no label", "label every row")
@@ -114,6 +116,10 @@ class ManifestDataset(ImageFiles):
         self.groups = np.asarray(groups) if "group" in self.columns else None
         self.rows = np.asarray(rows, np.int64)
         self._finish(f"{path} (split {split})")
+
+
+def _is_index(text: str) -> bool:
+    return text == "" or text.isdigit()
 
 
 def _label_order(name: str) -> tuple[int, float | str]:

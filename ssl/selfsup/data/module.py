@@ -79,7 +79,6 @@ class PretrainDataModule(pl.LightningDataModule):
             intensity, window, frames, slice_axis, slice_context, slices_per_volume,
             foreground_threshold, volumes_4d, square_pixels, volume_cache,
         )  # fmt: skip
-        self.reading.window_values()  # a malformed window fails here, before training
         self.strict = strict
         # (epoch, batches of it trained on) of a checkpoint being resumed.
         self._resume: tuple[int, int] | None = None

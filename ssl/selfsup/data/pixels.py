@@ -78,6 +78,18 @@ class Reading:
     square_pixels: bool = False
     volume_cache: int = 4
 
+    def __post_init__(self) -> None:
+        # Checked here, before any file is read: a bad value found while reading would
+        # look like an unreadable file.
+        self.window_values()
+        for name, least in (("slice_context", 0), ("slices_per_volume", 1), ("volume_cache", 0)):
+            if getattr(self, name) < least:
+                raise DataError(f"data.{name} is {getattr(self, name)}: give {least} or more.")
+        if not 0.0 <= self.foreground_threshold < 1.0:
+            raise DataError(
+                f"data.foreground_threshold is {self.foreground_threshold}: give a share in [0, 1)."
+            )
+
     def window_values(self) -> tuple[float, float] | str | None:
         """``(center, width)``, ``"percentile"``, or None (the file's own window)."""
         w = self.window
