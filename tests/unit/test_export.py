@@ -62,7 +62,7 @@ def test_cifar_stem_resnet_rebuilds_through_selfsup(tmp_path):
 
 def test_vit_last_blocks_features_follow_dino_linear_eval():
     from selfsup.backbones import Backbone
-    from selfsup.eval.features import LastBlocksFeatures
+    from selfsup.eval.blocks import LastBlocksFeatures
 
     torch.manual_seed(0)
     backbone = Backbone("vit_tiny", img_size=32, patch_size=8, depth=3).eval()

@@ -5,8 +5,12 @@ import itertools
 import pytest
 import torch
 
-from selfsup.eval.metrics import auroc, classification_metrics
-from selfsup.eval.probe import LinearGrid, run_probe, train_linear_grid, validation_split
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from selfsup.eval.linear_grid import LinearGrid, train_linear_grid
+from selfsup.eval.metrics import classification_metrics
+from selfsup.eval.probe import run_probe
+from selfsup.eval.splits import group_split
 
 
 def separable(n: int, num_classes: int, dim: int, seed: int):
@@ -54,29 +58,49 @@ def test_each_head_of_the_grid_equals_a_head_trained_alone_with_torch_sgd():
         assert torch.allclose(grid_heads.bias[h, 0], b, atol=1e-5), hp
 
 
-def test_validation_split_is_carved_from_train_per_class():
-    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 2 + [3])
-    fit, val = validation_split(y, 0.1, seed=0)
-    assert set(fit.tolist()).isdisjoint(val.tolist())
-    assert sorted(fit.tolist() + val.tolist()) == list(range(len(y)))
-    assert [int((y[val] == c).sum()) for c in range(4)] == [5, 3, 1, 0]
+def test_the_probe_validates_on_the_group_split_of_its_training_split():
+    train_f, train_y = separable(120, 4, 8, seed=0)
+    test_f, test_y = separable(40, 4, 8, seed=1)
+    result = run_probe(train_f, train_y, test_f, test_y, val_fraction=0.25, epochs=1, seed=3)
+    fit, val = group_split(train_y.numpy(), None, 0.25, seed=3)
+    assert (result["n_train"], result["n_val"]) == (len(fit), len(val)) == (90, 30)
 
 
 def test_metrics_against_naive_definitions():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(60, 2, generator=g)
     labels = torch.tensor([0] * 45 + [1] * 15)  # imbalanced, binary
-    m = classification_metrics(scores, labels, ["healthy", "lesion"])
+    probs = scores.softmax(1)
+    m = classification_metrics(probs, labels, ["healthy", "lesion"])
     pred = scores.argmax(1)
     per_class = [float((pred[labels == c] == c).float().mean()) for c in (0, 1)]
     assert m["balanced_accuracy"] == pytest.approx(sum(per_class) / 2)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred))
     assert m["per_class_accuracy"]["lesion"] == pytest.approx(per_class[1], abs=1e-6)
-    p = scores.softmax(1)[:, 1]
+    p = probs[:, 1]
     pairs = list(itertools.product(p[labels == 1].tolist(), p[labels == 0].tolist()))
     naive = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
-    assert m["auroc"] == pytest.approx(naive)
+    assert m["auroc"] == pytest.approx(naive) == pytest.approx(roc_auc_score(labels, p))
+    assert m["headline"] == {"metric": "top1", "value": m["top1"]}
     assert sum(map(sum, m["confusion_matrix"])) == 60
-    assert auroc(torch.tensor([0.1, 0.9]), torch.tensor([0, 1])) == 1.0
+
+
+def test_many_class_metrics_equal_sklearn_with_a_class_missing_from_the_test_split():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.randn(90, 4, generator=g).softmax(1)
+    labels = torch.arange(90) % 3  # class 3 never in the test split, but predicted
+    probs[::7, 3] += 2.0
+    m = classification_metrics(probs, labels)
+    pred = probs.argmax(1)
+    assert (pred == 3).any()
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred))
+    for c in range(3):
+        expected = roc_auc_score((labels == c).long(), probs[:, c])
+        assert m["per_class_auroc"][str(c)] == pytest.approx(expected)
+    assert m["per_class_auroc"]["3"] is None  # no test image: no ROC curve
+    assert m["macro_auroc"] == pytest.approx(
+        sum(m["per_class_auroc"][str(c)] for c in range(3)) / 3
+    )
 
 
 def test_top5_for_many_classes():
@@ -136,7 +160,7 @@ def test_probe_on_one_class_says_top1_means_nothing(capsys):
     train_f, _ = separable(40, 2, 4, seed=0)
     test_f, test_y = separable(10, 2, 4, seed=1)
     result = run_probe(train_f, torch.zeros(40, dtype=torch.long), test_f, test_y,
-                       class_names=["cat", "dog"], epochs=2)  # fmt: skip
+                       class_names=["cat", "dog"], epochs=30)  # fmt: skip
     assert result["top1"] == 0.5 and result["classes"] == ["cat", "dog"]
     assert len(result["warnings"]) == 2  # one class; dog never trained on
     assert result["warnings"][0].startswith("the training split has one class (cat)")

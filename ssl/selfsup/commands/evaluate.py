@@ -38,6 +38,8 @@ class EvalSource(Reading):
         devices: processes (GPUs, or CPU processes) for extraction
         accelerator: auto, cpu or gpu
         out: evaluation directory (default: RUN/eval/<task>-<data>)
+        allow_group_overlap: evaluate even when the train and test splits share groups
+            (patients: a manifest's group column, an npz's groups_* arrays); said in the JSON
     """
 
     ckpt: str
@@ -51,6 +53,7 @@ class EvalSource(Reading):
     devices: int = 1
     accelerator: str = "auto"
     out: str | None = None
+    allow_group_overlap: bool = False
 
     @property
     def reading(self) -> Reading:
@@ -116,7 +119,8 @@ def knn(
     fabric, device = start_processes(source.devices, source.accelerator)
     result, classes = run_knn(loaded, source.data, tuple(k), temperature, source.batch_size,
                               source.num_workers, source.root, cache, device,
-                              reading=source.reading)  # fmt: skip
+                              reading=source.reading,
+                              allow_group_overlap=source.allow_group_overlap)  # fmt: skip
     if fabric is None or fabric.is_global_zero:
         _report(result, classes, source.eval_dir("knn"))
     return 0
@@ -131,30 +135,40 @@ def probe(
     avgpool_patches: bool = False,
     seed: int = 0,
     cache: bool = True,
+    label_fraction: list[float] | None = None,
+    label_seeds: int = 1,
 ) -> int:
     """Linear probe on frozen, cached features: a grid of heads (learning rates x weight
-    decays) trained in one pass, picked on a validation split of the training set.
+    decays) trained in one pass, picked on a validation split of the training set
+    (validation top-1; macro AUROC for multi-label sets).
 
     Args:
         epochs: epochs of every head
-        val_fraction: share of each class held out of the training split for the pick
+        val_fraction: share of the training split held out for the pick (stratified per
+            class or finding, and by group when the data has groups)
         augment: train on new random crops and flips through the frozen backbone every
             epoch (one backbone pass per epoch) instead of on the cached features
         last_blocks: ViTs: concatenate the pooled tokens of the last K blocks (DINO: 4 for ViT-S)
         avgpool_patches: ViTs with CLS pooling: append the last block's mean patch token
         seed: seed of the split, the heads and the augmentations
         cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
+        label_fraction: train on these fractions of the training labels (e.g. 0.01 0.1 1.0):
+            nested subsets stratified per class, by group; one row per fraction and a
+            curve (label_curve.png)
+        label_seeds: subsets drawn per fraction (rows give mean and std over them)
     """
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.1.")
-    from selfsup.eval.features import block_features, labelled_features
-    from selfsup.eval.probe import run_probe, run_probe_augmented
+    from selfsup.eval.blocks import block_features
+    from selfsup.eval.features import labelled_features
+    from selfsup.eval.probe import check_probe_options, run_probe, run_probe_augmented
+
+    check_probe_options(val_fraction, augment, label_fraction)
 
     loaded = block_features(source.load(), last_blocks, avgpool_patches)
     fabric, device = start_processes(source.devices, source.accelerator)
     train_f, train_y, test_f, test_y, classes = labelled_features(
         loaded, source.data, "the linear probe", source.batch_size, source.num_workers,
         source.root, cache, device, reading=source.reading,
+        allow_group_overlap=source.allow_group_overlap,
     )  # fmt: skip
     if augment:
         from selfsup.data.datasets import open_dataset
@@ -170,7 +184,8 @@ def probe(
         )  # fmt: skip
     elif fabric is None or fabric.is_global_zero:
         result = run_probe(train_f, train_y, test_f, test_y, classes, val_fraction, epochs,
-                           seed=seed)  # fmt: skip
+                           seed=seed, label_fractions=label_fraction,
+                           label_seeds=label_seeds)  # fmt: skip
     if fabric is not None and not fabric.is_global_zero:
         return 0  # features are on every rank; rank 0 reports
     result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"],
@@ -179,15 +194,30 @@ def probe(
     return 0
 
 
-def finetune(source: EvalSource, recipe: FinetuneRecipe) -> int:
+def finetune(
+    source: EvalSource,
+    recipe: FinetuneRecipe,
+    label_fraction: list[float] | None = None,
+    label_seeds: int = 1,
+) -> int:
     """Fine-tune the whole network on labels (AdamW, layer-wise lr decay for ViTs, drop path,
-    mixup/cutmix, label smoothing, warm-up + cosine) and measure it on the test split."""
+    mixup/cutmix, label smoothing, warm-up + cosine; binary cross-entropy per finding for
+    multi-label sets) and measure it on the test split.
+
+    Args:
+        label_fraction: fine-tune on these fractions of the training labels (e.g. 0.01 0.1
+            1.0): nested subsets stratified per class, by group; one row per fraction
+        label_seeds: subsets drawn per fraction (rows give mean and std over them)
+    """
     from selfsup.eval.finetune import run_finetune
 
-    loaded = source.load({"drop_path_rate": recipe.drop_path})
+    def load() -> Any:  # afresh for every run of a label-efficiency curve
+        return source.load({"drop_path_rate": recipe.drop_path})
+
     out = source.eval_dir("finetune")
-    done = run_finetune(loaded, source.data, recipe, source.root, source.batch_size,
-                        source.num_workers, source.devices, source.accelerator, out)  # fmt: skip
+    done = run_finetune(load, source.data, recipe, out, source.root, source.batch_size,
+                        source.num_workers, source.devices, source.accelerator, source.reading,
+                        source.allow_group_overlap, label_fraction, label_seeds)  # fmt: skip
     if done is not None:
         _report(*done, out)
     return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -77,60 +78,6 @@ def cache_key(
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-class LastBlocksFeatures(torch.nn.Module):
-    """ViT features from the last ``n_blocks`` blocks, as DINO's linear evaluation takes
-    them: each block's pooled token (its CLS token, or the mean of its patch tokens for
-    ``pool='avg'``) after the final norm, concatenated, and optionally the mean of the
-    last block's patch tokens appended (DINO: 4 blocks for ViT-S, 1 block + patches for
-    ViT-B). Blocks come from timm's ``forward_intermediates``; ``n_blocks=1`` without
-    patches equals the backbone's own pooled output."""
-
-    def __init__(self, backbone: Any, n_blocks: int = 4, avgpool_patches: bool = False) -> None:
-        super().__init__()
-        if not getattr(backbone, "is_vit", False):
-            raise ConfigError(
-                "--last-blocks and --avgpool-patches apply to ViTs; a ResNet has one pooled feature."
-            )
-        depth = len(backbone.model.blocks)
-        if not 1 <= n_blocks <= depth:
-            raise ConfigError(
-                f"--last-blocks {n_blocks}: the ViT has {depth} blocks; give 1..{depth}."
-            )
-        if avgpool_patches and backbone.pool == "avg":
-            raise ConfigError(
-                "--avgpool-patches adds the patch mean to CLS tokens, but this backbone pools by "
-                "patch mean already: use --pool cls, or drop --avgpool-patches."
-            )
-        self.backbone, self.n_blocks, self.avgpool_patches = backbone, n_blocks, avgpool_patches
-        self.embed_dim = backbone.embed_dim * (n_blocks + int(avgpool_patches))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = self.backbone.num_prefix_tokens > 0
-        blocks = self.backbone.model.forward_intermediates(
-            x, indices=self.n_blocks, norm=True, return_prefix_tokens=prefix,
-            output_fmt="NLC", intermediates_only=True,
-        )  # fmt: skip  # per block: (patch tokens (B, N, D), prefix tokens (B, P, D)) or patches
-        if not prefix:
-            blocks = [(patches, None) for patches in blocks]
-        if self.backbone.pool == "cls":
-            feats = [tokens[:, 0] for _, tokens in blocks]
-        else:
-            feats = [patches.mean(1) for patches, _ in blocks]
-        if self.avgpool_patches:
-            feats.append(blocks[-1][0].mean(1))
-        return torch.cat(feats, dim=-1)
-
-
-def block_features(loaded: Any, n_blocks: int, avgpool_patches: bool) -> Any:
-    """``loaded`` with its backbone's output replaced by :class:`LastBlocksFeatures`
-    (unchanged for one block without patches); the choice enters the cache key."""
-    if n_blocks == 1 and not avgpool_patches:
-        return loaded
-    features = LastBlocksFeatures(loaded.backbone, n_blocks, avgpool_patches)
-    name = f"last{n_blocks}" + ("+avgpatch" if avgpool_patches else "")
-    return type(loaded)(features.eval(), {**loaded.meta, "features": name}, loaded.path)
-
-
 @dataclass
 class EvalNotes:
     """What an evaluation found that its figures alone do not show.
@@ -139,11 +86,14 @@ class EvalNotes:
     when found, and kept for the result JSON. ``skipped``: the unreadable image files
     left out (train, then test). ``train_index``: the dataset indices of the training
     images kept (``None``: all), for evaluators that read the images again.
+    ``shared_groups``: how many groups (patients) the train and test splits share, when
+    the user allowed it (``--allow_group_overlap``).
     """
 
     warnings: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     train_index: torch.Tensor | None = None
+    shared_groups: int | None = None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -154,21 +104,34 @@ class EvalNotes:
         return replace(self, warnings=list(self.warnings), skipped=list(self.skipped))
 
     def fields(self) -> dict[str, Any]:
-        """The result JSON's fields: ``warnings``, ``skipped_images``, ``n_skipped``."""
-        return {
+        """The result JSON's fields: ``warnings``, ``skipped_images``, ``n_skipped`` (and
+        ``group_overlap`` when the splits share groups)."""
+        out: dict[str, Any] = {
             "warnings": list(self.warnings),
             "skipped_images": list(self.skipped),
             "n_skipped": len(self.skipped),
         }
+        if self.shared_groups:
+            out["group_overlap"] = {"shared_groups": self.shared_groups, "allowed": True}
+        return out
 
 
 class ClassNames(list):
-    """A labelled set's class names that carry the :class:`EvalNotes` of reading it, so
-    an evaluator given the names (``run_probe(..., class_names)``) reports them too."""
+    """A labelled set's class (or finding) names that carry the :class:`EvalNotes` of
+    reading it and the group (patient) ids of the train and test images kept, so an
+    evaluator given the names (``run_probe(..., class_names)``) reports and uses them too."""
 
-    def __init__(self, names: Any, notes: EvalNotes | None = None) -> None:
+    def __init__(
+        self, names: Any, notes: EvalNotes | None = None, groups: tuple[Any, Any] = (None, None)
+    ) -> None:
         super().__init__(names)
         self.notes = notes if notes is not None else EvalNotes()
+        self.groups = groups
+
+
+def groups_of(class_names: Any) -> tuple[Any, Any]:
+    """The (train, test) group ids ``class_names`` carries, else ``(None, None)``."""
+    return getattr(class_names, "groups", (None, None))
 
 
 def notes_of(class_names: Any, notes: EvalNotes | None = None) -> EvalNotes:
@@ -304,15 +267,22 @@ def labelled_features(
     use_cache: bool = True,
     device: torch.device | str = "cpu",
     reading: Any = None,
+    allow_group_overlap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ClassNames]:
-    """Train and test features and labels of a labelled data set, and its class names
-    (:class:`ClassNames`, whose ``notes`` list the unreadable images left out);
-    ``reading`` says how DICOM files and volumes become pixels."""
+    """Train and test features and labels (int ``(N,)``, or 0/1 ``(N, K)`` for multi-label
+    sets) of a labelled data set, and its class names (:class:`ClassNames`, whose ``notes``
+    list the unreadable images left out and whose ``groups`` are the images' patients);
+    ``reading`` says how DICOM files and volumes become pixels.
+
+    Train and test splits that share a group (patient) stop here, before any feature is
+    extracted, unless ``allow_group_overlap`` (then a warning, and the count in the JSON)."""
     train = open_dataset(data, "train", root, reading=reading)
     test = open_dataset(data, "test", root, reading=reading)
     if train.targets is None or test.targets is None:
         raise ConfigError(f"{data} has no labels: {task} needs labelled train and test splits.")
     notes, out = EvalNotes(), []
+    notes.shared_groups = check_group_overlap(train, test, data, allow_group_overlap, notes)
+    groups = []
     for split, dataset in (("train", train), ("test", test)):
         feats, labels, readable, _ = split_features(
             loaded, data, split, dataset, batch_size, num_workers, use_cache, device
@@ -339,5 +309,31 @@ def labelled_features(
                 "index 0..K-1 (or a class name) for every image."
             )
         out += [feats[readable], labels[readable]]
+        ids = getattr(dataset, "groups", None)
+        groups.append(None if ids is None else np.asarray(ids).astype(str)[readable.numpy()])
     train_f, train_y, test_f, test_y = out
-    return train_f, train_y, test_f, test_y, ClassNames(train.classes, notes)
+    return train_f, train_y, test_f, test_y, ClassNames(train.classes, notes, tuple(groups))
+
+
+def check_group_overlap(
+    train: Dataset, test: Dataset, data: str, allowed: bool, notes: EvalNotes
+) -> int:
+    """The number of groups both splits hold; a :class:`ConfigError` naming a few of them
+    when there are any and ``allowed`` is False."""
+    from selfsup.eval.splits import shared_groups
+
+    shared = shared_groups(getattr(train, "groups", None), getattr(test, "groups", None))
+    if not shared:
+        return 0
+    few = ", ".join(shared[:5]) + (", ..." if len(shared) > 5 else "")
+    message = (
+        f"{data}: {len(shared)} group(s) (patients) have images in both the train and the test "
+        f"split ({few})"
+    )
+    if not allowed:
+        raise ConfigError(
+            f"{message}: their images would be evaluated against themselves. Put each patient "
+            "in one split, or pass --allow_group_overlap to evaluate anyway."
+        )
+    notes.warn(f"{message}; evaluated anyway (--allow_group_overlap).")
+    return len(shared)

@@ -5,20 +5,28 @@ Layer-wise learning-rate decay for ViTs (BEiT/MAE layer ids: block i of L trains
 cutmix with label smoothing (timm's ``Mixup``), AdamW, warm-up + cosine per step.
 The learning rate is given per 256 images and scaled by the global batch, as in
 pretraining. Test predictions are sharded over processes, each image counted once.
+
+Multi-label sets (one 0/1 column per finding) train K logistic outputs with binary
+cross-entropy; mixup, cutmix and label smoothing are left out there (timm's ``Mixup``
+mixes one class per image). No validation split is carved: the recipe is fixed and the
+last epoch is measured. With label fractions the network is fine-tuned afresh on each
+nested subset (:mod:`selfsup.eval.label_curve`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 
 from selfsup.checkpoints import LoadedBackbone
@@ -54,6 +62,7 @@ class FineTune(pl.LightningModule):
         cutmix: float = 1.0,
         label_smoothing: float = 0.1,
         batch_size: int = 64,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         self.classifier = classifier
@@ -66,15 +75,19 @@ class FineTune(pl.LightningModule):
                 label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
-            if mixup > 0 or cutmix > 0
+            if (mixup > 0 or cutmix > 0) and not multilabel
             else None
         )
+        self.multilabel = multilabel
         self.soft_loss = SoftTargetCrossEntropy()
         self.hard_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        if self.mixup is not None and len(x) % 2 == 0:
+        if self.multilabel:
+            logits = self.classifier(x)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+        elif self.mixup is not None and len(x) % 2 == 0:
             x, soft = self.mixup(x, y)
             loss = self.soft_loss(self.classifier(x), soft)
         else:
@@ -201,36 +214,93 @@ class FinetuneRecipe:
 
 
 def run_finetune(
-    loaded: LoadedBackbone,
+    load: Callable[[], LoadedBackbone],
     data: str,
     recipe: FinetuneRecipe,
+    out: Path | None = None,
     root: str | None = None,
     batch_size: int = 64,
     num_workers: int | None = None,
     devices: int = 1,
     accelerator: str = "auto",
-    out: Path | None = None,
+    reading: Any = None,
+    allow_group_overlap: bool = False,
+    label_fractions: Sequence[float] | None = None,
+    label_seeds: int = 1,
 ) -> tuple[dict[str, Any], list[str]] | None:
-    """Fine-tune ``loaded`` (built with ``drop_path_rate=recipe.drop_path``) on the train
-    split of ``data`` and measure it on the test split (Lightning DDP with ``devices`` >
-    1). Returns the figures and class names on rank 0, None on the other ranks."""
+    """Fine-tune a backbone from ``load()`` (built with ``drop_path_rate=recipe.drop_path``)
+    on the train split of ``data`` and measure it on the test split (Lightning DDP with
+    ``devices`` > 1); with ``label_fractions``, once per fraction and seed on nested subsets
+    of the training split. Returns the figures and class names on rank 0, None on the
+    other ranks. Train and test splits that share groups (patients) stop before training
+    unless ``allow_group_overlap``."""
     from selfsup.data.datasets import open_dataset
     from selfsup.errors import ConfigError
-    from selfsup.eval.features import extract_features
-    from selfsup.eval.metrics import classification_metrics
+    from selfsup.eval.features import EvalNotes, check_group_overlap
+    from selfsup.eval.label_curve import label_curve
+    from selfsup.eval.metrics import label_warnings
 
-    train = open_dataset(data, "train", root)
-    test = open_dataset(data, "test", root)
+    train = open_dataset(data, "train", root, reading=reading)
+    test = open_dataset(data, "test", root, reading=reading)
     if train.targets is None or test.targets is None:
         raise ConfigError(
             f"{data} has no labels: fine-tuning needs labelled train and test splits."
         )
-    num_classes = max(len(train.classes), int(max(train.targets)) + 1)
+    notes = EvalNotes()
+    notes.shared_groups = check_group_overlap(train, test, data, allow_group_overlap, notes)
+    targets = np.asarray(train.targets)
+    multilabel = targets.ndim == 2
+    for message in label_warnings(torch.from_numpy(targets), torch.as_tensor(test.targets),
+                                  list(train.classes)):  # fmt: skip
+        notes.warn(message)
+    if multilabel and (recipe.mixup > 0 or recipe.cutmix > 0 or recipe.smoothing > 0):
+        notes.warn("mixup, cutmix and label smoothing apply to single-label sets; the findings "
+                   "train with plain binary cross-entropy.")  # fmt: skip
+    n_out = targets.shape[1] if multilabel else max(len(train.classes), int(targets.max()) + 1)
+    zero = True
+
+    def fit(indices: np.ndarray | None, seed: int) -> dict[str, Any]:
+        nonlocal zero
+        subset = train if indices is None else Subset(train, indices.tolist())
+        figures, zero = _fit_and_measure(
+            load(), subset, test, recipe, seed, n_out, multilabel, list(train.classes),
+            batch_size, num_workers, devices, accelerator, out,
+        )  # fmt: skip
+        return figures
+
+    if label_fractions is None:
+        result = fit(None, recipe.seed)
+    else:
+        groups = getattr(train, "groups", None)
+        result = {"task": "finetune", **label_curve(targets, groups, label_fractions, label_seeds,
+                                                    recipe.seed, fit)}  # fmt: skip
+    if not zero:
+        return None
+    for key in ("backbone", "checkpoint"):  # a curve's runs share them
+        result.setdefault(key, result["runs"][0][key])
     r = recipe
-    pl.seed_everything(r.seed, verbose=False)
-    classifier = Classifier(loaded.backbone.train(), num_classes)
-    module = FineTune(classifier, num_classes, r.lr, r.weight_decay, r.layer_decay,
-                      r.warmup_epochs, r.mixup, r.cutmix, r.smoothing, batch_size)  # fmt: skip
+    result.update(
+        epochs=r.epochs, lr=r.lr, layer_decay=r.layer_decay, drop_path=r.drop_path,
+        mixup=r.mixup, cutmix=r.cutmix, smoothing=r.smoothing, n_train=len(train),
+        n_test=len(test), classes=list(train.classes), **notes.fields(),
+    )  # fmt: skip
+    return result, list(train.classes)
+
+
+def _fit_and_measure(
+    loaded: LoadedBackbone, train: Any, test: Any, r: FinetuneRecipe, seed: int, n_out: int,
+    multilabel: bool, names: list[str], batch_size: int, num_workers: int | None,
+    devices: int, accelerator: str, out: Path | None,
+) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """One fine-tuning run -> its test figures (on every process) and whether this is
+    rank 0."""
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.metrics import classification_metrics, multilabel_metrics
+
+    pl.seed_everything(seed, verbose=False)
+    classifier = Classifier(loaded.backbone.train(), n_out)
+    module = FineTune(classifier, n_out, r.lr, r.weight_decay, r.layer_decay, r.warmup_epochs,
+                      r.mixup, r.cutmix, r.smoothing, batch_size, multilabel)  # fmt: skip
     trainer = pl.Trainer(
         max_epochs=r.epochs, accelerator=accelerator, devices=devices,
         strategy="ddp" if devices > 1 else "auto", precision=r.precision,
@@ -244,12 +314,10 @@ def run_finetune(
         classifier.eval(), TransformedDataset(test, loaded.eval_transform()),
         batch_size, num_workers, module.device,
     )  # fmt: skip
-    if not trainer.is_global_zero:
-        return None
-    result = {"task": "finetune", **classification_metrics(logits, labels, list(train.classes))}
-    result.update(
-        epochs=r.epochs, lr=r.lr, layer_decay=r.layer_decay, drop_path=r.drop_path,
-        mixup=r.mixup, cutmix=r.cutmix, smoothing=r.smoothing, n_train=len(train),
-        n_test=len(labels), backbone=loaded.meta["loaded"], checkpoint=loaded.path,
-    )  # fmt: skip
-    return result, list(train.classes)
+    if multilabel:
+        figures = multilabel_metrics(logits.sigmoid(), labels, names)
+    else:
+        figures = classification_metrics(logits.softmax(1), labels, names)
+    result = {"task": "finetune", **figures, "backbone": loaded.meta["loaded"],
+              "checkpoint": loaded.path}  # fmt: skip
+    return result, trainer.is_global_zero

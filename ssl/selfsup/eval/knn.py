@@ -7,8 +7,14 @@ from typing import Any
 import torch
 
 from selfsup.checkpoints import LoadedBackbone
-from selfsup.eval.features import labelled_features, notes_of
-from selfsup.eval.metrics import classification_metrics, label_warnings
+from selfsup.eval.features import groups_of, labelled_features, notes_of
+from selfsup.eval.metrics import (
+    classification_metrics,
+    is_multilabel,
+    label_warnings,
+    multilabel_metrics,
+    prevalence,
+)
 from selfsup.knn import knn_scores
 
 
@@ -23,24 +29,21 @@ def run_knn(
     use_cache: bool = True,
     device: torch.device | str = "cpu",
     reading: Any = None,
+    allow_group_overlap: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
-    """The kNN figures (with the metrics of :func:`classification_metrics`) and class names.
+    """The kNN figures and class names: single-label sets get
+    :func:`classification_metrics` of the first k's vote shares (and ``top1_k<K>`` for the
+    others); multi-label sets get :func:`multilabel_metrics` of each finding's vote share
+    (and ``macro_auroc_k<K>``).
 
     Besides the figures: ``warnings`` (one line each, also on stderr: unreadable images
     left out, a one-class training split, a k above the number of training images),
     ``skipped_images`` and ``n_skipped`` (see :class:`EvalNotes`).
     """
     train_f, train_y, test_f, test_y, classes = labelled_features(
-        loaded,
-        data,
-        "kNN evaluation",
-        batch_size,
-        num_workers,
-        root,
-        use_cache,
-        device,
-        reading=reading,
-    )
+        loaded, data, "kNN evaluation", batch_size, num_workers, root, use_cache, device,
+        reading=reading, allow_group_overlap=allow_group_overlap,
+    )  # fmt: skip
     notes = notes_of(classes)
     for message in label_warnings(train_y, test_y, classes):
         notes.warn(message)
@@ -50,16 +53,24 @@ def run_knn(
             f"k = {', '.join(map(str, too_many))} but there are only {len(train_f)} training "
             f"images: each query votes over all {len(train_f)} (give --k {len(train_f)} or less)."
         )
-    num_classes = max(len(classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
-    scores = knn_scores(train_f, train_y, test_f, num_classes, ks, temperature)
-    # The headline k's weighted votes serve as class scores (top5, AUROC, ...).
-    result: dict[str, Any] = {
-        "task": "knn",
-        **classification_metrics(scores[ks[0]], test_y, classes),
-    }
-    result.update(
-        {f"top1_k{k}": (scores[k].argmax(1) == test_y).float().mean().item() for k in ks[1:]}
-    )
+    if is_multilabel(train_y):
+        n_out = train_y.shape[1]
+        scores = knn_scores(train_f, train_y, test_f, n_out, ks, temperature)
+        figures = multilabel_metrics(scores[ks[0]], test_y, classes)
+        others = {f"macro_auroc_k{k}": multilabel_metrics(scores[k], test_y, classes)["macro_auroc"]
+                  for k in ks[1:]}  # fmt: skip
+        figures["prevalence"]["train"] = prevalence(train_y, list(figures["prevalence"]["test"]))
+    else:
+        n_out = max(len(classes), int(train_y.max()) + 1, int(test_y.max()) + 1)
+        scores = knn_scores(train_f, train_y, test_f, n_out, ks, temperature)
+        figures = classification_metrics(scores[ks[0]], test_y, classes)
+        others = {f"top1_k{k}": (scores[k].argmax(1) == test_y).float().mean().item()
+                  for k in ks[1:]}  # fmt: skip
+    result: dict[str, Any] = {"task": "knn", **figures, **others}
+    train_g, test_g = groups_of(classes)
+    if train_g is not None:
+        result["n_groups"] = {"train": len(set(train_g)),
+                              "test": len(set(test_g)) if test_g is not None else None}  # fmt: skip
     result.update(
         k=ks[0],
         temperature=temperature,

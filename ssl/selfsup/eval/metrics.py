@@ -1,47 +1,106 @@
-"""Classification metrics for the evaluators' JSON line and metrics.json."""
+"""Classification figures for the evaluators' JSON line and metrics.json, single- and
+multi-label, computed by torchmetrics on the whole split at once (the evaluators gather a
+split that DDP spread over processes first, so every sample counts once).
+
+Every evaluator passes probabilities: softmax outputs (probe, fine-tuning) or the kNN's
+vote shares, one row per image. The JSON names its ``headline``: ``top1`` for single-label
+sets, ``macro_auroc`` for multi-label ones.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_recall,
+)
+
+from selfsup.eval.multilabel import multilabel_report
+
+
+def _names(class_names: list[str] | None, c: int) -> list[str]:
+    return (
+        [str(n) for n in class_names]
+        if class_names and len(class_names) == c
+        else [str(i) for i in range(c)]
+    )
 
 
 def classification_metrics(
-    scores: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None
+    probs: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None
 ) -> dict[str, Any]:
-    """``scores`` ``(N, C)`` and int ``labels`` ``(N,)`` -> top1, top5 (C > 5), balanced
-    accuracy, per-class accuracy, AUROC (two classes) and the confusion matrix."""
-    n, c = scores.shape
-    labels = labels.long()
-    pred = scores.argmax(1)
-    out: dict[str, Any] = {"top1": (pred == labels).float().mean().item()}
-    if c > 5:
-        top5 = scores.topk(5, dim=1).indices
-        out["top5"] = (top5 == labels[:, None]).any(1).float().mean().item()
-    confusion = torch.zeros(c, c, dtype=torch.long)
-    confusion.index_put_((labels, pred), torch.ones(n, dtype=torch.long), accumulate=True)
-    support = confusion.sum(1)
-    per_class = confusion.diag().float() / support.clamp(min=1)
-    present = support > 0
-    out["balanced_accuracy"] = per_class[present].mean().item()
-    names = class_names if class_names and len(class_names) == c else [str(i) for i in range(c)]
-    out["per_class_accuracy"] = {
-        names[i]: round(per_class[i].item(), 6) for i in range(c) if present[i]
+    """Single-label figures of ``probs`` ``(N, C)`` for int ``labels`` ``(N,)``.
+
+    top1, top5 (C > 5), balanced accuracy (mean recall over the classes present, as
+    scikit-learn's ``balanced_accuracy_score``), per-class accuracy (recall), the confusion
+    matrix (rows true, columns predicted), and one-vs-rest AUROC and average precision per
+    class: ``auroc`` is class 1's for two classes; with more, ``per_class_auroc`` and
+    ``macro_auroc`` (over the classes with test images, see :func:`multilabel_report`)."""
+    probs, labels = probs.detach().cpu().double(), labels.detach().cpu().long()
+    if probs.shape[1] < 2:  # one class: torchmetrics counts two or more; the second is empty
+        probs = torch.cat([probs, torch.zeros_like(probs)], 1)
+        class_names = [*(class_names or ["0"])[:1], "(no class)"]
+    c = probs.shape[1]
+    out: dict[str, Any] = {
+        "top1": float(multiclass_accuracy(probs, labels, c, average="micro", top_k=1))
     }
+    if c > 5:
+        out["top5"] = float(multiclass_accuracy(probs, labels, c, average="micro", top_k=5))
+    recall = multiclass_recall(probs, labels, c, average="none")
+    present = torch.bincount(labels, minlength=c) > 0
+    out["balanced_accuracy"] = float(recall[present].mean())
+    names = _names(class_names, c)
+    out["per_class_accuracy"] = {
+        names[i]: round(float(recall[i]), 6) for i in range(c) if present[i]
+    }
+    one_vs_rest = multilabel_report(probs, torch.nn.functional.one_hot(labels, c), names)
     if c == 2:
-        out["auroc"] = auroc(scores.softmax(1)[:, 1], labels)
-    out["confusion_matrix"] = confusion.tolist()
+        out["auroc"] = one_vs_rest["auroc"][names[1]]
+        out["average_precision"] = one_vs_rest["average_precision"][names[1]]
+    else:
+        out["per_class_auroc"] = one_vs_rest["auroc"]
+        out["macro_auroc"] = one_vs_rest["macro_auroc"]
+    out["confusion_matrix"] = multiclass_confusion_matrix(probs, labels, c).tolist()
+    out["headline"] = {"metric": "top1", "value": out["top1"]}
     return out
+
+
+def multilabel_metrics(
+    probs: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None
+) -> dict[str, Any]:
+    """Multi-label figures of per-finding probabilities ``(N, K)`` for 0/1 ``targets``
+    ``(N, K)``: :func:`multilabel_report` (per-finding AUROC and average precision, macro
+    and micro AUROC, mAP, the test split's prevalence per finding) with the headline."""
+    report = multilabel_report(probs, targets, _names(names, probs.shape[1]))
+    report["prevalence"] = {"test": report.pop("prevalence")}
+    return {**report, "headline": {"metric": "macro_auroc", "value": report["macro_auroc"]}}
+
+
+def prevalence(targets: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Share of images with each finding."""
+    share = targets.double().mean(0) if len(targets) else torch.zeros(len(names))
+    return {name: round(float(s), 6) for name, s in zip(names, share, strict=True)}
+
+
+def is_multilabel(labels: torch.Tensor) -> bool:
+    return labels.ndim == 2
 
 
 def label_warnings(
     train_y: torch.Tensor, test_y: torch.Tensor, class_names: list[str] | None = None
 ) -> list[str]:
-    """What the labels make of a classifier's figures, one line each: a training split
-    of one class (every prediction is that class, so top1 says nothing about the
-    features) and test classes no training image has (never predicted right)."""
+    """What the labels make of a classifier's figures, one line each.
+
+    Single-label: a training split of one class (every prediction is that class, so top1
+    says nothing about the features) and test classes no training image has (never
+    predicted right). Multi-label: findings no training image has (nothing to learn), and
+    findings the test split holds on every image or on none (no AUROC: left out of the
+    macro average)."""
+    if is_multilabel(train_y):
+        return _finding_warnings(train_y, test_y, _names(class_names, train_y.shape[1]))
 
     def name(c: int) -> str:
         return str(class_names[c]) if class_names and 0 <= c < len(class_names) else str(c)
@@ -66,36 +125,19 @@ def label_warnings(
     return out
 
 
-def auroc(score: torch.Tensor, labels: torch.Tensor) -> float:
-    """Area under the ROC curve of ``score`` for the positive class 1 (Mann-Whitney U,
-    ties counted half)."""
-    pos, neg = score[labels == 1], score[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).float().sum()
-    ties = (pos[:, None] == neg[None, :]).float().sum()
-    return ((greater + 0.5 * ties) / (len(pos) * len(neg))).item()
-
-
-def save_confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = torch.tensor(confusion, dtype=torch.float)
-    rates = m / m.sum(1, keepdim=True).clamp(min=1)
-    size = max(4.0, 0.5 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=90)
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _finding_warnings(train_y: torch.Tensor, test_y: torch.Tensor, names: list[str]) -> list[str]:
+    out = []
+    absent = [names[i] for i in range(len(names)) if int(train_y[:, i].sum()) == 0]
+    if absent:
+        out.append(
+            f"no training image has finding(s) {', '.join(absent)}: their scores carry no "
+            "learned signal; add positive training images or drop those columns."
+        )
+    positives = test_y.long().sum(0)
+    one_class = [names[i] for i in range(len(names)) if positives[i] in (0, len(test_y))]
+    if one_class:
+        out.append(
+            f"the test split has finding(s) {', '.join(one_class)} on every image or on none: "
+            "they have no AUROC and are left out of macro AUROC and mAP."
+        )
+    return out

@@ -1,16 +1,22 @@
 """``selfsup probe``: linear classifiers on frozen features.
 
-Features are extracted once (sharded over processes, cached on disk). A grid of
-linear heads (learning rates x weight decays) trains together, in one pass over
-the features per epoch: SGD with momentum 0.9 and a cosine schedule on
-standardised features (train mean and std). The head with the best accuracy on a
-validation split carved from the training set (never the test set) is reported
-on the test set. With augmentation (:func:`run_probe_augmented`) the heads see
-new random crops and flips through the frozen backbone every epoch instead.
+Features are extracted once (sharded over processes, cached on disk). A grid of linear
+heads (learning rates x weight decays, :mod:`selfsup.eval.linear_grid`) trains together,
+in one pass over the features per epoch: SGD with momentum 0.9 and a cosine schedule on
+standardised features (train mean and std). Single-label sets get softmax heads picked on
+validation top-1; multi-label sets K logistic heads per grid point picked on validation
+macro AUROC. The validation split is carved from the training set (never the test set)
+by group when the data names groups (patients): no patient on both sides. The picked head
+is reported on the test set, with its calibration (expected calibration error).
 
-Results carry ``warnings`` (also printed on stderr), ``skipped_images`` and
-``n_skipped`` (see :class:`selfsup.eval.features.EvalNotes`): the unreadable images
-left out and what the labels make of the figures (a one-class training split).
+With ``label_fractions`` the heads train on nested, stratified subsets of the rest of the
+training split (:mod:`selfsup.eval.label_curve`); the validation split stays the same for
+every fraction, and the standardisation uses every training image's features (no labels).
+With augmentation (:func:`run_probe_augmented`) the heads see new random crops and flips
+through the frozen backbone every epoch instead.
+
+Results carry ``warnings`` (also printed on stderr), ``skipped_images`` and ``n_skipped``
+(see :class:`selfsup.eval.features.EvalNotes`).
 """
 
 from __future__ import annotations
@@ -19,122 +25,37 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.module import default_num_workers
 from selfsup.distributed import gather_uneven, rank, world_size
-from selfsup.eval.features import EvalNotes, notes_of
-from selfsup.eval.metrics import classification_metrics, label_warnings
-
-LEARNING_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-WEIGHT_DECAYS = (0.0, 1e-5, 1e-4)
-
-
-def validation_split(
-    labels: torch.Tensor, fraction: float, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) of a per-class random split keeping ``fraction`` of each class
-    for validation (at least one image of every class with two or more)."""
-    g = torch.Generator().manual_seed(seed)
-    train, val = [], []
-    for c in labels.unique():
-        idx = (labels == c).nonzero().squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx)))) if len(idx) > 1 else 0
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return torch.cat(train).sort().values, torch.cat(val).sort().values
-
-
-class LinearGrid(nn.Module):
-    """``H`` linear heads stacked in one weight tensor: ``(N, D)`` -> logits ``(H, N, C)``."""
-
-    def __init__(self, n_heads: int, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(n_heads, dim, num_classes) * 0.01)
-        self.bias = nn.Parameter(torch.zeros(n_heads, 1, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nd,hdc->hnc", x, self.weight) + self.bias
+from selfsup.errors import ConfigError
+from selfsup.eval.features import EvalNotes, groups_of, notes_of
+from selfsup.eval.label_curve import label_curve
+from selfsup.eval.linear_grid import (
+    LEARNING_RATES,
+    WEIGHT_DECAYS,
+    LinearGrid,
+    grid_loss,
+    make_grid,
+    train_linear_grid,
+)
+from selfsup.eval.metrics import (
+    classification_metrics,
+    is_multilabel,
+    label_warnings,
+    multilabel_metrics,
+    prevalence,
+)
+from selfsup.eval.multilabel import calibration_error, multilabel_report
+from selfsup.eval.splits import group_split
 
 
-class GridSGD:
-    """SGD with momentum 0.9 (torch's update: ``buf = 0.9 buf + grad + wd w; w -= lr buf``)
-    and a per-step cosine schedule for a :class:`LinearGrid`, one (lr, wd) per head.
-
-    Written out here because every head has its own learning rate and weight decay on
-    one stacked tensor: one matmul per step for the whole grid, where torch's optimisers
-    would need one parameter group, and one small matmul, per head. The heads' losses
-    are summed; their gradients are independent.
-    """
-
-    def __init__(self, heads: LinearGrid, grid: list[dict[str, float]], total_steps: int) -> None:
-        self.heads, self.grid, self.total, self.done = heads, grid, max(1, total_steps), 0
-        self.lr = torch.tensor([hp["lr"] for hp in grid]).view(-1, 1, 1)
-        self.wd = torch.tensor([hp["weight_decay"] for hp in grid]).view(-1, 1, 1)
-        self.buffers = [torch.zeros_like(p) for p in heads.parameters()]
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.enable_grad():
-            logits = self.heads(x)  # (H, B, C)
-            # Sum over heads of each head's mean cross-entropy.
-            loss = nn.functional.cross_entropy(
-                logits.flatten(0, 1), y.repeat(len(self.grid))
-            ) * len(self.grid)
-            grads = torch.autograd.grad(loss, list(self.heads.parameters()))
-        scale = 0.5 * (1.0 + math.cos(math.pi * min(self.done, self.total) / self.total))
-        with torch.no_grad():
-            for p, grad, buf in zip(self.heads.parameters(), grads, self.buffers, strict=True):
-                buf.mul_(0.9).add_(grad + self.wd * p)
-                p.sub_(self.lr * scale * buf)
-        self.done += 1
-
-
-def make_grid(
-    dim: int,
-    num_classes: int,
-    total_steps: int,
-    learning_rates: Sequence[float] = LEARNING_RATES,
-    weight_decays: Sequence[float] = WEIGHT_DECAYS,
-    seed: int = 0,
-) -> GridSGD:
-    """One head per (lr, wd) pair, initialised from ``seed``, with its optimiser."""
-    torch.manual_seed(seed)
-    grid = [{"lr": lr, "weight_decay": wd} for lr in learning_rates for wd in weight_decays]
-    return GridSGD(LinearGrid(len(grid), dim, num_classes), grid, total_steps)
-
-
-def train_linear_grid(
-    train_f: torch.Tensor,
-    train_y: torch.Tensor,
-    num_classes: int,
-    learning_rates: Sequence[float] = LEARNING_RATES,
-    weight_decays: Sequence[float] = WEIGHT_DECAYS,
-    epochs: int = 100,
-    batch_size: int = 256,
-    seed: int = 0,
-) -> tuple[LinearGrid, list[dict[str, float]]]:
-    """Train one linear head per (lr, wd) pair, all on the same shuffled batches of
-    features (see :class:`GridSGD`)."""
-    total = epochs * math.ceil(len(train_f) / batch_size)
-    sgd = make_grid(train_f.shape[1], num_classes, total, learning_rates, weight_decays, seed)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        order = torch.randperm(len(train_f), generator=g)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            sgd.step(train_f[idx], train_y[idx])
-    return sgd.heads, sgd.grid
-
-
-def _notes(
-    class_names: list[str] | None,
-    notes: EvalNotes | None,
-    train_y: torch.Tensor,
-    test_y: torch.Tensor,
-) -> EvalNotes:
+def _notes(class_names: list[str] | None, notes: EvalNotes | None,
+           train_y: torch.Tensor, test_y: torch.Tensor) -> EvalNotes:  # fmt: skip
     """The notes of reading the data (given, or carried by ``class_names``) with the
     label warnings added."""
     notes = notes_of(class_names, notes)
@@ -143,13 +64,35 @@ def _notes(
     return notes
 
 
-def _num_classes(class_names: list[str] | None, train_y: torch.Tensor, test_y: torch.Tensor) -> int:
+def _num_outputs(class_names: list[str] | None, train_y: torch.Tensor, test_y: torch.Tensor) -> int:
+    if is_multilabel(train_y):
+        return train_y.shape[1]
     return max(len(class_names or []), int(max(train_y.max(), test_y.max())) + 1)
+
+
+def _names(class_names: list[str] | None, n: int) -> list[str]:
+    return (
+        [str(c) for c in class_names]
+        if class_names and len(class_names) == n
+        else [str(i) for i in range(n)]
+    )
 
 
 def _standardiser(features: torch.Tensor):
     mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
     return lambda f: (f - mean) / std
+
+
+def _val_scores(logits: torch.Tensor, val_y: torch.Tensor) -> tuple[str, list[float]]:
+    """Each head's validation figure (higher is better): top-1, or macro AUROC for
+    multi-label labels (minus the BCE loss where no finding has both classes there)."""
+    if not is_multilabel(val_y):
+        return "top1", (logits.argmax(2) == val_y).float().mean(1).tolist()
+    aurocs = [multilabel_report(head, val_y)["macro_auroc"] for head in logits]
+    if all(a is not None for a in aurocs):
+        return "macro_auroc", aurocs
+    losses = [float(grid_loss(head[None], val_y)) for head in logits]
+    return "neg_bce", [-loss for loss in losses]
 
 
 @torch.no_grad()
@@ -160,20 +103,44 @@ def _pick_best(
     val_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
-    class_names: list[str] | None,
+    names: list[str],
 ) -> dict[str, Any]:
     """The head best on validation (ties: the earlier one), reported on test."""
-    val_acc = (heads(val_x).argmax(2) == val_y).float().mean(1).tolist()
-    best = max(range(len(grid)), key=lambda i: (val_acc[i], -i))
-    metrics = classification_metrics(heads(test_x)[best], test_y, class_names)
+    metric, val = _val_scores(heads(val_x), val_y)
+    best = max(range(len(grid)), key=lambda i: (val[i], -i))
+    logits = heads(test_x)[best]
+    if is_multilabel(test_y):
+        probs = logits.sigmoid()
+        metrics = multilabel_metrics(probs, test_y, names)
+    else:
+        probs = logits.softmax(1)
+        metrics = classification_metrics(probs, test_y, names)
     return {
         "task": "probe",
         **metrics,
-        "val_top1": val_acc[best],
+        "calibration_error": calibration_error(probs, test_y),
+        f"val_{metric}": val[best],
         "lr": grid[best]["lr"],
         "weight_decay": grid[best]["weight_decay"],
-        "grid_val_top1": [round(a, 4) for a in val_acc],
+        f"grid_val_{metric}": [round(a, 4) for a in val],
     }
+
+
+def _split_fields(
+    train_y: torch.Tensor, test_y: torch.Tensor, fit_idx: np.ndarray, val_idx: np.ndarray,
+    groups: tuple[Any, Any], names: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    """Sizes, group counts and (multi-label) prevalence of the fit, val and test splits."""
+    out: dict[str, Any] = {"n_train": len(fit_idx), "n_val": len(val_idx), "n_test": len(test_y)}
+    train_g, test_g = groups
+    if train_g is not None:
+        out["n_groups"] = {"train": len(set(train_g[fit_idx])), "val": len(set(train_g[val_idx])),
+                           "test": len(set(test_g)) if test_g is not None else None}  # fmt: skip
+    if is_multilabel(train_y):
+        out["prevalence"] = {"train": prevalence(train_y[fit_idx], names),
+                             "val": prevalence(train_y[val_idx], names),
+                             "test": prevalence(test_y, names)}  # fmt: skip
+    return out
 
 
 @torch.no_grad()
@@ -190,27 +157,45 @@ def run_probe(
     weight_decays: Sequence[float] = WEIGHT_DECAYS,
     seed: int = 0,
     notes: EvalNotes | None = None,
+    groups: tuple[Any, Any] | None = None,
+    label_fractions: Sequence[float] | None = None,
+    label_seeds: int = 1,
 ) -> dict[str, Any]:
     """The probe on extracted features: grid on train minus val, pick on val, report test.
 
-    ``notes``: what reading the data found (default: what ``class_names`` carries, as
-    :func:`~selfsup.eval.features.labelled_features` returns them)."""
+    ``train_y``: int ``(N,)`` or multi-label 0/1 ``(N, K)``. ``notes`` and ``groups``
+    (train and test group ids, or None): what reading the data found (default: what
+    ``class_names`` carries, as :func:`~selfsup.eval.features.labelled_features` returns
+    them). ``label_fractions``/``label_seeds``: the label-efficiency curve instead of one
+    fit (see the module doc)."""
     notes = _notes(class_names, notes, train_y, test_y)
-    num_classes = _num_classes(class_names, train_y, test_y)
-    fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
+    groups = groups if groups is not None else groups_of(class_names)
+    n_out = _num_outputs(class_names, train_y, test_y)
+    names = _names(class_names, n_out)
+    fit_idx, val_idx = group_split(train_y.numpy(), groups[0], val_fraction, seed)
     standardise = _standardiser(train_f[fit_idx])
-    heads, grid = train_linear_grid(
-        standardise(train_f[fit_idx]), train_y[fit_idx], num_classes,
-        learning_rates, weight_decays, epochs, batch_size, seed,
-    )  # fmt: skip
-    result = _pick_best(heads, grid, standardise(train_f[val_idx]), train_y[val_idx],
-                        standardise(test_f), test_y, class_names)  # fmt: skip
-    result.update(epochs=epochs, n_train=len(fit_idx), n_val=len(val_idx), n_test=len(test_y),
-                  **_names(class_names), **notes.fields())  # fmt: skip
+    val_x, test_x = standardise(train_f[val_idx]), standardise(test_f)
+
+    def fit(idx: np.ndarray, s: int) -> dict[str, Any]:
+        heads, grid = train_linear_grid(
+            standardise(train_f[idx]), train_y[idx], n_out, learning_rates, weight_decays,
+            epochs, batch_size, s,
+        )  # fmt: skip
+        return _pick_best(heads, grid, val_x, train_y[val_idx], test_x, test_y, names)
+
+    result = {"epochs": epochs, **_split_fields(train_y, test_y, fit_idx, val_idx, groups, names)}
+    if label_fractions is None:
+        result = {**fit(fit_idx, seed), **result}
+    else:
+        fit_groups = groups[0][fit_idx] if groups[0] is not None else None
+        curve = label_curve(train_y[fit_idx].numpy(), fit_groups, label_fractions, label_seeds,
+                            seed, lambda sub, s: fit(fit_idx[sub], s))  # fmt: skip
+        result = {"task": "probe", **curve, **result}
+    result.update(**_class_fields(class_names), **notes.fields())
     return result
 
 
-def _names(class_names: list[str] | None) -> dict[str, Any]:
+def _class_fields(class_names: list[str] | None) -> dict[str, Any]:
     return {"classes": list(class_names)} if class_names else {}
 
 
@@ -225,7 +210,7 @@ class SeededViews(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         image, label = self.dataset[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
@@ -250,6 +235,7 @@ def run_probe_augmented(
     num_workers: int | None = None,
     device: torch.device | str = "cpu",
     notes: EvalNotes | None = None,
+    groups: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """The probe trained on fresh augmented views every epoch (random resized crop and
     flip), each one passed through the frozen backbone in eval mode.
@@ -262,6 +248,7 @@ def run_probe_augmented(
     (default: what ``class_names`` carries) maps its rows to ``train_views``' indices.
     """
     notes = _notes(class_names, notes, train_y, test_y)
+    groups = groups if groups is not None else groups_of(class_names)
     if notes.train_index is None:
         source, aligned = torch.arange(len(train_f)), len(train_f) == len(train_views)
     else:  # rows of train_f -> indices of train_views
@@ -272,12 +259,13 @@ def run_probe_augmented(
             f"{len(train_f)} training features for {len(train_views)} training views: pass the "
             "notes (or class names) that labelled_features returned with the features."
         )
-    num_classes = _num_classes(class_names, train_y, test_y)
-    fit_idx, val_idx = validation_split(train_y, val_fraction, seed)
+    n_out = _num_outputs(class_names, train_y, test_y)
+    names = _names(class_names, n_out)
+    fit, val_idx = group_split(train_y.numpy(), groups[0], val_fraction, seed)
+    fit_idx = torch.from_numpy(fit)
     standardise = _standardiser(train_f[fit_idx])
     steps = math.ceil(len(fit_idx) / batch_size)
-    sgd = make_grid(train_f.shape[1], num_classes, epochs * steps, learning_rates,
-                    weight_decays, seed)  # fmt: skip
+    sgd = make_grid(train_f.shape[1], n_out, epochs * steps, learning_rates, weight_decays, seed)
     g = torch.Generator().manual_seed(seed)
     backbone = backbone.eval().to(device)
     workers = default_num_workers() if num_workers is None else num_workers
@@ -298,7 +286,19 @@ def run_probe_augmented(
             feats = feats[torch.argsort(owner)]
             sgd.step(standardise(feats), train_y[batch])
     result = _pick_best(sgd.heads, sgd.grid, standardise(train_f[val_idx]), train_y[val_idx],
-                        standardise(test_f), test_y, class_names)  # fmt: skip
-    result.update(epochs=epochs, augment=True, n_train=len(fit_idx), n_val=len(val_idx),
-                  n_test=len(test_y), **_names(class_names), **notes.fields())  # fmt: skip
+                        standardise(test_f), test_y, names)  # fmt: skip
+    result.update(epochs=epochs, augment=True,
+                  **_split_fields(train_y, test_y, fit, val_idx, groups, names),
+                  **_class_fields(class_names), **notes.fields())  # fmt: skip
     return result
+
+
+def check_probe_options(val_fraction: float, augment: bool, label_fractions: Any) -> None:
+    """One line for options that cannot work together, before any feature is extracted."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.1.")
+    if augment and label_fractions:
+        raise ConfigError(
+            "--label_fraction trains many probes on cached features; --augment passes every "
+            "image through the backbone each epoch: drop one of them."
+        )

@@ -1,0 +1,126 @@
+"""Label efficiency: an evaluator trained on 1 %, 10 %, ... of the training labels.
+
+For each of ``n_seeds`` seeds, :func:`selfsup.eval.splits.label_fractions` draws nested,
+stratified subsets of the training split (by group when groups exist; the 1 % subset of
+a seed lies inside its 10 % subset; every class or finding present keeps at least one
+image). The evaluator runs once per (fraction, seed); each fraction becomes one row of
+the curve: the mean and the standard deviation over the seeds of the headline figure
+(``top1`` or ``macro_auroc``) and of the other figures.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfsup.eval.splits import label_fractions
+
+#: The figures a curve row summarises, where the runs have them.
+FIGURES = ("top1", "top5", "balanced_accuracy", "auroc", "macro_auroc", "micro_auroc", "mAP",
+           "calibration_error")  # fmt: skip
+
+
+def label_curve(
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    fractions: Sequence[float],
+    n_seeds: int,
+    seed: int,
+    run: Callable[[np.ndarray, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """``run(indices into labels, seed) -> figures`` for every fraction and seed ->
+    ``{"headline", "label_curve": rows, "runs": every run's figures}``; the headline is
+    the largest fraction's mean."""
+    if n_seeds < 1:
+        from selfsup.errors import ConfigError
+
+        raise ConfigError(f"--label_seeds {n_seeds}: give 1 or more seeds.")
+    runs = []
+    for s in range(seed, seed + n_seeds):
+        for fraction, idx in label_fractions(labels, groups, fractions, s).items():
+            result = run(idx, s)
+            result.pop("confusion_matrix", None)
+            runs.append({"label_fraction": fraction, "label_seed": s, "n_labelled": len(idx),
+                         **result})  # fmt: skip
+    rows = curve_rows(runs)
+    top = rows[-1]
+    headline = {"metric": top["metric"], "value": top["mean"], "std": top["std"],
+                "label_fraction": top["fraction"]}  # fmt: skip
+    return {"headline": headline, "label_curve": rows, "runs": runs}
+
+
+def _mean_std(values: list[float]) -> dict[str, float | None]:
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None}  # fmt: skip
+
+
+def curve_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per fraction (ascending): ``fraction``, ``n_labelled`` (mean over seeds),
+    ``n_seeds``, the headline ``metric`` with its ``mean`` and ``std`` (sample standard
+    deviation; None for one seed), and ``{figure: {mean, std}}`` for each of
+    :data:`FIGURES` the runs report (a figure a run leaves undefined is left out)."""
+    rows = []
+    for fraction in sorted({r["label_fraction"] for r in runs}):
+        same = [r for r in runs if r["label_fraction"] == fraction]
+        metric = same[0]["headline"]["metric"]
+        values = [r["headline"]["value"] for r in same if r["headline"]["value"] is not None]
+        row: dict[str, Any] = {
+            "fraction": fraction,
+            "n_labelled": statistics.fmean(r["n_labelled"] for r in same),
+            "n_seeds": len(same),
+            "metric": metric,
+            **(_mean_std(values) if values else {"mean": None, "std": None}),
+        }
+        for name in FIGURES:
+            found = [r[name] for r in same if isinstance(r.get(name), float | int)]
+            if found and name != metric:
+                row[name] = _mean_std([float(v) for v in found])
+        rows.append(row)
+    return rows
+
+
+def curve_table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table: fraction, labelled images, headline mean ± std."""
+    metric = rows[0]["metric"] if rows else "headline"
+    lines = [f"| labels | images | {metric} (mean ± std) | seeds |", "|---|---|---|---|"]
+    for r in rows:
+        std = f" ± {r['std']:.4f}" if r["std"] is not None else ""
+        mean = f"{r['mean']:.4f}" if r["mean"] is not None else "n/a"
+        lines.append(
+            f"| {r['fraction']:g} | {r['n_labelled']:.0f} | {mean}{std} | {r['n_seeds']} |"
+        )
+    return "\n".join(lines)
+
+
+def save_label_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Headline against the fraction of labels (log axis), one line per evaluation with
+    its ± std band, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    metrics = set()
+    for name, rows in curves.items():
+        rows = [r for r in rows if r["mean"] is not None]
+        if not rows:
+            continue
+        x = np.array([r["fraction"] for r in rows])
+        mean = np.array([r["mean"] for r in rows])
+        std = np.array([r["std"] or 0.0 for r in rows])
+        line = ax.plot(x, mean, marker="o", label=name)[0]
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        metrics.update(r["metric"] for r in rows)
+    ax.set_xscale("log")
+    ax.set_xlabel("fraction of training labels")
+    ax.set_ylabel(" / ".join(sorted(metrics)) or "headline")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
