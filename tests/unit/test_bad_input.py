@@ -43,10 +43,10 @@ def test_whole_number_float_labels_are_read_as_indices(tmp_path):
 
 BAD_LABELS = [
     # (arrays, words the message must hold: the problem and the fix)
-    (dict(x_train=X4, y_train=np.zeros((4, 3), np.int64)),
-     ["4x3 labels", "one label per image", "multi-label evaluation is planned", "y_train[:, k]"]),
-    (dict(train_images=X4, train_labels=np.zeros((4, 14))),
-     ["4x14 labels", "multi-label", "one label per image"]),
+    (dict(x_train=X4, y_train=np.full((4, 3), -1, np.int64)),
+     ["y_train holds values other than 0 and 1", "-1", "to 0 or 1 first"]),
+    (dict(train_images=X4, train_labels=np.zeros((4, 14)), test_labels=np.zeros((2, 13))),
+     ["14 finding columns", "test_labels has 13 finding columns", "same findings"]),
     (dict(x_train=X4, y_train=np.zeros(5, np.int64)), ["5 labels for 4 images", "one label per image"]),
     (dict(train_images=X4, train_labels=np.zeros((3, 1))), ["3 labels for 4 images in train_images"]),
     (dict(x_train=X4, y_train=np.array([0.0, 0.5, 1.0, 1.0])), ["not whole numbers", "0.5", "ints"]),
@@ -82,9 +82,12 @@ def test_object_arrays_are_refused_with_how_to_save_them(tmp_path):
 
 
 def test_array_dataset_never_flattens_several_labels_per_image():
-    with pytest.raises(DataError, match=r"labels of shape \(4, 2\) for 4 images"):
-        ArrayDataset(X4, np.zeros((4, 2)), source="mine")
+    with pytest.raises(DataError, match=r"labels of shape \(4, 2, 1\) for 4 images"):
+        ArrayDataset(X4, np.zeros((4, 2, 1)), source="mine")
+    with pytest.raises(DataError, match=r"mine: labels holds values other than 0 and 1"):
+        ArrayDataset(X4, np.full((4, 2), 2), source="mine")
     assert ArrayDataset(X4, np.arange(4).reshape(4, 1)).targets.tolist() == [0, 1, 2, 3]
+    assert ArrayDataset(X4, np.eye(4, 2)).targets.tolist() == np.eye(4, 2).tolist()
 
 
 def test_a_folder_of_unreadable_files_is_one_line(tmp_path):

@@ -67,14 +67,15 @@ def test_medmnist_layout_grayscale(tmp_path):
     assert image.shape == (1, 28, 28) and label == 1 and len(ds) == 6
 
 
-def test_medmnist_multilabel_and_3d_are_refused(tmp_path):
+def test_medmnist_multilabel_is_read_and_3d_is_refused(tmp_path):
+    findings = np.eye(4, 14, dtype=np.uint8)
     multi = write_npz(
         tmp_path / "chest.npz",
         train_images=np.zeros((4, 28, 28), np.uint8),
-        train_labels=np.zeros((4, 14)),
+        train_labels=findings,
     )
-    with pytest.raises(DataError, match="multi-label"):
-        load_npz(multi, "train")
+    ds = load_npz(multi, "train")
+    assert ds.multilabel and np.array_equal(ds.targets, findings) and len(ds.classes) == 14
     vol = write_npz(
         tmp_path / "organ3d.npz",
         train_images=np.zeros((4, 28, 28, 28), np.uint8),

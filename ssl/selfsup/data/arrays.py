@@ -1,5 +1,6 @@
 """Images held in memory: ``.npz`` archives (selfsup's ``x_*``/``y_*`` layout and MedMNIST's
-``*_images``/``*_labels``) and the labels they carry (int or string class names)."""
+``*_images``/``*_labels``), the labels they carry (int or string class names, or 0/1
+findings, several per image) and their patient/study groups."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from selfsup.data.labels import Labelled, as_groups, finding_names, findings_matrix
 from selfsup.data.pixels import DataError, Intensity, Split, to_tensor_image
 
 
-class ArrayDataset(Dataset):
-    """Images held in memory as one ``(N, H, W[, C])`` array."""
+class ArrayDataset(Labelled, Dataset):
+    """Images held in memory as one ``(N, H, W[, C])`` array, with ``(N,)`` class indices
+    or ``(N, K)`` 0/1 findings (or no labels), and optionally a group id per image."""
 
     def __init__(
         self,
@@ -24,13 +27,19 @@ class ArrayDataset(Dataset):
         classes: Sequence[str] | None = None,
         intensity: Intensity = "dtype",
         source: str = "",
+        groups: np.ndarray | None = None,
     ) -> None:
         if images.ndim == 3:
             images = images[..., None]
         self.images = images
-        self.labels = None if labels is None else _one_label_per_image(labels, len(images), source)
-        n_classes = int(self.labels.max()) + 1 if self.labels is not None and len(images) else 0
-        self.classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+        where = source or "The data set"
+        self.labels = None if labels is None else _labels_per_image(labels, len(images), where)
+        if self.multilabel:
+            self.classes = finding_names(classes, self.labels.shape[1], where)
+        else:
+            n = int(self.labels.max()) + 1 if self.labels is not None and len(images) else 0
+            self.classes = list(classes) if classes is not None else [str(i) for i in range(n)]
+        self.groups = None if groups is None else as_groups(groups, len(images), f"{where}: groups")
         self.intensity = intensity
         self.source = source
 
@@ -45,22 +54,24 @@ class ArrayDataset(Dataset):
     def channels(self) -> int:
         return self.images.shape[-1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = -1 if self.labels is None else int(self.labels[index])
-        return to_tensor_image(self.images[index], self.intensity), label
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
+        return to_tensor_image(self.images[index], self.intensity), self.label_at(index)
 
 
-def _one_label_per_image(labels: Any, n_images: int, source: str) -> np.ndarray:
-    """``(N,)`` or ``(N, 1)`` labels -> ``(N,)`` int64; anything else is refused (never
-    flattened: an ``(N, K)`` array read flat would give image i the label ``y.flat[i]``)."""
+def _labels_per_image(labels: Any, n_images: int, where: str) -> np.ndarray:
+    """``(N,)`` or ``(N, 1)`` labels -> ``(N,)`` int64; ``(N, K)`` 0/1 findings -> ``(N, K)``
+    int64; anything else is refused (never flattened: an ``(N, K)`` array read flat would
+    give image i the label ``y.flat[i]``)."""
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
-    if labels.ndim != 1 or len(labels) != n_images:
+    if labels.ndim not in (1, 2) or len(labels) != n_images:
         raise DataError(
-            f"{source or 'The data set'}: labels of shape {labels.shape} for {n_images} images; "
-            f"give one class index per image, shape ({n_images},)."
+            f"{where}: labels of shape {labels.shape} for {n_images} images; give one class "
+            f"index per image, shape ({n_images},), or 0/1 findings, shape ({n_images}, K)."
         )
+    if labels.ndim == 2:
+        return findings_matrix(labels, f"{where}: labels")
     return labels.astype(np.int64)
 
 
@@ -70,7 +81,9 @@ def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayD
 
     Labels are one per image: int class indices, whole-number floats, or strings
     (class names: the sorted names over every split become 0..K-1, unless a
-    ``classes`` array gives their order)."""
+    ``classes`` array gives their order); or ``(N, K)`` findings in {0, 1}, several per
+    image (a ``classes`` array then names the K columns). An optional ``groups_<split>``
+    array gives each image's patient or study (str or int ids)."""
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -95,11 +108,14 @@ def load_npz(path: Path, split: Split, intensity: Intensity = "dtype") -> ArrayD
             )
         images = _array(data, path, x_key)
     _check_images(images, path, x_key)
+    groups, g_key = None, f"groups_{split}"
+    if g_key in keys:
+        groups = as_groups(_array(data, path, g_key), len(images), f"{path}: {g_key}")
     if y_key not in keys:
-        return ArrayDataset(images, None, None, intensity, source=str(path))
+        return ArrayDataset(images, None, None, intensity, source=str(path), groups=groups)
     present = [k for k in label_keys if k in keys]
     labels, classes = _read_labels(data, path, y_key, x_key, len(images), present)
-    return ArrayDataset(images, labels, classes, intensity, source=str(path))
+    return ArrayDataset(images, labels, classes, intensity, source=str(path), groups=groups)
 
 
 def _array(data: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
@@ -120,26 +136,28 @@ def _read_labels(
     n_images: int,
     label_keys: list[str],
 ) -> tuple[np.ndarray, list[str] | None]:
-    """``data[key]`` as int class indices ``(N,)``, and the class names (``None``: the
-    file has none). Refuses what would otherwise be misread: several labels per image,
-    a count that differs from the images', fractional floats, mixed kinds of labels."""
+    """``data[key]`` as int class indices ``(N,)`` or 0/1 findings ``(N, K)``, and the
+    class names (``None``: the file has none). Refuses what would otherwise be misread:
+    a count that differs from the images', fractional floats, mixed kinds of labels,
+    findings other than 0/1, splits with different findings."""
     y = _array(data, path, key)
-    if y.ndim == 2 and y.shape[1] > 1:
-        raise DataError(
-            f"{path}: {key} has {y.shape[0]}x{y.shape[1]} labels (multi-label, several per "
-            "image); selfsup reads one label per image for now (multi-label evaluation is "
-            f"planned): keep one column, e.g. {key}[:, k], or drop the labels to pretrain only."
-        )
-    if y.ndim == 2:
+    if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise DataError(f"{path}: {key} has shape {y.shape}; give one label per image, shape (N,).")
+    if y.ndim not in (1, 2):
+        raise DataError(
+            f"{path}: {key} has shape {y.shape}; give one label per image, shape (N,), or "
+            "0/1 findings, shape (N, K)."
+        )
     if len(y) != n_images:
         raise DataError(
             f"{path}: {key} has {len(y)} labels for {n_images} images in {images_key}; "
             "give one label per image, in the images' order."
         )
     names = [str(c) for c in _array(data, path, "classes")] if "classes" in data.files else None
+    _same_kind(data, path, key, y, label_keys)
+    if y.ndim == 2:
+        findings = findings_matrix(y, f"{path}: {key}")
+        return findings, finding_names(names, y.shape[1], f"{path}: the classes array")
     if y.dtype.kind in "US":
         return _string_labels(data, path, key, y, label_keys, names)
     if y.dtype.kind == "f":
@@ -159,6 +177,23 @@ def _read_labels(
             f"{len(names)} classes; give one name per class index."
         )
     return y.astype(np.int64), names
+
+
+def _same_kind(
+    data: np.lib.npyio.NpzFile, path: Path, key: str, y: np.ndarray, label_keys: list[str]
+) -> None:
+    """Every split has one label per image, or every split the same K finding columns."""
+    width = y.shape[1] if y.ndim == 2 else None
+    for other in label_keys:
+        shape = _array(data, path, other).shape
+        theirs = shape[1] if len(shape) == 2 and shape[1] > 1 else None
+        if theirs != width:
+            mine = f"{width} finding columns" if width else "one label per image"
+            them = f"{theirs} finding columns" if theirs else "one label per image"
+            raise DataError(
+                f"{path}: {key} has {mine} but {other} has {them} (shape {shape}); give every "
+                "split the same findings, one column each, in the same order."
+            )
 
 
 def _string_labels(

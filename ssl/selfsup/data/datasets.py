@@ -2,8 +2,9 @@
 
 Every dataset yields ``(image, label)`` with ``image`` a ``(C, H, W)`` tensor
 (``uint8``; ``float32`` in ``[0, 1]`` for 16-bit data) and ``label`` an int
-(-1 when unlabelled). :func:`open_dataset` turns the user's ``DATA`` argument
-(a path or a name) into one.
+(-1 when unlabelled), or a ``(K,)`` int64 tensor of 0/1 findings for multi-label
+data (:mod:`selfsup.data.labels`). :func:`open_dataset` turns the user's ``DATA``
+argument (a path or a name) into one.
 
 16-bit intensity policy: ``intensity="dtype"`` (default) maps the dtype's
 full range to ``[0, 1]`` (0..65535); ``intensity="percentile"`` maps each
@@ -61,6 +62,11 @@ def open_dataset(
     intensity = reading.intensity
     root = root or default_data_root()
     name = data.lower()
+    if reading.label_columns and not name.endswith(MANIFEST_SUFFIXES):
+        raise DataError(
+            f"label_columns {list(reading.label_columns)} applies to manifests (.csv, .tsv) "
+            f"only, and {data} is not one: drop label_columns."
+        )
     if name == "patterns":
         n, seed = patterns.SPLITS[split]
         images, labels = patterns.generate_patterns(n, seed)
@@ -150,4 +156,26 @@ def _medmnist_download(
         getattr(medmnist, info["python_class"])(split="train", root=root, download=True)
         if not path.exists():
             raise DataError(f"MedMNIST wrote no {path}; check the download under {root}.")
-    return load_npz(path, split, intensity)
+    ds = load_npz(path, split, intensity)
+    names = _medmnist_names(flag)
+    if names is not None and ds.labels is not None:
+        fits = len(names) == ds.labels.shape[1] if ds.multilabel else len(names) > ds.labels.max()
+        if fits:
+            ds.classes = names
+    return ds
+
+
+def _medmnist_names(flag: str) -> list[str] | None:
+    """The class (finding) names the ``medmnist`` package gives for ``flag`` (its
+    ``INFO[flag]["label"]``, ``"0"`` -> name), or None without the package or the names."""
+    try:
+        import medmnist
+    except ImportError:
+        return None
+    label = getattr(medmnist, "INFO", {}).get(flag, {}).get("label")
+    if not isinstance(label, dict):
+        return None
+    try:
+        return [str(label[str(i)]) for i in range(len(label))]
+    except KeyError:
+        return None

@@ -18,6 +18,7 @@ from selfsup.data.dicom import (
     read_dicom_frame,
     read_header,
 )
+from selfsup.data.labels import Labelled
 from selfsup.data.pixels import (
     IMAGE_EXTENSIONS,
     UNREADABLE,
@@ -45,9 +46,11 @@ def list_images(root: Path) -> list[Path]:
     return found
 
 
-class ImageFiles(Dataset):
+class ImageFiles(Labelled, Dataset):
     """Images read from files, one entry per image: its file, its frame (a DICOM frame,
-    or a volume's slice; None for a plain image file) and its label (-1: none).
+    or a volume's slice; None for a plain image file), its label (-1: none; a ``(K,)``
+    tensor of 0/1 findings for multi-label data, see :mod:`selfsup.data.labels`) and
+    its group (``groups``: None unless the source names patients or studies).
 
     A file that cannot be read (corrupt, truncated, empty, not an image, a transfer
     syntax nothing decodes) is replaced by the next readable one, so batches keep their
@@ -148,17 +151,16 @@ class ImageFiles(Dataset):
             "not images): replace them with readable images."
         )
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image, label, _ = self.read_item(index)
         return image, label
 
-    def read_item(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def read_item(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         """``(image, label, source)``: ``source`` is the index actually read, ``index``
         itself unless that file is unreadable (then the next readable one's; evaluation
         uses it to drop the stand-ins rather than count an image twice)."""
         image, i = self._readable(index)
-        label = -1 if self.labels is None else int(self.labels[i])
-        return match_channels(image, self.channels), label, i
+        return match_channels(image, self.channels), self.label_at(i), i
 
     def skipped(self) -> list[str]:
         """The files found unreadable so far (by any worker)."""

@@ -8,6 +8,10 @@ Columns (a header row names them; order free):
   ``slice`` along ``data.slice_axis`` (required for volumes: a manifest names images);
 - ``label``: a class index or name (names become indices in sorted order); rows of a
   labelled table must all have one;
+- ``labels`` (instead of ``label``): several findings per image, separated by ``|``
+  (``effusion|nodule``; ``none`` for an image without findings): multi-label, one
+  column per finding named anywhere in the table, sorted; or, instead, the 0/1 columns
+  that ``Reading.label_columns`` names (see :func:`~selfsup.data.labels.manifest_labels`);
 - ``group``: the patient or study a row belongs to (kept for group-aware splits);
 - ``split``: ``train``, ``val`` or ``test``; without the column every row is training data.
 
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.folders import ImageFiles
+from selfsup.data.labels import manifest_labels, refuse_rows
 from selfsup.data.pixels import DataError, Reading
 
 MANIFEST_SUFFIXES = (".csv", ".tsv")
@@ -52,9 +57,10 @@ def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 class ManifestDataset(ImageFiles):
     """The rows of a manifest's ``split`` as images (see the module doc).
 
-    Attributes: ``labels`` (int, or None for an unlabelled table), ``classes``,
-    ``groups`` (str per image, or None), ``rows`` (the table's line number per image),
-    ``columns`` (every column of the table).
+    Attributes: ``labels`` (``(N,)`` class indices, ``(N, K)`` 0/1 findings, or None for
+    an unlabelled table), ``classes`` (class or finding names), ``groups`` (str per
+    image, or None), ``rows`` (the table's line number per image), ``columns`` (every
+    column of the table).
     """
 
     def __init__(
@@ -89,30 +95,24 @@ class ManifestDataset(ImageFiles):
                 missing.append(r)
             elif is_volume(f) and not r.get("slice"):
                 volumes_without_slice.append(r)
-        _refuse(
+        refuse_rows(
             path, missing, "files missing", "fix the paths (relative to the table) or drop the rows"
         )
-        _refuse(path, volumes_without_slice, "volumes without a slice",
+        refuse_rows(path, volumes_without_slice, "volumes without a slice",
                 "give the slice column, or point DATA at the folder of volumes")  # fmt: skip
-        _refuse(path, [r for r in chosen if not _is_index(r.get("slice", "") or r.get("frame", ""))],
+        refuse_rows(path, [r for r in chosen if not _is_index(r.get("slice", "") or r.get("frame", ""))],
                 "a slice or frame that is not a whole number", "give 0, 1, 2, ... or leave it empty")  # fmt: skip
-        labelled = "label" in self.columns and any(r["label"] for r in chosen)
-        if labelled:
-            _refuse(path, [r for r in chosen if not r["label"]], "no label", "label every row")
-            names = sorted({r["label"] for r in chosen + [r for r in table if r["label"]]},
-                           key=_label_order)  # fmt: skip
-            index = {name: i for i, name in enumerate(names)}
-            self.classes = names
-        else:
-            self.classes = []
-        labels, groups, rows = [], [], []
-        for r in chosen:
+        labels, self.classes = manifest_labels(
+            path, self.columns, table, chosen, self.reading.label_columns
+        )
+        take, groups, rows = [], [], []
+        for j, r in enumerate(chosen):
             frame = r.get("slice") or r.get("frame") or None
             n = self.add_file(Path(r["#file"]), int(frame) if frame else None)
-            labels += [index[r["label"]] if labelled else -1] * n
+            take += [j] * n  # a multi-frame DICOM file: one entry per frame, one row's label
             groups += [r.get("group", "")] * n
             rows += [int(r["#row"])] * n
-        self.labels = np.asarray(labels, np.int64) if labelled else None
+        self.labels = None if labels is None else labels[np.asarray(take, np.int64)]
         self.groups = np.asarray(groups) if "group" in self.columns else None
         self.rows = np.asarray(rows, np.int64)
         self._finish(f"{path} (split {split})")
@@ -120,18 +120,3 @@ class ManifestDataset(ImageFiles):
 
 def _is_index(text: str) -> bool:
     return text == "" or text.isdigit()
-
-
-def _label_order(name: str) -> tuple[int, float | str]:
-    """Integer labels in numeric order (2 before 10), then names alphabetically."""
-    try:
-        return 0, float(name)
-    except ValueError:
-        return 1, name
-
-
-def _refuse(path: Path, rows: list[dict[str, str]], problem: str, fix: str) -> None:
-    if rows:
-        shown = ", ".join(f"{r['#row']} ({r['path'] or 'empty'})" for r in rows[:5])
-        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
-        raise DataError(f"{path}: {len(rows)} row(s) with {problem}: lines {shown}{more}; {fix}.")

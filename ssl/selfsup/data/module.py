@@ -51,6 +51,8 @@ class PretrainDataModule(pl.LightningDataModule):
         window, frames, slice_axis, slice_context, slices_per_volume,
             foreground_threshold, volumes_4d, square_pixels, volume_cache: how DICOM files
             and volumes become images (:class:`selfsup.data.pixels.Reading`).
+        label_columns: manifests: the 0/1 columns that are the labels, one finding each
+            (multi-label; the kNN monitor then reports macro AUROC).
     """
 
     def __init__(
@@ -73,11 +75,13 @@ class PretrainDataModule(pl.LightningDataModule):
         volumes_4d: Literal["all", "first"] = "all",
         square_pixels: bool = False,
         volume_cache: int = 4,
+        label_columns: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.reading = Reading(
             intensity, window, frames, slice_axis, slice_context, slices_per_volume,
             foreground_threshold, volumes_4d, square_pixels, volume_cache,
+            None if label_columns is None else tuple(label_columns),
         )  # fmt: skip
         self.strict = strict
         # (epoch, batches of it trained on) of a checkpoint being resumed.

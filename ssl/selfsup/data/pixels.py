@@ -9,6 +9,7 @@ part of the range.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,8 +43,8 @@ WINDOW_PRESETS = {
 
 @dataclass(frozen=True)
 class Reading:
-    """How files become pixels: the intensity policy for every deep image, and what
-    DICOM files and volumes (NIfTI) need besides.
+    """How files become samples: the intensity policy for every deep image, what DICOM
+    files and volumes (NIfTI) need besides, and which manifest columns are the labels.
 
     Args:
         intensity: images deeper than 8 bits without a window of their own: ``dtype``
@@ -65,6 +66,9 @@ class Reading:
         volumes_4d: 4D volumes: ``all`` (each 3D volume counts as one) or ``first``.
         square_pixels: volumes: resample each slice to square pixels (in-plane spacing).
         volume_cache: volumes: decoded volumes kept in memory per process (or worker).
+        label_columns: manifests: the columns that are the labels, one 0/1 finding each
+            (multi-label; ``1``/``0``, ``1.0``/``0.0``, ``true``/``false``); None reads
+            the table's ``label`` or ``labels`` column.
     """
 
     intensity: Intensity = "dtype"
@@ -77,6 +81,7 @@ class Reading:
     volumes_4d: Literal["all", "first"] = "all"
     square_pixels: bool = False
     volume_cache: int = 4
+    label_columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Checked here, before any file is read: a bad value found while reading would
@@ -89,6 +94,7 @@ class Reading:
             raise DataError(
                 f"data.foreground_threshold is {self.foreground_threshold}: give a share in [0, 1)."
             )
+        object.__setattr__(self, "label_columns", _column_names(self.label_columns))
 
     def window_values(self) -> tuple[float, float] | str | None:
         """``(center, width)``, ``"percentile"``, or None (the file's own window)."""
@@ -109,6 +115,20 @@ class Reading:
         if width <= 0:
             raise DataError(f"data.window {w!r}: the width must be positive.")
         return center, width
+
+
+def _column_names(names: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``label_columns`` as a tuple of stripped names (a lone name is one column; none: None)."""
+    if names is None:
+        return None
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise DataError(f"label_columns {list(names)}: give non-empty column names.")
+    names = tuple(n.strip() for n in names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"label_columns names {', '.join(twice)} twice: give each column once.")
+    return names or None
 
 
 def to_tensor_image(

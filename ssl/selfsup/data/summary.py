@@ -1,5 +1,6 @@
-"""What selfsup will read from a data set: counts, shapes, value ranges, labels, groups,
-and what it skips and why — printed before a run starts and by ``selfsup data inspect``."""
+"""What selfsup will read from a data set: counts, shapes, value ranges, labels (images
+per class, or positives per finding for multi-label data), groups, and what it skips and
+why — printed before a run starts and by ``selfsup data inspect``."""
 
 from __future__ import annotations
 
@@ -35,8 +36,13 @@ def describe(ds: Dataset, samples: int = 16) -> dict[str, Any]:
                             max(float(im.max()) for im in images) / scale]  # fmt: skip
     info["channels"] = int(images[0].shape[0])
     labels = getattr(base, "targets", None)
-    if labels is not None and len(labels):
-        classes = list(getattr(base, "classes", []) or [])
+    classes = list(getattr(base, "classes", []) or [])
+    if labels is not None and len(labels) and np.ndim(labels) == 2:
+        positives = np.asarray(labels).sum(axis=0)
+        info["findings"] = {(classes[k] if k < len(classes) else str(k)):
+                            {"positives": int(n), "share": round(float(n) / len(labels), 4)}
+                            for k, n in enumerate(positives)}  # fmt: skip
+    elif labels is not None and len(labels):
         counts = Counter(int(y) for y in np.asarray(labels).reshape(-1))
         info["labels"] = {(classes[k] if k < len(classes) else str(k)): n
                           for k, n in sorted(counts.items())}  # fmt: skip
@@ -59,6 +65,8 @@ def one_line(info: dict[str, Any]) -> str:
     parts.append(f"{info['channels']} channel(s), {'/'.join(info['sample_shapes'])} px")
     if "labels" in info:
         parts.append(f"{len(info['labels'])} classes")
+    if "findings" in info:
+        parts.append(f"{len(info['findings'])} findings (multi-label)")
     if "groups" in info:
         parts.append(f"{info['groups']} groups")
     skipped = len(info["skipped_unreadable"]), len(info["skipped_not_images"])

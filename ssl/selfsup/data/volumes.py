@@ -37,6 +37,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from torch.utils.data import Dataset
 
+from selfsup.data.labels import Labelled, finding_names
 from selfsup.data.pixels import UNREADABLE, DataError, Reading
 
 #: What nibabel reads well as 3D/4D images. An Analyze/NIfTI pair is listed once, by
@@ -208,7 +209,7 @@ def read_volume_slice(path: Path, index: int, reading: Reading, volume: int = 0)
     return _cut(decoded, index, header, reading)
 
 
-class VolumeSliceDataset(Dataset):
+class VolumeSliceDataset(Labelled, Dataset):
     """Random slices of volume files: ``reading.slices_per_volume`` items per 3D volume.
 
     Item ``i`` belongs to 3D volume ``i // slices_per_volume``; each read draws one of
@@ -238,6 +239,8 @@ class VolumeSliceDataset(Dataset):
     ) -> None:
         self.files = [Path(f) for f in files]
         self.reading, self.labels, self.classes = reading, labels, list(classes or [])
+        if self.multilabel:  # labels (files, K): 0/1 findings per volume file
+            self.classes = finding_names(classes, np.shape(labels)[1], source or "volumes")
         self.source, self.strict = source, strict
         self.channels = 2 * reading.slice_context + 1
         self.bad = torch.zeros(len(self.files), dtype=torch.bool).share_memory_()
@@ -281,7 +284,7 @@ class VolumeSliceDataset(Dataset):
         if self.labels is None:
             return None
         files = np.asarray([i for i, _ in self.units], dtype=np.int64)
-        return np.repeat(np.asarray(self.labels)[files], self.reading.slices_per_volume)
+        return np.repeat(np.asarray(self.labels)[files], self.reading.slices_per_volume, axis=0)
 
     def _mark_bad(self, i: int, error: Exception) -> None:
         self.bad[i] = True
@@ -309,11 +312,11 @@ class VolumeSliceDataset(Dataset):
             "them with readable volumes."
         )
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         image, label, _ = self.read_item(index)
         return image, label
 
-    def read_item(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def read_item(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor, int]:
         """``(image, label, source)``: ``source`` is ``index`` unless its volume's file
         is unreadable (then the index of the same draw in the volume read instead)."""
         spv = self.reading.slices_per_volume
@@ -325,8 +328,7 @@ class VolumeSliceDataset(Dataset):
             s = int(volume.foreground.argmax())
         i = self.units[u][0]
         image = _cut(volume, s, self.headers[i], self.reading)
-        label = -1 if self.labels is None else int(self.labels[i])
-        return image, label, u * spv + index % spv
+        return image, self.label_at(i), u * spv + index % spv
 
     def skipped(self) -> list[str]:
         """The files found unreadable so far (by any worker)."""

@@ -8,9 +8,31 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.classification import multilabel_auroc
 
+from selfsup.data.summary import base_dataset
 from selfsup.distributed import gather_uneven, rank, world_size
-from selfsup.knn import knn_top1
+from selfsup.knn import knn_scores, knn_top1
+
+
+def knn_macro_auroc(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
+    """Macro AUROC of the weighted kNN's vote shares, labels ``(N, K)`` in {0, 1}: the mean
+    over the findings with positives and negatives among the queries (nan if none has)."""
+    n_findings = train_labels.shape[1]
+    scores = knn_scores(train_feats, train_labels, test_feats, n_findings, (k,), temperature)[k]
+    target = test_labels.cpu().long()
+    both = (target.min(0).values == 0) & (target.max(0).values == 1)
+    if not both.any():
+        return float("nan")
+    auroc = multilabel_auroc(scores[:, both], target[:, both], int(both.sum()), average="macro")
+    return float(auroc)
 
 
 class KNNMonitor(pl.Callback):
@@ -18,7 +40,10 @@ class KNNMonitor(pl.Callback):
     backbone: labelled training images as the memory bank, held-out images as
     queries, logged as ``val/knn_top1``. Before the first step of a new run it
     also measures the random-init backbone (``val/knn_top1_random_init``), and
-    at the end prints both side by side.
+    at the end prints both side by side. On multi-label data (several 0/1 findings per
+    image) the figure is the macro AUROC of the kNN's vote shares
+    (:func:`knn_macro_auroc`), logged as ``val/knn_macro_auroc`` (and
+    ``val/knn_macro_auroc_random_init``).
 
     Args:
         every_n_epochs: 0 turns the monitor off.
@@ -47,6 +72,7 @@ class KNNMonitor(pl.Callback):
         self.last: float | None = None
         self._last_step = -1
         self._data: tuple[Dataset, Dataset] | None = None
+        self.multilabel = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.every_n_epochs <= 0 or stage != "fit":
@@ -59,6 +85,15 @@ class KNNMonitor(pl.Callback):
         )
         if self._data is None:
             rank_zero_info("kNN monitor: off (the data has no labelled train/test splits).")
+        else:
+            self.multilabel = bool(getattr(base_dataset(self._data[0]), "multilabel", False))
+
+    @property
+    def _metric(self) -> tuple[str, str]:
+        """(logged name, printed name) of the figure."""
+        if self.multilabel:
+            return "val/knn_macro_auroc", "macro AUROC"
+        return "val/knn_top1", "top-1"
 
     @torch.no_grad()
     def _features(
@@ -82,7 +117,9 @@ class KNNMonitor(pl.Callback):
             test_f, test_y = self._features(trainer, pl_module, self._data[1])
         finally:
             pl_module.train(was_training)
-        return knn_top1(train_f, train_y, test_f, test_y, self.k, self.temperature)
+        self.multilabel = train_y.ndim == 2
+        score = knn_macro_auroc if self.multilabel else knn_top1
+        return score(train_f, train_y, test_f, test_y, self.k, self.temperature)
 
     def _log(self, trainer: pl.Trainer, name: str, value: float) -> None:
         for logger in trainer.loggers:
@@ -96,17 +133,19 @@ class KNNMonitor(pl.Callback):
             return
         if self.baseline is None and trainer.global_step == 0:
             self.baseline = self.evaluate(trainer, pl_module)
-            self._log(trainer, "val/knn_top1_random_init", self.baseline)
+            name, shown = self._metric
+            self._log(trainer, f"{name}_random_init", self.baseline)
             rank_zero_info(
-                f"kNN monitor: random-init backbone top-1 {self.baseline:.4f} (k={self.k})"
+                f"kNN monitor: random-init backbone {shown} {self.baseline:.4f} (k={self.k})"
             )
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.last = self.evaluate(trainer, pl_module)
         self._last_step = trainer.global_step
-        self._log(trainer, "val/knn_top1", self.last)
+        name, shown = self._metric
+        self._log(trainer, name, self.last)
         rank_zero_info(
-            f"kNN monitor: epoch {trainer.current_epoch} step {trainer.global_step} top-1 {self.last:.4f}"
+            f"kNN monitor: epoch {trainer.current_epoch} step {trainer.global_step} {shown} {self.last:.4f}"
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -122,7 +161,7 @@ class KNNMonitor(pl.Callback):
             baseline = (
                 f"   random-init backbone: {self.baseline:.4f}" if self.baseline is not None else ""
             )
-            print(f"kNN top-1 (k={self.k}): {self.last:.4f}{baseline}", flush=True)
+            print(f"kNN {self._metric[1]} (k={self.k}): {self.last:.4f}{baseline}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "last": self.last}

@@ -14,7 +14,8 @@ from selfsup.data.summary import base_dataset
 
 def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> dict:
     """``n`` images of ``ds`` (a seeded random choice, in index order) as one PNG grid,
-    4 per row, each titled with its index and label; returns the PNG's path and the
+    4 per row, each titled with its index and label (multi-label: its findings, joined
+    by ``|``); returns the PNG's path and the
     indices shown."""
     import matplotlib
 
@@ -37,7 +38,13 @@ def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> d
             ax.imshow(x.permute(1, 2, 0).clamp(0, 1).numpy())
         else:  # one channel, or 2k + 1 slices: the middle one
             ax.imshow(x[x.shape[0] // 2].numpy(), cmap="gray", vmin=0, vmax=1)
-        name = classes[label] if 0 <= int(label) < len(classes) else ("" if label < 0 else label)
+        if torch.is_tensor(label) and label.ndim == 1:  # 0/1 findings: the present ones
+            found = label.nonzero().flatten().tolist()
+            name = "|".join(classes[k] if k < len(classes) else str(k) for k in found) or "none"
+        else:
+            name = (
+                classes[label] if 0 <= int(label) < len(classes) else ("" if label < 0 else label)
+            )
         ax.set_title(f"#{i} {name}".strip(), fontsize=8)
     fig.tight_layout()
     out = Path(out)
