@@ -125,7 +125,7 @@ def naive_knn_shares(train, train_y, test, k, t):
 @pytest.mark.parametrize("k", [1, 7, 500])
 def test_multilabel_knn_equals_a_naive_loop(k):
     train, train_y = findings(60, seed=3)
-    test, test_y = findings(25, seed=4)
+    test, _ = findings(25, seed=4)
     scores = knn_scores(train, train_y, test, 3, ks=(k,), temperature=0.1, chunk_size=7)[k]
     naive = naive_knn_shares(train, train_y, test, min(k, 60), 0.1)
     assert torch.allclose(scores, naive, atol=1e-5)

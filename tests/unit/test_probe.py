@@ -4,7 +4,6 @@ import itertools
 
 import pytest
 import torch
-
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from selfsup.eval.linear_grid import LinearGrid, train_linear_grid
