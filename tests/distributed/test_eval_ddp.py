@@ -53,3 +53,32 @@ def test_one_and_two_processes_give_the_same_knn_and_probe(tiny_npz, tmp_path):
     a2 = evaluate("probe", ckpt, tiny_npz, 2, *aug)
     assert a1["augment"] and a1["n_train"] == p1["n_train"]
     assert a1["grid_val_top1"] == a2["grid_val_top1"] and a1["top1"] == a2["top1"]
+
+
+def test_one_and_two_processes_give_the_same_multilabel_figures(tmp_path):
+    import numpy as np
+
+    from conftest import make_blob_images
+
+    torch.manual_seed(0)
+    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True},
+                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
+    ckpt = tmp_path / "simclr.ckpt"
+    torch.save({"state_dict": model.state_dict(),
+                "selfsup": {**model.checkpoint_metadata(), "image_size": 32}}, ckpt)  # fmt: skip
+    # 75 train / 37 test images (odd: uneven shards), three overlapping findings, patients.
+    x_train, c_train = make_blob_images(75, 32, seed=0)
+    x_test, c_test = make_blob_images(37, 32, seed=1)
+
+    def findings(c):
+        return np.stack([c & 1, (c >> 1) & 1, c == 3], 1).astype(np.uint8)
+
+    data = tmp_path / "findings.npz"
+    np.savez(data, x_train=x_train, y_train=findings(c_train), x_test=x_test,
+             y_test=findings(c_test), groups_train=np.arange(75) // 3)  # fmt: skip
+    for task, extra in (("knn", ()), ("probe", ("--epochs", "3"))):
+        one = evaluate(task, ckpt, data, 1, "--no-cache", "--out", str(tmp_path / task), *extra)
+        two = evaluate(task, ckpt, data, 2, "--no-cache", "--out", str(tmp_path / task), *extra)
+        assert one["headline"]["metric"] == "macro_auroc" and one["n_test"] == two["n_test"] == 37
+        for key in ("auroc", "average_precision", "macro_auroc", "micro_auroc", "mAP"):
+            assert one[key] == two[key], key
