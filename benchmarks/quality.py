@@ -1,7 +1,8 @@
 """Learning per CPU-minute: kNN top-1 after a fixed wall-clock budget, selfsup vs lightly.
 
     .venv/bin/python benchmarks/quality.py --runs selfsup/simclr lightly/simclr
-        [--budget-min 10] [--seeds 2] [--points 3] [--workers 1] [--baselines]
+        [--data cifar|pneumonia] [--budget-min 10] [--seeds 2] [--points 3] [--workers 1]
+        [--baselines] [--tag TAG] [--threads N]
     .venv/bin/python benchmarks/quality.py --render      # table and PNG from the records
 
 Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) for
@@ -21,11 +22,29 @@ Training time excludes the evaluations: at ``--points`` evenly spaced marks the 
 stops, and weighted kNN (k = 20, T = 0.07, cosine; the evaluator of ``selfsup knn``) on
 the test split (5,000 images) against the training split's features is measured, in bf16
 autocast for every run. MAE and I-JEPA also get the cached-feature linear probe at the
-end. ``--baselines`` adds raw pixels and a random-init ResNet-18.
+end. ``--baselines`` adds raw pixels (normalised by the channel means and standard
+deviations, cosine) and random-init ResNet-18 and ViT-Tiny/4 backbones.
 
-Records go to benchmarks/quality_runs.json (one entry per run and seed; existing entries
-are kept), and every invocation rewrites the "Learning per CPU-minute" section of
-benchmarks/RESULTS.md and benchmarks/quality_knn.png from all of them.
+Records go to benchmarks/quality_runs.json (one entry per run, seed, budget and ``--tag``;
+existing entries are kept), and every invocation rewrites the "Learning per CPU-minute"
+section of benchmarks/RESULTS.md and benchmarks/quality_knn.png from all of them: the
+10-minute untagged runs are its main table and figure; runs at other budgets or with a
+tag get a table each below it (with the minute their kNN curve reaches raw pixels') and
+benchmarks/quality_knn_budgets.png. ``--threads`` sets torch's thread count (default:
+torch's own) and is recorded with each run.
+
+``--data pneumonia`` runs on PneumoniaMNIST instead (benchmarks/quality_data.py: 1-channel
+28 px images, train split pretrained on and used as memory bank, test split as queries).
+Every run then reports kNN accuracy and kNN AUROC (the score of an image: the weighted
+vote share of class 1) at each mark and the linear probe's accuracy and AUROC at its end.
+selfsup's configs get the grayscale overrides (``in_chans`` 1, ``grayscale`` views, mean
+0.5, std 0.25, 28 px; the ViTs keep their patch, 4 for MAE: a 7 x 7 grid, 2 for I-JEPA:
+14 x 14); lightly's recipes see the images repeated to 3 channels at 28 px, with their
+own transforms and ImageNet normalisation. ``--baselines`` there: raw pixels (kNN on
+per-image mean-centred pixels, and a logistic regression on standardised pixels) and
+random-init 1-channel ResNet-18, ViT-Tiny/4 and ViT-Tiny/2. Records go to
+benchmarks/quality_pneumonia_runs.json, the section "Medical images: PneumoniaMNIST" of
+RESULTS.md and benchmarks/quality_pneumonia.png.
 """
 
 from __future__ import annotations
@@ -34,6 +53,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -43,18 +63,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from common import CIFAR, REPO, machine, write_section
+import quality_report
+from common import REPO, machine, write_section
 from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
+from quality_data import (
+    DATASETS,
+    GRAY_MEAN,
+    GRAY_STD,
+    QualityData,
+    lightly_module,
+    pneumonia_baselines,
+)
+from quality_data import selfsup_overrides as gray_overrides
 
 RECORDS = REPO / "benchmarks/quality_runs.json"
 PLOT = REPO / "benchmarks/quality_knn.png"
+OUTPUTS = {  # data: (records, figure)
+    "cifar": (RECORDS, PLOT),
+    "pneumonia": (REPO / "benchmarks/quality_pneumonia_runs.json",
+                  REPO / "benchmarks/quality_pneumonia.png"),
+}  # fmt: skip
+#: the budget and tag of the main CIFAR table and figure
+REFERENCE = (10.0, None)
 METHODS = {  # method: (selfsup config, lightly's counterpart)
     "simclr": ("configs/simclr/resnet18_cifar.yaml", "simclr"),
     "triplet": ("configs/triplet/resnet18_cifar.yaml", "simclr"),
@@ -69,39 +105,55 @@ K, T = 20, 0.07
 
 
 # -- data and evaluation -------------------------------------------------------------------
-def load_cifar(path: Path) -> dict[str, torch.Tensor]:
-    with np.load(path) as d:
-        return {
-            "x_train": torch.from_numpy(d["x_train"]).permute(0, 3, 1, 2).contiguous(),
-            "y_train": torch.from_numpy(d["y_train"].astype(np.int64)),
-            "x_test": torch.from_numpy(d["x_test"]).permute(0, 3, 1, 2).contiguous(),
-            "y_test": torch.from_numpy(d["y_test"].astype(np.int64)),
-        }
-
-
 @torch.no_grad()
 def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mean, std,
              batch: int = 500) -> torch.Tensor:  # fmt: skip
-    mean = torch.tensor(mean).view(1, 3, 1, 1)
-    std = torch.tensor(std).view(1, 3, 1, 1)
+    """Features of uint8 ``images`` normalised by ``mean``/``std``; 1-channel images for a
+    3-channel normalisation (lightly's recipes on grayscale data) are repeated first."""
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
     out = []
     for i in range(0, len(images), batch):
-        x = (images[i : i + batch].float() / 255 - mean) / std
+        x = images[i : i + batch].float() / 255
+        if x.shape[1] != mean.shape[1]:
+            x = x.expand(-1, mean.shape[1], -1, -1)
+        x = (x - mean) / std
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out.append(fn(x).float())
     return torch.cat(out)
 
 
-def evaluate(fn, data, mean, std, probe: bool = False) -> dict[str, float]:
-    from selfsup.knn import knn_top1
+def auroc(score: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``score`` for class 1 (Mann-Whitney U, ties count half)."""
+    pos, neg = score[labels == 1], score[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return (greater / (len(pos) * len(neg))).item()
+
+
+def evaluate(fn, data, mean, std, probe: bool = False, knn: bool = True) -> dict[str, float]:
+    """Weighted kNN top-1 (and, on two named classes, its AUROC: the weighted vote share
+    of class 1 as score); with ``probe`` the cached-feature linear probe's top-1 (and AUROC
+    on two classes)."""
+    from selfsup.knn import knn_scores, knn_top1
 
     train_f = features(fn, data["x_train"], mean, std)
     test_f = features(fn, data["x_test"], mean, std)
-    result = {"knn": knn_top1(train_f, data["y_train"], test_f, data["y_test"], K, T)}
+    classes = data.get("classes")
+    result = {}
+    if knn and classes is not None and len(classes) == 2:
+        votes = knn_scores(train_f, data["y_train"], test_f, 2, (K,), T)[K]
+        result["knn"] = (votes.argmax(1) == data["y_test"]).float().mean().item()
+        result["knn_auroc"] = auroc(votes[:, 1] / votes.sum(1), data["y_test"])
+    elif knn:
+        result["knn"] = knn_top1(train_f, data["y_train"], test_f, data["y_test"], K, T)
     if probe:
         from selfsup.eval.probe import run_probe
 
-        result["probe"] = run_probe(train_f, data["y_train"], test_f, data["y_test"])["top1"]
+        names = list(classes) if classes is not None else None
+        fitted = run_probe(train_f, data["y_train"], test_f, data["y_test"], names)
+        result["probe"] = fitted["top1"]
+        if "auroc" in fitted:
+            result["probe_auroc"] = fitted["auroc"]
     return result
 
 
@@ -173,7 +225,8 @@ def calibrate(build: Callable[[], tuple[Any, Any, str]], steps: int = 6) -> floa
 
 
 # -- the two sides ---------------------------------------------------------------------------
-def selfsup_side(method: str, seed: int, workers: int, data: dict) -> dict[str, Any]:
+def selfsup_side(method: str, seed: int, workers: int, data: dict,
+                 dataset: QualityData) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
     config = REPO / METHODS[method][0]
@@ -181,13 +234,16 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict) -> dict[str, 
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
     transform = cfg["data"]["transform"]["init_args"]
+    mean, std, overrides = transform["mean"], transform["std"], []
+    if dataset.name != "cifar":  # 1-channel images: the grayscale overrides
+        overrides, mean, std = gray_overrides(cfg, dataset.size), GRAY_MEAN, GRAY_STD
 
     def build(scale: float = 1.0, max_steps: int | None = None):
         pl.seed_everything(seed, verbose=False)
-        argv = ["--config", str(config), "--data.path", str(CIFAR),
+        argv = ["--config", str(config), "--data.path", str(dataset.path),
                 "--data.num_workers", str(workers), "--trainer.logger", "false",
                 "--seed_everything", str(seed),
-                "--trainer.default_root_dir", tempfile.gettempdir()]  # fmt: skip
+                "--trainer.default_root_dir", tempfile.gettempdir(), *overrides]  # fmt: skip
         cli = build_pretrain_cli(argv)
         model = cli.model
         for key in list(model.hparams):
@@ -197,9 +253,8 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict) -> dict[str, 
 
     return {
         "build": build, "precision": precision, "batch": batch, "config_epochs": epochs,
-        "config": str(config.relative_to(REPO)),
-        "features": lambda m: m.extract_features,
-        "mean": transform["mean"], "std": transform["std"],
+        "config": str(config.relative_to(REPO)), "overrides": overrides,
+        "features": lambda m: m.extract_features, "mean": mean, "std": std,
     }  # fmt: skip
 
 
@@ -217,60 +272,68 @@ class _Views(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def lightly_transform(method: str):
+def lightly_transform(method: str, size: int = 32):
     from lightly import transforms as lt
     from lightly.transforms.ijepa_transform import IJEPATransform
 
     if method == "simclr":
-        return lt.SimCLRTransform(input_size=32, cj_strength=0.5, gaussian_blur=0.0)
+        return lt.SimCLRTransform(input_size=size, cj_strength=0.5, gaussian_blur=0.0)
     if method == "byol":
         return lt.BYOLTransform(
-            view_1_transform=lt.BYOLView1Transform(input_size=32, gaussian_blur=0.0),
-            view_2_transform=lt.BYOLView2Transform(input_size=32, gaussian_blur=0.0),
+            view_1_transform=lt.BYOLView1Transform(input_size=size, gaussian_blur=0.0),
+            view_2_transform=lt.BYOLView2Transform(input_size=size, gaussian_blur=0.0),
         )
     if method == "dino":
         return lt.DINOTransform(
-            global_crop_size=32, n_local_views=0, cj_strength=0.5, gaussian_blur=(0, 0, 0)
+            global_crop_size=size, n_local_views=0, cj_strength=0.5, gaussian_blur=(0, 0, 0)
         )
     if method == "mae":
-        return lt.MAETransform(input_size=32)
-    return IJEPATransform(input_size=32)
+        return lt.MAETransform(input_size=size)
+    return IJEPATransform(input_size=size)
 
 
-def lightly_side(method: str, seed: int, workers: int, data: dict) -> dict[str, Any]:
+def lightly_side(method: str, seed: int, workers: int, data: dict,
+                 dataset: QualityData) -> dict[str, Any]:  # fmt: skip
     recipe = METHODS[method][1]
     batch = LIGHTLY_BATCH.get(recipe, 128)
     backbone = "vit_tiny" if recipe in PROBED else "resnet18"
+    images, size = data["x_train"], dataset.size
+    if images.shape[1] == 1:  # lightly's transforms and models take RGB: gray repeated
+        images = images.repeat(1, 3, 1, 1)
 
     def build(scale: float = 1.0, max_steps: int | None = None):
         pl.seed_everything(seed, verbose=False)
         steps_per_epoch = len(data["x_train"]) // batch
         epochs = math.ceil((max_steps or steps_per_epoch) / steps_per_epoch)
-        module = RECIPES[recipe](backbone=backbone, batch_size=batch, max_epochs=epochs,
-                                 total_steps=max_steps or 1000)  # fmt: skip
+        module = lightly_module(recipe, size, backbone=backbone, batch_size=batch,
+                                max_epochs=epochs, total_steps=max_steps or 1000)  # fmt: skip
         collate = None
         if recipe == "ijepa":
             from lightly.data import IJEPAMaskCollator
 
-            collate = IJEPAMaskCollator(input_size=32, patch_size=4)
+            collate = IJEPAMaskCollator(input_size=size, patch_size=4)
         loader = torch.utils.data.DataLoader(
-            _Views(data["x_train"], data["y_train"], lightly_transform(recipe)),
+            _Views(images, data["y_train"], lightly_transform(recipe, size)),
             batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
             collate_fn=collate, generator=torch.Generator().manual_seed(seed),
             persistent_workers=workers > 0,
         )  # fmt: skip
         return module, loader, "32-true"
 
+    config = f"benchmarks/lightly_recipes.py:{RECIPES[recipe].__name__}"
+    if dataset.name != "cifar":
+        config += f" ({size} px, gray repeated to 3 channels)"
     return {
         "build": build, "precision": "32-true", "batch": batch, "config_epochs": None,
-        "config": f"benchmarks/lightly_recipes.py:{RECIPES[recipe].__name__}",
+        "config": config, "overrides": [],
         "features": lambda m: m.features, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
     }  # fmt: skip
 
 
 def run(side: str, method: str, seed: int, budget_min: float, points: int, workers: int,
-        data: dict) -> dict[str, Any]:  # fmt: skip
-    spec = (selfsup_side if side == "selfsup" else lightly_side)(method, seed, workers, data)
+        data: dict, dataset: QualityData, tag: str | None = None) -> dict[str, Any]:  # fmt: skip
+    make = selfsup_side if side == "selfsup" else lightly_side
+    spec = make(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
     step_s = calibrate(lambda: spec["build"]())
     steps = max(1, int(budget_s / step_s))
@@ -279,7 +342,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     print(f"  {side}/{method} seed {seed}: {step_s:.2f} s/step -> {steps} steps "
           f"({budget_epochs:.2f} epochs) in {budget_min} min", flush=True)  # fmt: skip
     module, loader, precision = spec["build"](scale, steps)
-    probe = method in PROBED
+    probe = method in PROBED or dataset.probe_all
 
     def evaluate_fn(m, final: bool = False):
         return evaluate(spec["features"](m), data, spec["mean"], spec["std"], probe and final)
@@ -293,20 +356,26 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         "run": f"{side}/{method}", "side": side, "method": method, "seed": seed,
         "budget_min": budget_min, "config": spec["config"], "precision": precision,
         "batch": spec["batch"], "steps": trainer.global_step, "planned_steps": steps,
+        "n_train": len(data["x_train"]),
         "epochs": trainer.global_step * spec["batch"] / len(data["x_train"]),
         "images_per_s": images_per_s, "config_epochs": spec["config_epochs"],
         "curve": budget.curve, "final": budget.curve[-1], "machine": machine(),
+        "data": dataset.name, "tag": tag, "threads": torch.get_num_threads(), "points": points,
+        **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
     }  # fmt: skip
 
 
-def baselines(data: dict) -> list[dict[str, Any]]:
+def baselines(data: dict, dataset: QualityData) -> list[dict[str, Any]]:
     """kNN and probe references: raw pixels, and untrained backbones of the runs' shapes.
 
     The probe figures are what the MAE / I-JEPA probes are read against: a linear probe
     is stronger than kNN on any features, so those runs' probe needs a probe baseline.
+    PneumoniaMNIST's are :func:`quality_data.pneumonia_baselines`.
     """
     from selfsup.backbones import Backbone
 
+    if dataset.name != "cifar":
+        return pneumonia_baselines(data, dataset.size, evaluate)
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
     out = [{"run": "baseline/raw_pixels", "side": "baseline", "method": "raw pixels", "seed": 0,
             "final": evaluate(lambda x: x.flatten(1), data, mean, std, probe=True)}]  # fmt: skip
@@ -328,157 +397,99 @@ def load_records() -> list[dict[str, Any]]:
     return json.loads(RECORDS.read_text()) if RECORDS.is_file() else []
 
 
+def _key(record: dict) -> tuple:
+    return record["run"], record["seed"], record.get("budget_min"), record.get("tag") or None
+
+
 def save_record(records: list[dict], new: dict) -> None:
-    key = (new["run"], new["seed"], new.get("budget_min"))
-    records[:] = [r for r in records if (r["run"], r["seed"], r.get("budget_min")) != key]
+    """Add ``new`` to the records file, replacing the record of the same run, seed, budget
+    and tag; the file is read again first, so that records another process wrote since
+    are kept, and replaced in one rename."""
+    records[:] = [r for r in load_records() if _key(r) != _key(new)]
     records.append(new)
-    RECORDS.write_text(json.dumps(records, indent=1) + "\n")
+    partial = RECORDS.with_name(RECORDS.name + ".partial")
+    partial.write_text(json.dumps(records, indent=1) + "\n")
+    os.replace(partial, RECORDS)
 
 
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "not yet run"
-    sd = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values) * 100:.1f}{sd} (n={len(values)})"
+def render(records: list[dict], wanted_seeds: int) -> None:
+    body = quality_report.cifar_section(records, wanted_seeds, METHODS, REFERENCE, PLOT, K, T,
+                                        machine())  # fmt: skip
+    write_section("Learning per CPU-minute (`quality`)", body)
 
 
-def render(records: list[dict], budget_min: float, wanted_seeds: int) -> None:
-    runs = [r for r in records if r["side"] != "baseline" and r["budget_min"] == budget_min]
-    by = lambda run: [r for r in runs if r["run"] == run]  # noqa: E731
-    rows = ["| method | selfsup kNN top-1 % | lightly's recipe kNN top-1 % | selfsup - lightly "
-            "(points) | steps x batch (selfsup / lightly) | selfsup img/s | probe % (selfsup / lightly) |",
-            "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for method, (_, counterpart) in METHODS.items():
-        s, lt = by(f"selfsup/{method}"), by(f"lightly/{counterpart}")
-        sk = [r["final"]["knn"] for r in s]
-        lk = [r["final"]["knn"] for r in lt]
-        diff = f"{(statistics.mean(sk) - statistics.mean(lk)) * 100:+.1f}" if sk and lk else "-"
-
-        def shape(rs: list[dict]) -> str:
-            return (
-                f"{statistics.mean([r['steps'] for r in rs]):.0f} x {rs[0]['batch']}" if rs else "-"
-            )
-
-        ips = f"{statistics.mean([r['images_per_s'] for r in s]):.0f}" if s else "-"
-        probes = [r["final"]["probe"] for r in s if "probe" in r["final"]]
-        lprobes = [r["final"]["probe"] for r in lt if "probe" in r["final"]]
-        probe = f"{_mean_sd(probes)} / {_mean_sd(lprobes)}" if probes or lprobes else "-"
-        label = method if counterpart == method else f"{method} (vs lightly {counterpart})"
-        rows.append(f"| {label} | {_mean_sd(sk)} | {_mean_sd(lk)} | {diff} | "
-                    f"{shape(s)} / {shape(lt)} | {ips} | {probe} |")  # fmt: skip
-    base = [r for r in records if r["side"] == "baseline"]
-    for name in sorted({r["method"] for r in base}):
-        finals = [r["final"] for r in base if r["method"] == name]
-        probes = [f["probe"] for f in finals if "probe" in f]
-        rows.append(f"| baseline: {name} | {_mean_sd([f['knn'] for f in finals])} | | | | | "
-                    f"{_mean_sd(probes) if probes else ''} |")  # fmt: skip
-    exist = sorted({(r["run"], r["seed"]) for r in runs})
-    listed = ", ".join(f"{run} seed {seed}" for run, seed in exist) or "none"
-    missing = [f"{side}/{m if side == 'selfsup' else c}" for m, (_, c) in METHODS.items()
-               for side in ("selfsup", "lightly")]  # fmt: skip
-    missing = sorted({m for m in missing if len(by(m)) < wanted_seeds})
-    full = [
-        f"{r['run']}: {r['config_epochs']} epochs x 15,000 images at {r['images_per_s']:.0f} img/s = "
-        f"{r['config_epochs'] * 15000 / r['images_per_s'] / 3600:.1f} h "
-        f"({r['config_epochs'] * 50000 / r['images_per_s'] / 3600:.0f} h on all 50,000 CIFAR-10 images)"
-        for r in {r["run"]: r for r in runs if r["side"] == "selfsup"}.values()
-    ]  # fmt: skip
-    body = [
-        f"`benchmarks/quality.py --budget-min {budget_min:g} --seeds {wanted_seeds}` "
-        f"(runs added over sessions; `--render` redraws). Weighted kNN, k = {K}, T = {T}, "
-        "on the 5,000 test images against the 15,000 training images of cifar10_jpeg.npz; "
-        "mean ± standard deviation over seeds, in %. Machine of the runs: "
-        + (runs[0]["machine"] if runs else machine()) + ".",
-        "",
-        *rows,
-        "",
-        f"Runs recorded: {listed}.",
-        f"Not yet run (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
-        "",
-        "How long a full run of the config takes here (at the measured training speed):",
-        "",
-        *[f"- {line}" for line in full],
-        "",
-        "![kNN top-1 against training minutes](quality_knn.png)",
-        "",
-    ]  # fmt: skip
-    write_section("Learning per CPU-minute (`quality`)", "\n".join(body))
-    plot(records, budget_min)
+def render_pneumonia(records: list[dict], wanted_seeds: int) -> None:
+    expected = [f"selfsup/{m}" for m in METHODS]
+    expected += [f"lightly/{c}" for c in dict.fromkeys(c for _, c in METHODS.values())]
+    body = quality_report.pneumonia_section(records, wanted_seeds, list(METHODS), expected,
+                                            PLOT, K, T, machine())  # fmt: skip
+    write_section(quality_report.PNEUMONIA_HEADING, body)
 
 
-def plot(records: list[dict], budget_min: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 5))
-    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    markers = "osD^v"
-    for r in records:
-        if r["side"] == "baseline" or r["budget_min"] != budget_min:
-            continue
-        ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
-                marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
-                linestyle="-" if r["side"] == "selfsup" else "--",
-                label=f"{r['run']} seed {r['seed']}")  # fmt: skip
-    baseline_styles = iter([":", "-."])
-    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
-        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
-        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
-                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
-    ax.set_xlim(0, budget_min * 1.05)
-    ax.set_xlabel("training minutes (2-core CPU)")
-    ax.set_ylabel("kNN top-1 on the test split (%)")
-    ax.set_title("selfsup (solid) vs lightly's recipes (dashed), cifar10_jpeg")
-    ax.legend(
-        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
-    )  # beside the curves, not on them
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+def _pick(values: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` of ``values`` at seeded random positions (the same for a split's x and y)."""
+    order = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
+    return values[order[:n].sort().values]
 
 
 def main() -> int:
     global RECORDS, PLOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="*", default=[], help="e.g. selfsup/simclr lightly/simclr")
+    parser.add_argument("--data", choices=sorted(DATASETS), default="cifar",
+                        help="cifar10_jpeg.npz (cifar) or pneumoniamnist.npz (pneumonia)")  # fmt: skip
     parser.add_argument("--budget-min", type=float, default=10.0)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--points", type=int, default=3, help="kNN evaluations per run")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--baselines", action="store_true")
+    parser.add_argument("--tag", default=None,
+                        help="stored in each record: runs with another tag (or none) are kept "
+                        "and shown apart, e.g. after-config-fix")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own); recorded")  # fmt: skip
     parser.add_argument("--render", action="store_true", help="only redraw from the records")
     parser.add_argument("--force", action="store_true", help="rerun recorded runs")
     parser.add_argument("--limit-data", type=int, default=0,
-                        help="a quick check of the script: N training and N test images, "
+                        help="a quick check of the script: N training and N test images "
+                        "(a seeded random pick: PneumoniaMNIST's are sorted by class), "
                         "records to --records")  # fmt: skip
-    parser.add_argument("--records", type=Path, default=RECORDS)
+    parser.add_argument("--records", type=Path, default=None,
+                        help="default: benchmarks/quality_runs.json, or "
+                        "quality_pneumonia_runs.json with --data pneumonia")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if args.records != RECORDS:  # a check run writes beside its records, not to RESULTS.md
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = DATASETS[args.data]
+    RECORDS, PLOT = OUTPUTS[args.data]
+    if args.records is not None and args.records != RECORDS:
+        # a check run writes beside its records, not to RESULTS.md
         RECORDS, PLOT = args.records, args.records.with_suffix(".png")
         common.RESULTS = args.records.with_suffix(".md")
+    show = render if dataset.name == "cifar" else render_pneumonia
     records = load_records()
-    data = load_cifar(CIFAR) if (args.runs or args.baselines) else {}
+    data = dataset.load() if (args.runs or args.baselines) else {}
     if args.limit_data:
-        data = {k: v[: args.limit_data] for k, v in data.items()}
+        data = {k: _pick(v, args.limit_data) if torch.is_tensor(v) else v for k, v in data.items()}
     if args.baselines:
-        for record in baselines(data):
+        for record in baselines(data, dataset):
             save_record(records, record)
             print(record["run"], record["final"], flush=True)
+    tag = args.tag or None
     for seed in range(args.seeds):
         for name in args.runs:
             side, method = name.split("/")
-            done = {(r["run"], r["seed"], r.get("budget_min")) for r in records}
-            if (name, seed, args.budget_min) in done and not args.force:
+            done = {_key(r) for r in load_records()}
+            if (name, seed, args.budget_min, tag) in done and not args.force:
                 continue
-            record = run(side, method, seed, args.budget_min, args.points, args.workers, data)
+            record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
+                         dataset, tag)  # fmt: skip
             save_record(records, record)
-            render(records, args.budget_min, args.seeds)
-    render(records, args.budget_min, args.seeds)
+            show(records, args.seeds)
+    show(load_records(), args.seeds)
     return 0
 
 

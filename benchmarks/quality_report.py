@@ -1,0 +1,431 @@
+"""Tables and figures of benchmarks/quality.py besides its main CIFAR table: CIFAR runs at
+other budgets or with a tag, and the PneumoniaMNIST section.
+
+Records are grouped by (budget in minutes, tag); a record without a tag is in the group of
+tag ``None``. Figures are mean ± standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+Group = tuple[float, "str | None"]
+
+
+def group_of(record: dict) -> Group:
+    return record["budget_min"], record.get("tag") or None
+
+
+def mean_sd(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    sd = f" ± {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values) * scale:.{digits}f}{sd} (n={len(values)})"
+
+
+def _shape(rs: list[dict]) -> str:
+    return f"{statistics.mean([r['steps'] for r in rs]):.0f} x {rs[0]['batch']}" if rs else "-"
+
+
+def _ips(rs: list[dict]) -> str:
+    return f"{statistics.mean([r['images_per_s'] for r in rs]):.0f}" if rs else "-"
+
+
+def _recorded(rs: Iterable[dict], key: str) -> list[Any]:
+    return sorted({r[key] for r in rs if r.get(key) is not None})
+
+
+def command(rs: list[dict], wanted_seeds: int, order: list[str], data: str | None = None) -> str:
+    """The command line that runs the records ``rs`` of one group (and how many torch
+    threads they ran with, where that is recorded but differs between runs)."""
+    budget, tag = group_of(rs[0])
+    parts = ["benchmarks/quality.py"] + (["--data", data] if data else [])
+    parts += ["--budget-min", f"{budget:g}", "--seeds", str(wanted_seeds)]
+    points, threads = _recorded(rs, "points"), _recorded(rs, "threads")
+    if len(points) == 1:
+        parts += ["--points", str(points[0])]
+    if len(threads) == 1:
+        parts += ["--threads", str(threads[0])]
+    if tag:
+        parts += ["--tag", tag]
+    runs = sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run))
+    line = "`" + " ".join([*parts, "--runs", *runs]) + "`"
+    if len(threads) > 1:
+        line += f" (torch threads per run: {', '.join(map(str, threads))})"
+    return line
+
+
+def _rank(run: str, order: list[str]) -> int:
+    method = run.split("/", 1)[1]
+    return order.index(method) if method in order else len(order)
+
+
+def crossing(curve: list[dict], level: float) -> str:
+    """The training minute at which the kNN curve first reaches ``level`` (linear between
+    the marks), ``<= m`` when its first mark is already above, ``-`` when it never does."""
+    previous = None
+    for point in curve:
+        if point["knn"] >= level:
+            if previous is None:
+                return f"<= {point['minutes']:.1f}"
+            (m0, k0), (m1, k1) = previous, (point["minutes"], point["knn"])
+            return f"{m0 + (level - k0) / (k1 - k0) * (m1 - m0):.1f}"
+        previous = point["minutes"], point["knn"]
+    return "-"
+
+
+def _marks(rs: list[dict]) -> str:
+    """The kNN curve averaged over seeds, mark by mark: ``minutes: top-1 %``."""
+    n = min(len(r["curve"]) for r in rs)
+    points = []
+    for i in range(n):
+        minutes = statistics.mean([r["curve"][i]["minutes"] for r in rs])
+        knn = statistics.mean([r["curve"][i]["knn"] for r in rs])
+        points.append(f"{minutes:.{0 if minutes >= 10 else 1}f}: {knn * 100:.1f}")
+    return ", ".join(points)
+
+
+# -- CIFAR: the main table and figure -----------------------------------------------------
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "not yet run"
+    sd = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values) * 100:.1f}{sd} (n={len(values)})"
+
+
+def cifar_section(records: list[dict], wanted_seeds: int, methods: dict[str, tuple[str, str]],
+                  reference: Group, figure: Path, k: int, t: float, machine: str) -> str:  # fmt: skip
+    """The CIFAR section: the main table and figure (``figure``) of the ``reference``
+    group's runs, then a table per other budget or tag (:func:`budget_tables`).
+    ``methods``: method -> (selfsup config, lightly's counterpart)."""
+    budget_min = reference[0]
+    runs = [r for r in records
+            if r["side"] != "baseline" and group_of(r) == reference]  # fmt: skip
+    by = lambda run: [r for r in runs if r["run"] == run]  # noqa: E731
+    rows = ["| method | selfsup kNN top-1 % | lightly's recipe kNN top-1 % | selfsup - lightly "
+            "(points) | steps x batch (selfsup / lightly) | selfsup img/s | probe % (selfsup / lightly) |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, (_, counterpart) in methods.items():
+        s, lt = by(f"selfsup/{method}"), by(f"lightly/{counterpart}")
+        sk = [r["final"]["knn"] for r in s]
+        lk = [r["final"]["knn"] for r in lt]
+        diff = f"{(statistics.mean(sk) - statistics.mean(lk)) * 100:+.1f}" if sk and lk else "-"
+
+        def shape(rs: list[dict]) -> str:
+            return (
+                f"{statistics.mean([r['steps'] for r in rs]):.0f} x {rs[0]['batch']}" if rs else "-"
+            )
+
+        ips = f"{statistics.mean([r['images_per_s'] for r in s]):.0f}" if s else "-"
+        probes = [r["final"]["probe"] for r in s if "probe" in r["final"]]
+        lprobes = [r["final"]["probe"] for r in lt if "probe" in r["final"]]
+        probe = f"{_mean_sd(probes)} / {_mean_sd(lprobes)}" if probes or lprobes else "-"
+        label = method if counterpart == method else f"{method} (vs lightly {counterpart})"
+        rows.append(f"| {label} | {_mean_sd(sk)} | {_mean_sd(lk)} | {diff} | "
+                    f"{shape(s)} / {shape(lt)} | {ips} | {probe} |")  # fmt: skip
+    base = [r for r in records if r["side"] == "baseline"]
+    for name in sorted({r["method"] for r in base}):
+        finals = [r["final"] for r in base if r["method"] == name]
+        probes = [f["probe"] for f in finals if "probe" in f]
+        rows.append(f"| baseline: {name} | {_mean_sd([f['knn'] for f in finals])} | | | | | "
+                    f"{_mean_sd(probes) if probes else ''} |")  # fmt: skip
+    exist = sorted({(r["run"], r["seed"]) for r in runs})
+    listed = ", ".join(f"{run} seed {seed}" for run, seed in exist) or "none"
+    missing = [f"{side}/{m if side == 'selfsup' else c}" for m, (_, c) in methods.items()
+               for side in ("selfsup", "lightly")]  # fmt: skip
+    missing = sorted({m for m in missing if len(by(m)) < wanted_seeds})
+    full = [
+        f"{r['run']}: {r['config_epochs']} epochs x 15,000 images at {r['images_per_s']:.0f} img/s = "
+        f"{r['config_epochs'] * 15000 / r['images_per_s'] / 3600:.1f} h "
+        f"({r['config_epochs'] * 50000 / r['images_per_s'] / 3600:.0f} h on all 50,000 CIFAR-10 images)"
+        for r in {r["run"]: r for r in runs if r["side"] == "selfsup"}.values()
+    ]  # fmt: skip
+    threads = _recorded(runs, "threads")
+    body = [
+        f"`benchmarks/quality.py --budget-min {budget_min:g} --seeds {wanted_seeds}` "
+        f"(runs added over sessions; `--render` redraws). Weighted kNN, k = {k}, T = {t}, "
+        "on the 5,000 test images against the 15,000 training images of cifar10_jpeg.npz; "
+        "mean ± standard deviation over seeds, in %. Machine of the runs: "
+        + (runs[0]["machine"] if runs else machine) + "."
+        + (f" torch threads: {', '.join(map(str, threads))}." if threads else ""),
+        "",
+        *rows,
+        "",
+        f"Runs recorded: {listed}.",
+        f"Not yet run (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
+        "",
+        "How long a full run of the config takes here (at the measured training speed):",
+        "",
+        *[f"- {line}" for line in full],
+        "",
+        "![kNN top-1 against training minutes](quality_knn.png)",
+        "",
+        *budget_tables(records, reference, wanted_seeds, list(methods),
+                       figure.with_name(figure.stem + "_budgets.png")),
+    ]  # fmt: skip
+    plot_cifar(records, reference, list(methods), figure)
+    return "\n".join(body)
+
+
+def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: Path) -> None:
+    """kNN curves of the ``reference`` group's runs and the baselines as horizontal lines."""
+    budget_min = reference[0]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    markers = "osD^v"
+    for r in records:
+        if r["side"] == "baseline" or group_of(r) != reference:
+            continue
+        ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
+                marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
+                linestyle="-" if r["side"] == "selfsup" else "--",
+                label=f"{r['run']} seed {r['seed']}")  # fmt: skip
+    baseline_styles = iter([":", "-."])
+    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
+        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
+        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
+                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
+    ax.set_xlim(0, budget_min * 1.05)
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("kNN top-1 on the test split (%)")
+    ax.set_title("selfsup (solid) vs lightly's recipes (dashed), cifar10_jpeg")
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)
+    )  # beside the curves, not on them
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+
+# -- CIFAR: budgets and tags beside the main table -----------------------------------------
+def budget_tables(records: list[dict], reference: Group, wanted_seeds: int, order: list[str],
+                  figure: Path) -> list[str]:  # fmt: skip
+    """Lines for RESULTS.md: one table per group of runs other than ``reference``, each
+    run beside the same run in the reference group; draws ``figure`` when there are any."""
+    runs = [r for r in records if r["side"] != "baseline"]
+    groups = sorted({group_of(r) for r in runs} - {reference}, key=lambda g: (g[0], g[1] or ""))
+    if not groups:
+        return []
+    raw = [r["final"]["knn"] for r in records if r["run"] == "baseline/raw_pixels"]
+    level = statistics.mean(raw) if raw else None
+    ref_name = f"{reference[0]:g}-min" + (f" `{reference[1]}`" if reference[1] else "")
+    cross = f"reaches raw pixels' {level * 100:.1f} % at (min, per seed)" if raw else "-"
+    lines = [f"### Other budgets and tags ({', '.join(_group_name(g) for g in groups)})", ""]
+    for group in groups:
+        rs = [r for r in runs if group_of(r) == group]
+        lines += [f"**{_group_name(group)}**: {command(rs, wanted_seeds, order)}. Machine of the "
+                  f"runs: {rs[0]['machine']}.", "",
+                  f"| run | kNN top-1 % | kNN at the marks (min: %) | {cross} | probe % | "
+                  f"steps x batch | img/s | {ref_name} runs: kNN top-1 % |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
+            mine = sorted((r for r in rs if r["run"] == name), key=lambda r: r["seed"])
+            ref = [r["final"]["knn"] for r in runs if r["run"] == name and group_of(r) == reference]
+            probes = [r["final"]["probe"] for r in mine if "probe" in r["final"]]
+            reached = " / ".join(crossing(r["curve"], level) for r in mine) if raw else "-"
+            lines.append(f"| {name} | {mean_sd([r['final']['knn'] for r in mine])} | "
+                         f"{_marks(mine)} | {reached} | {mean_sd(probes)} | {_shape(mine)} | "
+                         f"{_ips(mine)} | {mean_sd(ref)} |")  # fmt: skip
+        lines.append("")
+    lines += [f"![kNN top-1 against training minutes, other budgets and tags]({figure.name})", ""]
+    plot_budgets(records, reference, groups, order, figure)
+    return lines
+
+
+def _group_name(group: Group) -> str:
+    return f"{group[0]:g} min" + (f", tag `{group[1]}`" if group[1] else "")
+
+
+def plot_budgets(records: list[dict], reference: Group, groups: list[Group], order: list[str],
+                 figure: Path) -> None:  # fmt: skip
+    """kNN curves of the runs in ``groups`` (one line style per group), the same runs of
+    the reference group faint and dotted, and the baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    styles = dict(zip(groups, ["-", "--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4))
+    shown = {r["run"] for r in records if r["side"] != "baseline" and group_of(r) in groups}
+    for r in records:
+        if r["side"] == "baseline" or r["run"] not in shown:
+            continue
+        group = group_of(r)
+        if group not in groups and group != reference:
+            continue
+        faint = group == reference
+        ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
+                marker="os"[r["seed"] % 2], markersize=3 if faint else 5,
+                color=colours.get(r["method"], "black"), alpha=0.35 if faint else 1.0,
+                linestyle=":" if faint else styles[group],
+                label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
+    baseline_styles = iter([":", "-.", (0, (1, 3))])
+    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
+        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
+        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
+                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
+    ax.set_xlim(0, max(g[0] for g in groups) * 1.05)
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("kNN top-1 on the test split (%)")
+    ax.set_title("cifar10_jpeg: other budgets and tags (faint dotted: the same runs, "
+                 f"{_group_name(reference)})", fontsize=10)  # fmt: skip
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+
+# -- PneumoniaMNIST --------------------------------------------------------------------------
+PNEUMONIA_HEADING = "Medical images: PneumoniaMNIST (`quality --data pneumonia`)"
+
+
+def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
+                      expected: list[str], figure: Path, k: int, t: float,
+                      machine: str) -> str:  # fmt: skip
+    """The RESULTS.md section of the PneumoniaMNIST runs (``expected``: the run names each
+    10-minute untagged group should hold ``wanted_seeds`` seeds of)."""
+    runs = [r for r in records if r["side"] != "baseline"]
+    base = [r for r in records if r["side"] == "baseline"]
+    groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or ""))
+    commands = [command([r for r in runs if group_of(r) == g], wanted_seeds, order, "pneumonia")
+                for g in groups]  # fmt: skip
+    if base:
+        commands.append("`benchmarks/quality.py --data pneumonia --baselines`")
+    rows = ["| run | budget (min), tag | kNN acc % | kNN AUROC | probe AUROC | probe acc % | "
+            "steps x batch | img/s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for group in groups:
+        rs = [r for r in runs if group_of(r) == group]
+        for name in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
+            mine = [r["final"] for r in rs if r["run"] == name]
+            rows.append(f"| {name} | {_group_name(group)} | {_finals(mine)} | "
+                        f"{_shape([r for r in rs if r['run'] == name])} | "
+                        f"{_ips([r for r in rs if r['run'] == name])} |")  # fmt: skip
+    for name in sorted({r["method"] for r in base}, key=lambda m: (m != "raw pixels", m)):
+        label = ("raw pixels (kNN: per-image mean-centred; probe: logistic regression on "
+                 "standardised pixels)") if name == "raw pixels" else name  # fmt: skip
+        rows.append(
+            f"| baseline: {label} | | {_finals([r['final'] for r in base if r['method'] == name])} | | |"
+        )
+    exist = sorted({(r["run"], r["seed"], _group_name(group_of(r))) for r in runs})
+    listed = ", ".join(f"{run} seed {seed} ({g})" for run, seed, g in exist) or "none"
+    at_reference = [r for r in runs if group_of(r) == (10.0, None)]
+    missing = [name for name in expected
+               if len({r["seed"] for r in at_reference if r["run"] == name}) < wanted_seeds]  # fmt: skip
+    body = [
+        "Produced by " + ", ".join(commands or ["(no runs yet)"]) + " (runs added over sessions; "
+        "`--data pneumonia --render` redraws). PneumoniaMNIST as in ../shared/data "
+        "(pneumoniamnist.npz: 2,428 training and 468 test chest X-rays, both balanced, "
+        "grayscale, 28 px; the 270 validation images are not used). Pretraining on the "
+        f"training split; weighted kNN (k = {k}, T = {t}, cosine) with the training split as "
+        "memory bank and the test split as queries, its AUROC scoring an image by the "
+        "weighted vote share of pneumonia; the linear probe (`selfsup probe`'s, on cached "
+        "features; head picked on 10 % of the training split) at the end of each run. selfsup "
+        "runs the CIFAR configs with 1-channel overrides (in_chans 1, grayscale views, mean "
+        "0.5, std 0.25, 28 px, DINO's local crops 14 px; MAE's ViT patch 4: 7 x 7 tokens, "
+        "I-JEPA's patch 2: 14 x 14); lightly's recipes see the gray image repeated to 3 "
+        "channels at 28 px with their own transforms and ImageNet normalisation. "
+        "Mean ± standard deviation over seeds; accuracies in %. Machine of the runs: "
+        + (runs[0]["machine"] if runs else machine) + ".",
+        "",
+        *rows,
+        "",
+        f"Runs recorded: {listed}.",
+        f"Not yet run at 10 min (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
+        "",
+        f"![AUROC per run and kNN AUROC against training minutes]({figure.name})",
+        "",
+    ]  # fmt: skip
+    plot_pneumonia(records, order, figure)
+    return "\n".join(body)
+
+
+def _finals(finals: list[dict]) -> str:
+    """kNN acc | kNN AUROC | probe AUROC | probe acc cells."""
+
+    def of(key: str, scale: float, digits: int) -> str:
+        return mean_sd([f[key] for f in finals if key in f], scale, digits)
+
+    return " | ".join([of("knn", 100, 1), of("knn_auroc", 1, 3), of("probe_auroc", 1, 3),
+                       of("probe", 100, 1)])  # fmt: skip
+
+
+def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
+    """Left: kNN and probe AUROC of each run (every seed, and their mean), the baselines
+    as horizontal lines. Right: kNN AUROC against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in records if r["side"] != "baseline"]
+    base = [r for r in records if r["side"] == "baseline"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=(3, 2))
+    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    columns = sorted({(r["run"], group_of(r)) for r in runs},
+                     key=lambda c: (c[1][0], c[1][1] or "", _rank(c[0], order), c[0]))  # fmt: skip
+    for x, (name, group) in enumerate(columns):
+        mine = [r for r in runs if r["run"] == name and group_of(r) == group]
+        colour = colours.get(mine[0]["method"], "black")
+        for key, marker, dx in (("knn_auroc", "o", -0.12), ("probe_auroc", "s", 0.12)):
+            values = [r["final"][key] for r in mine if key in r["final"]]
+            left.scatter([x + dx] * len(values), values, marker=marker, color=colour,
+                         facecolors="none" if key == "knn_auroc" else colour, s=25)  # fmt: skip
+            if values:
+                left.hlines(statistics.mean(values), x + dx - 0.1, x + dx + 0.1, color=colour)
+    left.scatter([], [], marker="o", facecolors="none", color="black", label="kNN AUROC")
+    left.scatter([], [], marker="s", color="black", label="probe AUROC")
+    lines = [
+        ("raw pixels", "knn_auroc", "kNN on raw pixels", "grey", ":"),
+        ("raw pixels", "probe_auroc", "logistic regression on pixels", "grey", "-."),
+    ]
+    untrained = sorted({r["method"] for r in base} - {"raw pixels"})
+    lines += [(m, "probe_auroc", f"{m}: probe", colour, "--")
+              for m, colour in zip(untrained, ["tab:brown", "tab:olive", "tab:pink", "black"])]  # fmt: skip
+    shown = [r["final"][key] for r in runs for key in ("knn_auroc", "probe_auroc")
+             if key in r["final"]]  # fmt: skip
+    for method, key, label, colour, style in lines:
+        values = [r["final"][key] for r in base if r["method"] == method and key in r["final"]]
+        if values:
+            shown.append(statistics.mean(values))
+            left.axhline(statistics.mean(values), color=colour, linewidth=1, linestyle=style,
+                         label=f"baseline: {label} ({statistics.mean(values):.3f})")  # fmt: skip
+    if shown:
+        left.set_ylim(min(shown) - 0.02, min(1.0, max(shown) + 0.01))
+    left.set_xticks(range(len(columns)),
+                    [f"{n}\n{_group_name(g)}" if g != (10.0, None) else n for n, g in columns],
+                    rotation=60, ha="right", fontsize=7)  # fmt: skip
+    left.set_ylabel("AUROC on the test split (pneumonia vs normal)")
+    left.legend(fontsize=7, loc="lower left")
+    left.grid(alpha=0.3, axis="y")
+    for r in runs:
+        curve = [p for p in r["curve"] if "knn_auroc" in p]
+        right.plot([p["minutes"] for p in curve], [p["knn_auroc"] for p in curve],
+                   marker="os"[r["seed"] % 2], color=colours.get(r["method"], "black"),
+                   linestyle="-" if r["side"] == "selfsup" else "--", markersize=4,
+                   label=f"{r['run']} seed {r['seed']}" if group_of(r) == (10.0, None)
+                   else f"{r['run']} seed {r['seed']} ({_group_name(group_of(r))})")  # fmt: skip
+    raw = [r["final"]["knn_auroc"] for r in base if r["method"] == "raw pixels"]
+    if raw:
+        right.axhline(statistics.mean(raw), color="grey", linewidth=1, linestyle=":",
+                      label=f"baseline: kNN on raw pixels ({statistics.mean(raw):.3f})")  # fmt: skip
+    right.set_xlabel("training minutes (2-core CPU)")
+    right.set_ylabel("kNN AUROC")
+    right.set_title("selfsup (solid) vs lightly's recipes (dashed)", fontsize=9)
+    right.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1))
+    right.grid(alpha=0.3)
+    fig.suptitle("PneumoniaMNIST (28 px, 1 channel)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
