@@ -19,7 +19,7 @@ commands:
   knn          weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data DATA)
   probe        linear probe on frozen features (selfsup probe --ckpt CKPT --data DATA)
   finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data DATA)
-  export       write the backbone as .safetensors (selfsup export --ckpt CKPT --out FILE)
+  export       write the backbone as .safetensors, or a timm hub folder (--format timm-hub --out DIR)
   reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
   attention    ViT attention maps of images (selfsup attention --ckpt CKPT --image IMG... --out DIR)
   embed        2-D plot of test features by label (selfsup embed --ckpt CKPT --data DATA --out P.png)

@@ -153,6 +153,7 @@ class EvalTransform:
         if crop_ratio is None:
             crop_ratio = 1.0 if size <= 64 else 0.875
         self.size = size
+        self.crop_ratio = crop_ratio
         self.pipeline = v2.Compose(
             [
                 v2.ToDtype(torch.float32, scale=True),
