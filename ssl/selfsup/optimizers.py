@@ -1,4 +1,5 @@
-"""Optimisers that torch and lightly do not provide in the form selfsup needs."""
+"""Optimisers that torch and lightly do not provide in the form selfsup needs, and the
+layer-wise learning-rate decay shared by pretraining and fine-tuning."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 
 class LARS(torch.optim.Optimizer):
@@ -89,3 +91,31 @@ class LARS(torch.optim.Optimizer):
                     d = state["momentum_buffer"]
                 p.add_(d, alpha=-lr)
         return loss
+
+
+def layer_decay_groups(vit: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
+    """BEiT/MAE layer-wise decay: embeddings are layer 0, block i layer i + 1, the rest
+    (final norm) layer L + 1; layer l trains at ``decay^(L + 1 - l)`` of the head's rate.
+
+    Not timm's ``param_groups_layer_decay``: it puts the final norm in the last block's
+    group, so every block gets one factor of ``decay`` less than the reference recipe.
+    """
+    depth = len(vit.blocks)
+    skip = set(vit.no_weight_decay())
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in vit.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+            layer = 0
+        elif name.startswith("blocks."):
+            layer = int(name.split(".")[1]) + 1
+        else:
+            layer = depth + 1
+        decayed = p.ndim > 1 and name not in skip
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "weight_decay": weight_decay if decayed else 0.0,
+            "lr_scale": decay ** (depth + 1 - layer), "decayed": decayed,
+        })  # fmt: skip
+        group["params"].append(p)
+    return list(groups.values())

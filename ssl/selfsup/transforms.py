@@ -97,6 +97,15 @@ class ViewTransform:
     def view_sizes(self) -> list[int]:
         return [self.size] * self.n_views
 
+    def renormalise(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise every view with ``mean``/``std`` instead (the normalisation a run's
+        starting weights were trained with)."""
+        self.mean, self.std = tuple(mean), tuple(std)
+        for pipeline in self.pipelines:
+            for step in pipeline.transforms:
+                if isinstance(step, v2.Normalize):
+                    step.mean, step.std = list(mean), list(std)
+
 
 class SimCLRTransform(ViewTransform):
     """SimCLR: two views from one symmetric pipeline (Chen et al., 2020, App. A).

@@ -59,6 +59,12 @@ def pretrain(argv: list[str]) -> int:
             _say(cli, f"selfsup: the resumed run keeps its seed {seed}")
         cli.run_config.resumed_step = step
         _say(cli, f"selfsup: resuming from {ckpt_path} (step {step})")
+    elif cli.model.hparams.get("init_from"):
+        from selfsup.train.starting_weights import prepare_starting_weights
+
+        for line in prepare_starting_weights(cli.model, cli.datamodule, run_dir,
+                                             cli.trainer.is_global_zero):  # fmt: skip
+            _say(cli, f"selfsup: init {line}")
     try:
         cli.trainer.fit(
             cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None

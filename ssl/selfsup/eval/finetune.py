@@ -32,6 +32,7 @@ from torchvision.transforms import v2
 from selfsup.checkpoints import LoadedBackbone
 from selfsup.data.module import default_num_workers
 from selfsup.data.streams import TransformedDataset
+from selfsup.optimizers import layer_decay_groups
 from selfsup.schedules import warmup_cosine
 
 
@@ -120,34 +121,6 @@ class FineTune(pl.LightningModule):
             opt, lambda step: warmup_cosine(step, total, warmup, 1.0, 1e-3)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def layer_decay_groups(vit: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
-    """BEiT/MAE layer-wise decay: embeddings are layer 0, block i layer i + 1, the rest
-    (final norm) layer L + 1; layer l trains at ``decay^(L + 1 - l)`` of the head's rate.
-
-    Not timm's ``param_groups_layer_decay``: it puts the final norm in the last block's
-    group, so every block gets one factor of ``decay`` less than the reference recipe.
-    """
-    depth = len(vit.blocks)
-    skip = set(vit.no_weight_decay())
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in vit.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
-            layer = 0
-        elif name.startswith("blocks."):
-            layer = int(name.split(".")[1]) + 1
-        else:
-            layer = depth + 1
-        decayed = p.ndim > 1 and name not in skip
-        group = groups.setdefault((layer, decayed), {
-            "params": [], "weight_decay": weight_decay if decayed else 0.0,
-            "lr_scale": decay ** (depth + 1 - layer),
-        })  # fmt: skip
-        group["params"].append(p)
-    return list(groups.values())
 
 
 def _decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import torch
 import selfsup
 from selfsup.backbones import Backbone, Pool
 from selfsup.errors import ConfigError
-from selfsup.optimizers import LARS
+from selfsup.optimizers import LARS, layer_decay_groups
 from selfsup.schedules import warmup_cosine
 
 Optimizer = Literal["sgd", "lars", "adamw"]
@@ -53,6 +53,19 @@ class SelfSupervisedMethod(pl.LightningModule):
             |w|), lr)`` instead, never above the global rate. Other optimizers ignore
             both, as SGD ignores ``betas`` (so ``--model.init_args.optimizer sgd``
             works on a LARS config as it stands).
+        init_from: the backbone's starting weights (:mod:`selfsup.checkpoints.sources`): a
+            weights file, a selfsup export, checkpoint or run directory, a timm hub
+            directory, or a timm tag (``timm:vit_small_patch14_dinov2.lvd142m``); fitted
+            to this backbone (image size, patch size, channels, tokens). EMA teachers start
+            as exact copies; heads, projectors, predictors and decoders start fresh.
+        init_strict: keys of ``init_from`` that do not fit stop the run (False: the keys
+            that fit load, the rest start fresh, and the list is kept in the run directory).
+        freeze_backbone_epochs: the first N epochs train the heads only: the backbone's
+            weights stay as they started (ResNet BatchNorm statistics too; its gradients are
+            computed and dropped, which DDP needs).
+        layer_decay: ViTs: layer-wise learning-rate decay of the backbone (BEiT/MAE layer
+            ids, as ``selfsup finetune``): block i of L trains at ``decay^(L + 1 - i)`` of
+            the rate, the embeddings at ``decay^(L + 1)``; heads at the full rate.
     """
 
     #: Which backbone evaluators use by default: "student" or "teacher".
@@ -73,6 +86,10 @@ class SelfSupervisedMethod(pl.LightningModule):
         batch_size: int | None = None,
         lars_trust_coefficient: float = 1e-3,
         lars_clip: bool = False,
+        init_from: str | None = None,
+        init_strict: bool = True,
+        freeze_backbone_epochs: int = 0,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -81,8 +98,65 @@ class SelfSupervisedMethod(pl.LightningModule):
                 f"lars_trust_coefficient is {lars_trust_coefficient}: use a positive value "
                 "(1e-3 as in SimCLR and BYOL, 0.02 as in solo-learn)."
             )
+        if freeze_backbone_epochs < 0 or (layer_decay is not None and not 0 < layer_decay <= 1):
+            raise ConfigError(
+                f"freeze_backbone_epochs {freeze_backbone_epochs}, layer_decay {layer_decay}: give "
+                "0 or more epochs, and a decay in (0, 1] (0.65-0.75 as in fine-tuning) or none."
+            )
         self.backbone = Backbone(backbone, **(backbone_kwargs or {}))
+        if layer_decay is not None and not self.backbone.is_vit:
+            raise ConfigError("layer_decay applies to ViT backbones; drop it for a ResNet.")
         self.steps_per_epoch = 1  # optimizer steps; set when the optimiser is configured
+        #: Where the starting weights came from (checkpoint metadata), once loaded.
+        self.init_record: dict[str, Any] | None = None
+        self._init_plan: Any = None
+
+    # -- starting weights (init_from) -------------------------------------------------
+    def prepare_init(self) -> Any:
+        """Read ``init_from`` and fit it to the backbone (one-line errors, before any
+        training); :meth:`on_fit_start` loads it. Returns the plan, whose ``lines()`` say
+        what was read and adapted."""
+        from selfsup.checkpoints.sources import plan_init
+
+        self._init_plan = plan_init(self.hparams.init_from, self.backbone.model,
+                                    self.hparams.init_strict)  # fmt: skip
+        return self._init_plan
+
+    @torch.no_grad()
+    def load_init_weights(self) -> None:
+        """Load the prepared starting weights into the backbone (in place: optimisers and
+        DDP keep their parameters), then let the method copy them (EMA teachers)."""
+        plan = self._init_plan or self.prepare_init()
+        target = self.backbone.model.state_dict()
+        for key, value in plan.adapted.state.items():
+            target[key].copy_(value.to(target[key].dtype))
+        self.init_record = {**plan.source.record(), "changes": plan.adapted.changes,
+                            "not_loaded": len(plan.adapted.missing) + len(plan.adapted.shapes)}  # fmt: skip
+        self._init_plan = None
+        self.after_init_weights()
+
+    def after_init_weights(self) -> None:
+        """Called once the backbone holds its starting weights (EMA teachers copy them)."""
+
+    def on_fit_start(self) -> None:
+        # A resumed run (ckpt_path set) has its weights from the checkpoint already.
+        trainer = self.trainer
+        if self.hparams.get("init_from") and trainer.ckpt_path is None and trainer.global_step == 0:
+            self.load_init_weights()
+
+    # -- frozen backbone (freeze_backbone_epochs) -----------------------------------------
+    @property
+    def backbone_frozen(self) -> bool:
+        epochs = self.hparams.get("freeze_backbone_epochs") or 0
+        return bool(self._trainer) and self.trainer.current_epoch < epochs
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.backbone_frozen:  # after Lightning's train(): BatchNorm statistics stay
+            self.backbone.eval()
+
+    def on_train_epoch_start(self) -> None:
+        if not self.backbone_frozen:
+            self.backbone.train()
 
     # -- features for evaluators and monitors --------------------------------------------
     def eval_module(self) -> Backbone:
@@ -120,21 +194,28 @@ class SelfSupervisedMethod(pl.LightningModule):
         return self.hparams.base_lr * self.global_batch_size() / 256
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weights with weight decay; norms, biases and the ViT's tokens and position embeddings without."""
+        """Weights with weight decay; norms, biases and the ViT's tokens and position
+        embeddings without; with ``layer_decay``, the backbone's groups by layer (``lr_scale``)."""
         no_decay_names = {"pos_embed", "cls_token", "reg_token", "mask_token", "dist_token"}
-        decay, no_decay = [], []
+        decay, no_decay, layered = [], [], []
+        if self.hparams.get("layer_decay") is not None:
+            wd = self.hparams.weight_decay
+            layered = [{**g, "lars_adapt": g["decayed"]} for g in
+                       layer_decay_groups(self.backbone.model, wd, self.hparams.layer_decay)]  # fmt: skip
+        in_layers = {id(p) for g in layered for p in g["params"]}
         for name, p in self.named_parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or id(p) in in_layers:
                 continue
             if p.ndim <= 1 or name.split(".")[-1] in no_decay_names:
                 no_decay.append(p)
             else:
                 decay.append(p)
-        # LARS adapts the first group only: the group decides, not its weight decay.
+        # LARS adapts the groups with lars_adapt: the group decides, not its weight decay.
         wd = self.hparams.weight_decay
         return [
             {"params": decay, "weight_decay": wd, "decayed": True, "lars_adapt": True},
             {"params": no_decay, "weight_decay": 0.0, "decayed": False, "lars_adapt": False},
+            *layered,
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -142,6 +223,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.trainer.fit_loop.setup_data()  # sets num_training_batches (inf for iterable data)
         hp, lr = self.hparams, self.learning_rate()
         groups = self.parameter_groups()
+        for group in groups:
+            group["lr"] = lr * group.pop("lr_scale", 1.0)
         if hp.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
         elif hp.optimizer == "lars":
@@ -170,6 +253,9 @@ class SelfSupervisedMethod(pl.LightningModule):
         return warmup_cosine(step, total, 0, hp.weight_decay, hp.weight_decay_end)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.backbone_frozen:  # the optimisers skip parameters without a gradient
+            for p in self.backbone.parameters():
+                p.grad = None
         if self.hparams.weight_decay_end is not None:
             wd = self.weight_decay_at(self.global_step)
             for group in optimizer.param_groups:
@@ -252,7 +338,11 @@ class SelfSupervisedMethod(pl.LightningModule):
             "student_prefix": "backbone.",
             "teacher_prefix": "teacher_backbone." if hasattr(self, "teacher_backbone") else None,
             "eval_backbone": self.eval_backbone,
+            "init_from": self.init_record,
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["selfsup"] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.init_record = (checkpoint.get("selfsup") or {}).get("init_from")

@@ -68,8 +68,17 @@ class TeacherStudentMethod(SelfSupervisedMethod):
         return warmup_cosine(step, total, 0, hp.teacher_momentum, hp.teacher_momentum_end)
 
     @torch.no_grad()
+    def after_init_weights(self) -> None:
+        """The backbone's teacher starts as an exact copy of its starting weights."""
+        for student, teacher in self._ema_pairs:
+            if student is self.backbone:
+                teacher.load_state_dict(student.state_dict())
+
+    @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         for student, teacher in self._ema_pairs:
+            if student is self.backbone and self.backbone_frozen:
+                continue  # a frozen student: the teacher keeps the very same weights
             for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
                 pt.mul_(momentum).add_(ps.detach().to(pt.dtype), alpha=1.0 - momentum)
 

@@ -39,8 +39,9 @@ class KNNMonitor(pl.Callback):
     """Every ``every_n_epochs`` epochs (and when training ends), weighted kNN of the current
     backbone: labelled training images as the memory bank, held-out images as
     queries, logged as ``val/knn_top1``. Before the first step of a new run it
-    also measures the random-init backbone (``val/knn_top1_random_init``), and
-    at the end prints both side by side. On multi-label data (several 0/1 findings per
+    also measures the random-init backbone (``val/knn_top1_random_init``), or the
+    starting weights of a run with ``init_from`` (``val/knn_top1_init``, "init weights"),
+    and at the end prints both side by side. On multi-label data (several 0/1 findings per
     image) the figure is the macro AUROC of the kNN's vote shares
     (:func:`knn_macro_auroc`), logged as ``val/knn_macro_auroc`` (and
     ``val/knn_macro_auroc_random_init``).
@@ -134,10 +135,9 @@ class KNNMonitor(pl.Callback):
         if self.baseline is None and trainer.global_step == 0:
             self.baseline = self.evaluate(trainer, pl_module)
             name, shown = self._metric
-            self._log(trainer, f"{name}_random_init", self.baseline)
-            rank_zero_info(
-                f"kNN monitor: random-init backbone {shown} {self.baseline:.4f} (k={self.k})"
-            )
+            suffix, label = _start(pl_module)
+            self._log(trainer, f"{name}_{suffix}", self.baseline)
+            rank_zero_info(f"kNN monitor: {label} {shown} {self.baseline:.4f} (k={self.k})")
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.last = self.evaluate(trainer, pl_module)
@@ -158,9 +158,8 @@ class KNNMonitor(pl.Callback):
         if self._last_step != trainer.global_step:
             self._check(trainer, pl_module)
         if trainer.is_global_zero:
-            baseline = (
-                f"   random-init backbone: {self.baseline:.4f}" if self.baseline is not None else ""
-            )
+            label = _start(pl_module)[1]
+            baseline = f"   {label}: {self.baseline:.4f}" if self.baseline is not None else ""
             print(f"kNN {self._metric[1]} (k={self.k}): {self.last:.4f}{baseline}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
@@ -169,3 +168,11 @@ class KNNMonitor(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.baseline = state_dict.get("baseline")
         self.last = state_dict.get("last")
+
+
+def _start(pl_module: pl.LightningModule) -> tuple[str, str]:
+    """The step-0 figure's log suffix and label: the starting weights of an ``init_from``
+    run, else the random-init backbone."""
+    if getattr(pl_module, "hparams", {}).get("init_from"):
+        return "init", "init weights"
+    return "random_init", "random-init backbone"
