@@ -52,7 +52,7 @@ def random_init_checkpoint(trained: Path, out: Path) -> Path:
     ckpt = torch.load(trained, map_location="cpu", weights_only=False)
     config = yaml.safe_load((trained.parent.parent / "config.yaml").read_text())["model"]
     torch.manual_seed(0)
-    cls = method_class(config["class_path"].rsplit(".", 1)[-1].lower())
+    cls = method_class(config["class_path"].rsplit(".", 1)[-1])
     model = cls(**config.get("init_args", {}))
     fresh = model.state_dict()
     assert fresh.keys() == ckpt["state_dict"].keys()
@@ -90,7 +90,7 @@ def main() -> None:
                 "--label_fraction", *fractions, "--label_seeds", str(args.seeds))  # fmt: skip
         dirs.append(d)
     proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "summary", *map(str, dirs),
-                           "--out", str(out / "curves" / "summary.csv")],
+                           "--out", str(out / "curves" / "summary.csv"), "--curve_metric", "auroc"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     shutil.copy(out / "curves" / "label_curves.png", PLOT)
     tables = proc.stdout.split("\n\n", 1)[1].rsplit("\n\ncurves:", 1)[0]
@@ -100,8 +100,10 @@ def main() -> None:
         f"`{command}` ({machine()})\n\n"
         f"SimCLR pretrained {args.steps} steps on PneumoniaMNIST (1 channel, 28 px, batch 64, "
         "bf16) against the same ResNet-18 at random init; `selfsup probe --label_fraction "
-        f"{' '.join(fractions)} --label_seeds {args.seeds}` on each: test AUROC, mean ± std over "
-        "the seeds' nested label subsets (the validation split is fixed).\n\n"
+        f"{' '.join(fractions)} --label_seeds {args.seeds}` on each, then `selfsup summary "
+        "--curve_metric auroc` of both: test top-1 (the probe's headline, picked on "
+        "validation top-1) and AUROC, mean ± std over the seeds' nested label subsets (the "
+        "validation split is fixed). The figure shows AUROC.\n\n"
         f"{tables.strip()}\n\n![label curves](label_curve.png)\n"
     )
     write_section("Label efficiency (`label_curve`)", body)

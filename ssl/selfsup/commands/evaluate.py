@@ -223,12 +223,15 @@ def finetune(
     return 0
 
 
-def summary(dirs: list[str], out: str | None = None) -> int:
-    """One table of the metrics.json files under sweep or evaluation directories.
+def summary(dirs: list[str], out: str | None = None, curve_metric: str | None = None) -> int:
+    """One table of the metrics.json files under sweep or evaluation directories, and one
+    figure of their label-efficiency curves (label_curves.png beside the CSV).
 
     Args:
         dirs: sweep or evaluation directories (or metrics.json files)
         out: the CSV file (default: DIR/summary.csv of the first directory)
+        curve_metric: the figure the curves draw (default: each curve's headline; e.g.
+            auroc for a two-class set)
     """
     import sys
 
@@ -242,6 +245,6 @@ def summary(dirs: list[str], out: str | None = None) -> int:
     if not rows:
         raise ConfigError(f"No metrics.json under {', '.join(dirs)}: have the tasks finished?")
     csv_path = Path(out) if out else paths[0] / "summary.csv"
-    print(summary_table(rows, csv_path))
+    print(summary_table(rows, csv_path, curve_metric))
     print(f"summary: {csv_path}", file=sys.stderr)
     return 0

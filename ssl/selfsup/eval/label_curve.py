@@ -83,22 +83,40 @@ def curve_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _value(row: dict[str, Any], metric: str | None) -> tuple[float | None, float | None]:
+    """A row's (mean, std) of ``metric`` (None: the headline)."""
+    if metric is None or metric == row["metric"]:
+        return row["mean"], row["std"]
+    found = row.get(metric)
+    return (found["mean"], found["std"]) if isinstance(found, dict) else (None, None)
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
 def curve_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table: fraction, labelled images, headline mean ± std."""
+    """The rows as a Markdown table: fraction, labelled images, the headline and (where
+    the rows have them and they are not the headline) AUROC and macro AUROC, mean ± std."""
     metric = rows[0]["metric"] if rows else "headline"
-    lines = [f"| labels | images | {metric} (mean ± std) | seeds |", "|---|---|---|---|"]
+    extra = [m for m in ("auroc", "macro_auroc") if m != metric and any(m in r for r in rows)]
+    head = ["labels", "images", f"{metric} (mean ± std)", *[f"{m} (mean ± std)" for m in extra],
+            "seeds"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        std = f" ± {r['std']:.4f}" if r["std"] is not None else ""
-        mean = f"{r['mean']:.4f}" if r["mean"] is not None else "n/a"
-        lines.append(
-            f"| {r['fraction']:g} | {r['n_labelled']:.0f} | {mean}{std} | {r['n_seeds']} |"
-        )
+        cells = [f"{r['fraction']:g}", f"{r['n_labelled']:.0f}", _cell(r["mean"], r["std"]),
+                 *[_cell(*_value(r, m)) for m in extra], str(r["n_seeds"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def save_label_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Headline against the fraction of labels (log axis), one line per evaluation with
-    its ± std band, in one PNG."""
+def save_label_curves(
+    curves: dict[str, list[dict[str, Any]]], path: Path, metric: str | None = None
+) -> None:
+    """The headline (or ``metric``) against the fraction of labels (log axis), one line
+    per evaluation with its ± std band, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,15 +125,16 @@ def save_label_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> No
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     metrics = set()
     for name, rows in curves.items():
-        rows = [r for r in rows if r["mean"] is not None]
-        if not rows:
+        points = [(r["fraction"], *_value(r, metric)) for r in rows]
+        points = [p for p in points if p[1] is not None]
+        if not points:
             continue
-        x = np.array([r["fraction"] for r in rows])
-        mean = np.array([r["mean"] for r in rows])
-        std = np.array([r["std"] or 0.0 for r in rows])
+        x = np.array([p[0] for p in points])
+        mean = np.array([p[1] for p in points])
+        std = np.array([p[2] or 0.0 for p in points])
         line = ax.plot(x, mean, marker="o", label=name)[0]
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-        metrics.update(r["metric"] for r in rows)
+        metrics.update([metric] if metric else [r["metric"] for r in rows])
     ax.set_xscale("log")
     ax.set_xlabel("fraction of training labels")
     ax.set_ylabel(" / ".join(sorted(metrics)) or "headline")

@@ -102,10 +102,10 @@ def _headline(row: dict[str, Any]) -> str | None:
     return f"{h['metric']} {h['value']:.4f}{std}{at}"
 
 
-def summary_table(rows: list[dict[str, Any]], csv_path: Path) -> str:
+def summary_table(rows: list[dict[str, Any]], csv_path: Path, metric: str | None = None) -> str:
     """The rows as a Markdown table (the columns some row has), also written as CSV, and
     each label-efficiency curve's table; the curves of every row that has one are drawn
-    together in ``label_curves.png`` beside the CSV."""
+    together in ``label_curves.png`` beside the CSV (their headline, or ``metric``)."""
     rows = [{**r, "headline": _headline(r)} for r in rows]
     columns = ["name", *[c for c in COLUMNS if any(r.get(c) is not None for r in rows)],
                "checkpoint"]  # fmt: skip
@@ -124,6 +124,6 @@ def summary_table(rows: list[dict[str, Any]], csv_path: Path) -> str:
         lines += ["", f"{name}:", curve_table(curve)]
     if curves:
         figure = csv_path.with_name("label_curves.png")
-        save_label_curves(curves, figure)
+        save_label_curves(curves, figure, metric)
         lines += ["", f"curves: {figure}"]
     return "\n".join(lines)
