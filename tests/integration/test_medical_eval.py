@@ -151,7 +151,7 @@ def test_label_fractions_give_a_curve_and_summary_draws_several(ckpt, tmp_path, 
         dirs.append(str(out))
     assert main(["summary", *dirs, "--out", str(tmp_path / "summary.csv")]) == 0
     printed = capsys.readouterr().out
-    assert "| labels | images | top1 (mean ± std) | seeds |" in printed
+    assert "| labels | images | top1 (mean ± std) | macro_auroc (mean ± std) | seeds |" in printed
     assert (tmp_path / "label_curves.png").stat().st_size > 1000
 
 

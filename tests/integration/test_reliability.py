@@ -130,13 +130,16 @@ def test_class_names_one_class_and_a_large_k_reach_the_json(tmp_path, capsys):
         assert len(lines) == (2 if task == "knn" else 1)
         if task == "knn":
             assert "k = 20 but there are only 12 training images" in lines[1]
-    # Several labels per image: refused in one line before anything runs.
+    # Several findings per image with an "uncertain" -1: refused in one line before anything runs.
     multi = tmp_path / "multi.npz"
-    np.savez(multi, x_train=x_train, y_train=np.zeros((48, 5), np.uint8), x_test=x_test,
-             y_test=np.zeros((24, 5), np.uint8))  # fmt: skip
+    findings = np.zeros((48, 5), np.int8)
+    findings[3, 2] = -1
+    np.savez(multi, x_train=x_train, y_train=findings, x_test=x_test,
+             y_test=np.zeros((24, 5), np.int8))  # fmt: skip
     assert main(["knn", "--ckpt", str(run), "--data", str(multi), "--num-workers", "0"]) == 2
     err = capsys.readouterr().err
-    assert "48x5 labels" in err and "one label per image" in err and "Traceback" not in err
+    assert "values other than 0 and 1" in err and "-1 for 'uncertain'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_no_command_writes_into_the_data_directory(tmp_path, capsys):

@@ -249,8 +249,9 @@ def run_finetune(
                                                     recipe.seed, fit)}  # fmt: skip
     if not zero:
         return None
-    for key in ("backbone", "checkpoint"):  # a curve's runs share them
-        result.setdefault(key, result["runs"][0][key])
+    if "runs" in result:  # a curve: its runs share the backbone and checkpoint
+        result.update(backbone=result["runs"][0]["backbone"],
+                      checkpoint=result["runs"][0]["checkpoint"])  # fmt: skip
     r = recipe
     result.update(
         epochs=r.epochs, lr=r.lr, layer_decay=r.layer_decay, drop_path=r.drop_path,

@@ -113,6 +113,8 @@ def calibration_error(probs: Any, targets: Any, n_bins: int = 15) -> float:
     if len(probs) == 0:
         raise ConfigError("calibration_error got no samples; evaluate on a non-empty split.")
     if targets.ndim == 1:
+        if probs.shape[1] == 1:  # one class: torchmetrics counts two or more; add an empty one
+            probs = torch.cat([probs, torch.zeros_like(probs)], 1)
         c = probs.shape[1]
         return float(multiclass_calibration_error(probs, targets, num_classes=c, n_bins=n_bins))
     if targets.shape != probs.shape:
