@@ -125,7 +125,7 @@ def test_bad_inputs_are_one_line_and_exit_2(runs, tiny_npz, tmp_path, capsys):
     bad_yaml.write_text(
         "model:\n  class_path: selfsup.methods.SimCLR\n  init_args: {temperature: [0.1\n"
     )
-    x, y = np.zeros((20, 32, 32, 3), np.uint8), np.zeros((20, 3), np.uint8)
+    x, y = np.zeros((20, 32, 32, 3), np.uint8), np.full((20, 3), 2, np.uint8)  # not 0/1
     multi = tmp_path / "multi.npz"
     np.savez(multi, x_train=x, y_train=y, x_test=x, y_test=y)
     fresh = str(tmp_path / "fresh")
@@ -144,8 +144,8 @@ def test_bad_inputs_are_one_line_and_exit_2(runs, tiny_npz, tmp_path, capsys):
         (["probe", "--ckpt", str(run), "--data", str(tiny_npz), "--epcohs", "3"],
          "Did you mean --epochs"),
         (["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--accelerator", "gpu"], "no GPU"),
-        ([*pretrain[:4], str(multi), *pretrain[5:]], "labels"),
-        (["knn", "--ckpt", str(run), "--data", str(multi)], "labels"),
+        ([*pretrain[:4], str(multi), *pretrain[5:]], "values other than 0 and 1"),
+        (["knn", "--ckpt", str(run), "--data", str(multi)], "values other than 0 and 1"),
     ]  # fmt: skip
     for argv, message in cases:
         code = main(argv)
