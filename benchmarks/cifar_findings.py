@@ -19,8 +19,6 @@ are written to OUT/cifar_findings.npz in selfsup's multi-label layout (``y_*`` N
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CIFAR, REPO, machine, write_section
+from common import selfsup_json as selfsup
 
 GROUPS = {
     "animal": ("bird", "cat", "deer", "dog", "frog", "horse"),
@@ -56,15 +55,6 @@ def build(out: Path) -> Path:
         np.savez(path, x_train=d["x_train"], y_train=y_train, x_test=d["x_test"],
                  y_test=y_test, classes=np.array(names))  # fmt: skip
     return path
-
-
-def selfsup(*args: str) -> dict | None:
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return json.loads(last) if last.startswith("{") else None
 
 
 def main() -> None:

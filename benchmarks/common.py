@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,3 +64,19 @@ def write_section(heading: str, body: str, out: Path | None = None) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     out.write_text(text)
+
+
+def run_selfsup(*args: str) -> tuple[dict | None, str]:
+    """Run a selfsup command in a subprocess -> its JSON line (evaluators; None for the
+    others) and its stdout + stderr; a failure ends the benchmark with its stderr."""
+    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True,
+                          text=True)  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    return (json.loads(last) if last.startswith("{") else None), proc.stdout + proc.stderr
+
+
+def selfsup_json(*args: str) -> dict | None:
+    """:func:`run_selfsup`'s JSON line only."""
+    return run_selfsup(*args)[0]

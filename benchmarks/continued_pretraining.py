@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CIFAR, REPO, machine, write_section
+from common import run_selfsup as selfsup
 
 PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
 ONLY_TIMM = """
@@ -39,15 +39,6 @@ model = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
 with torch.no_grad():
     torch.save(model(torch.load(sys.argv[2])), sys.argv[3])
 """
-
-
-def selfsup(*args: str) -> tuple[dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return (json.loads(last) if last.startswith("{") else None), proc.stdout + proc.stderr
 
 
 def backbone_state(run: Path, which: str) -> dict[str, torch.Tensor]:

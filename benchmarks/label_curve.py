@@ -18,7 +18,6 @@ and ``selfsup summary`` draws both curves in one PNG (benchmarks/label_curve.png
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -28,19 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, write_section
+from common import selfsup_json as selfsup
 
 PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
 PLOT = REPO / "benchmarks/label_curve.png"
-
-
-def selfsup(*args: str) -> dict | None:
-    """Run a selfsup command; its JSON line (evaluators), or None (pretraining)."""
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-3000:])
-    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-    return json.loads(last) if last.startswith("{") else None
 
 
 def random_init_checkpoint(trained: Path, out: Path) -> Path:

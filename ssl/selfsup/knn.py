@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import multilabel_auroc
 
 
 @torch.no_grad()
@@ -69,3 +70,23 @@ def knn_top1(
     num_classes = int(max(train_labels.max(), test_labels.max()).item()) + 1
     scores = knn_scores(train_feats, train_labels, test_feats, num_classes, (k,), temperature)[k]
     return (scores.argmax(dim=1) == test_labels.cpu().long()).float().mean().item()
+
+
+def knn_macro_auroc(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_feats: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> float:
+    """Macro AUROC of the weighted kNN's vote shares, labels ``(N, K)`` in {0, 1}: the mean
+    over the findings with positives and negatives among the queries (nan if none has)."""
+    n_findings = train_labels.shape[1]
+    scores = knn_scores(train_feats, train_labels, test_feats, n_findings, (k,), temperature)[k]
+    target = test_labels.cpu().long()
+    both = (target.min(0).values == 0) & (target.max(0).values == 1)
+    if not both.any():
+        return float("nan")
+    auroc = multilabel_auroc(scores[:, both], target[:, both], int(both.sum()), average="macro")
+    return float(auroc)

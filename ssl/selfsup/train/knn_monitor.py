@@ -8,31 +8,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
-from torchmetrics.functional.classification import multilabel_auroc
 
 from selfsup.data.summary import base_dataset
 from selfsup.distributed import gather_uneven, rank, world_size
-from selfsup.knn import knn_scores, knn_top1
-
-
-def knn_macro_auroc(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    test_labels: torch.Tensor,
-    k: int = 20,
-    temperature: float = 0.07,
-) -> float:
-    """Macro AUROC of the weighted kNN's vote shares, labels ``(N, K)`` in {0, 1}: the mean
-    over the findings with positives and negatives among the queries (nan if none has)."""
-    n_findings = train_labels.shape[1]
-    scores = knn_scores(train_feats, train_labels, test_feats, n_findings, (k,), temperature)[k]
-    target = test_labels.cpu().long()
-    both = (target.min(0).values == 0) & (target.max(0).values == 1)
-    if not both.any():
-        return float("nan")
-    auroc = multilabel_auroc(scores[:, both], target[:, both], int(both.sum()), average="macro")
-    return float(auroc)
+from selfsup.knn import knn_macro_auroc, knn_top1
 
 
 class KNNMonitor(pl.Callback):
