@@ -60,6 +60,9 @@ def test_pretrain_from_released_weights_says_the_adaptations(released, tiny_npz,
     record = ckpt["selfsup"]["init_from"]
     assert record["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
     assert record["source"] == str(released) and record["not_loaded"] == 0
+    assert main(["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--num_workers", "0"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["init_from"]["sha256"] == record["sha256"]  # the evaluator says where it began
 
 
 def test_weights_that_do_not_fit_stop_before_training(released, tiny_npz, tmp_path, capsys):

@@ -190,6 +190,8 @@ def probe(
         return 0  # features are on every rank; rank 0 reports
     result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"],
                   features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path)  # fmt: skip
+    if loaded.meta.get("init_from"):  # where the checkpoint's weights began
+        result["init_from"] = loaded.meta["init_from"]
     _report(result, classes, source.eval_dir("probe"))
     return 0
 

@@ -294,4 +294,6 @@ def _fit_and_measure(
         figures = classification_metrics(logits.softmax(1), labels, names)
     result = {"task": "finetune", **figures, "backbone": loaded.meta["loaded"],
               "checkpoint": loaded.path}  # fmt: skip
+    if loaded.meta.get("init_from"):  # where the checkpoint's weights began
+        result["init_from"] = loaded.meta["init_from"]
     return result, trainer.is_global_zero

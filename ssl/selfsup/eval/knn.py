@@ -82,4 +82,6 @@ def run_knn(
         checkpoint=loaded.path,
         **notes.fields(),
     )
+    if loaded.meta.get("init_from"):  # where the checkpoint's weights began
+        result["init_from"] = loaded.meta["init_from"]
     return result, classes
