@@ -159,9 +159,11 @@ def probe(
     """
     from selfsup.eval.blocks import block_features
     from selfsup.eval.features import labelled_features
+    from selfsup.eval.label_curve import check_label_fractions
     from selfsup.eval.probe import check_probe_options, run_probe, run_probe_augmented
 
     check_probe_options(val_fraction, augment, label_fraction)
+    check_label_fractions(label_fraction, label_seeds)
 
     loaded = block_features(source.load(), last_blocks, avgpool_patches)
     fabric, device = start_processes(source.devices, source.accelerator)
@@ -212,6 +214,9 @@ def finetune(
         label_seeds: subsets drawn per fraction (rows give mean and std over them)
     """
     from selfsup.eval.finetune import run_finetune
+    from selfsup.eval.label_curve import check_label_fractions
+
+    check_label_fractions(label_fraction, label_seeds)
 
     def load() -> Any:  # afresh for every run of a label-efficiency curve
         return source.load({"drop_path_rate": recipe.drop_path})

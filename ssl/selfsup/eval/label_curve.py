@@ -24,6 +24,18 @@ FIGURES = ("top1", "top5", "balanced_accuracy", "auroc", "macro_auroc", "micro_a
            "calibration_error")  # fmt: skip
 
 
+def check_label_fractions(fractions: Sequence[float] | None, n_seeds: int = 1) -> None:
+    """One line for fractions outside (0, 1] or fewer than one seed, before any work."""
+    from selfsup.errors import ConfigError
+
+    bad = [f for f in fractions or () if not 0 < f <= 1]
+    if bad or n_seeds < 1:
+        raise ConfigError(
+            f"--label_fraction {' '.join(map(str, fractions or []))} --label_seeds {n_seeds}: give "
+            "fractions in (0, 1], e.g. 0.01 0.1 1.0, and 1 or more seeds."
+        )
+
+
 def label_curve(
     labels: np.ndarray,
     groups: np.ndarray | None,
@@ -35,10 +47,7 @@ def label_curve(
     """``run(indices into labels, seed) -> figures`` for every fraction and seed ->
     ``{"headline", "label_curve": rows, "runs": every run's figures}``; the headline is
     the largest fraction's mean."""
-    if n_seeds < 1:
-        from selfsup.errors import ConfigError
-
-        raise ConfigError(f"--label_seeds {n_seeds}: give 1 or more seeds.")
+    check_label_fractions(fractions, n_seeds)
     runs = []
     for s in range(seed, seed + n_seeds):
         for fraction, idx in label_fractions(labels, groups, fractions, s).items():
