@@ -13,6 +13,9 @@ Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) f
   step count comes from the step time measured on a few calibration steps, and every
   ``*_epochs`` setting (warm-up, teacher-temperature warm-up, frozen last layer) shrinks
   by (epochs in the budget / the config's epochs).
+- ``selfsup/METHOD_small``: the short-budget recipe (``configs/METHOD/*_small.yaml``: batch
+  64, and where a teacher is evaluated, a teacher momentum that lets it leave its random
+  start within a few hundred steps), compressed into the budget the same way.
 - ``lightly/METHOD``: lightly's recipe (benchmarks/lightly_recipes.py) as lightly's
   CIFAR-10 benchmark runs it: its transforms (ImageNet normalisation), batch 128, fp32,
   SGD 0.06 with the cosine over the epochs that fit in the budget. MAE and I-JEPA, which
@@ -99,7 +102,12 @@ METHODS = {  # method: (selfsup config, lightly's counterpart)
     "mae": ("configs/mae/vit_tiny_cifar.yaml", "mae"),
     "ijepa": ("configs/ijepa/vit_tiny_cifar.yaml", "ijepa"),
 }
-PROBED = {"mae", "ijepa"}  # kNN is weak by design on reconstruction / latent prediction
+#: the short-budget recipes (configs/*/*_small.yaml), run as ``selfsup/METHOD_small``
+SMALL = {
+    f"{method}_small": (config.replace("_cifar.yaml", "_small.yaml"), counterpart)
+    for method, (config, counterpart) in METHODS.items()
+}
+PROBED = {"mae", "ijepa", "mae_small", "ijepa_small"}  # kNN is weak by design on reconstruction / latent prediction
 LIGHTLY_BATCH = {"mae": 256, "ijepa": 256}
 K, T = 20, 0.07
 
@@ -229,7 +237,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict,
                  dataset: QualityData) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
-    config = REPO / METHODS[method][0]
+    config = REPO / {**METHODS, **SMALL}[method][0]
     cfg = yaml.safe_load(config.read_text())
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
@@ -413,7 +421,9 @@ def save_record(records: list[dict], new: dict) -> None:
 
 
 def render(records: list[dict], wanted_seeds: int) -> None:
-    body = quality_report.cifar_section(records, wanted_seeds, METHODS, REFERENCE, PLOT, K, T,
+    ran = {r["method"] for r in records}
+    methods = {**METHODS, **{m: v for m, v in SMALL.items() if m in ran}}
+    body = quality_report.cifar_section(records, wanted_seeds, methods, REFERENCE, PLOT, K, T,
                                         machine())  # fmt: skip
     write_section("Learning per CPU-minute (`quality`)", body)
 
@@ -421,7 +431,8 @@ def render(records: list[dict], wanted_seeds: int) -> None:
 def render_pneumonia(records: list[dict], wanted_seeds: int) -> None:
     expected = [f"selfsup/{m}" for m in METHODS]
     expected += [f"lightly/{c}" for c in dict.fromkeys(c for _, c in METHODS.values())]
-    body = quality_report.pneumonia_section(records, wanted_seeds, list(METHODS), expected,
+    order = [m for method in METHODS for m in (method, f"{method}_small")]
+    body = quality_report.pneumonia_section(records, wanted_seeds, order, expected,
                                             PLOT, K, T, machine())  # fmt: skip
     write_section(quality_report.PNEUMONIA_HEADING, body)
 

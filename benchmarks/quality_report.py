@@ -332,7 +332,8 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "memory bank and the test split as queries, its AUROC scoring an image by the "
         "weighted vote share of pneumonia; the linear probe (`selfsup probe`'s, on cached "
         "features; head picked on 10 % of the training split) at the end of each run. selfsup "
-        "runs the CIFAR configs with 1-channel overrides (in_chans 1, grayscale views, mean "
+        "runs its CIFAR configs (`selfsup/METHOD`: `*_cifar.yaml`; `selfsup/METHOD_small`: the "
+        "`*_small.yaml` short-budget recipes) with 1-channel overrides (in_chans 1, grayscale views, mean "
         "0.5, std 0.25, 28 px, DINO's local crops 14 px; MAE's ViT patch 4: 7 x 7 tokens, "
         "I-JEPA's patch 2: 14 x 14); lightly's recipes see the gray image repeated to 3 "
         "channels at 28 px with their own transforms and ImageNet normalisation. "
@@ -341,6 +342,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "",
         *rows,
         "",
+        *against_targets(at_reference, base, order),
         f"Runs recorded: {listed}.",
         f"Not yet run at 10 min (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
         "",
@@ -349,6 +351,48 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     ]  # fmt: skip
     plot_pneumonia(records, order, figure)
     return "\n".join(body)
+
+
+def untrained_twin(run: str) -> str:
+    """The random-init baseline of a run's backbone (selfsup's I-JEPA: ViT-Tiny/2; the other
+    ViTs: ViT-Tiny/4; the rest: ResNet-18)."""
+    side, method = run.split("/", 1)
+    if method.startswith("ijepa") and side == "selfsup":
+        return "random-init ViT-Tiny/2 (ijepa)"
+    if method.startswith(("mae", "ijepa")):
+        return "random-init ViT-Tiny/4 (mae)"
+    return "random-init ResNet-18"
+
+
+def against_targets(runs: list[dict], base: list[dict], order: list[str]) -> list[str]:
+    """One line per 10-minute run: its mean probe AUROC against raw pixels' best AUROC,
+    its backbone at random init, and (selfsup) lightly's counterpart."""
+    def mean(rs: list[dict], key: str) -> float | None:
+        values = [r["final"][key] for r in rs if key in r["final"]]
+        return sum(values) / len(values) if values else None
+
+    raw = [r for r in base if r["method"] == "raw pixels"]
+    raw_best = max(filter(None, (mean(raw, "knn_auroc"), mean(raw, "probe_auroc"))), default=None)
+    if not runs or raw_best is None:
+        return []
+    lines = [f"Against the targets (probe AUROC at 10 min, mean over seeds; raw pixels' best "
+             f"AUROC {raw_best:.3f}):", ""]  # fmt: skip
+    for name in sorted({r["run"] for r in runs}, key=lambda run: (_rank(run, order), run)):
+        p = mean([r for r in runs if r["run"] == name], "probe_auroc")
+        if p is None:
+            continue
+        twin = untrained_twin(name)
+        rand = mean([r for r in base if r["method"] == twin], "probe_auroc")
+        parts = [f"raw pixels {p - raw_best:+.3f}"]
+        if rand is not None:
+            parts.append(f"{twin} {p - rand:+.3f}")
+        side, method = name.split("/", 1)
+        counterpart = method.removesuffix("_small").replace("triplet", "simclr")
+        lightly = mean([r for r in runs if r["run"] == f"lightly/{counterpart}"], "probe_auroc")
+        if side == "selfsup" and lightly is not None:
+            parts.append(f"lightly/{counterpart} {p - lightly:+.3f}")
+        lines.append(f"- {name}: {p:.3f}; against " + ", ".join(parts))
+    return [*lines, ""]
 
 
 def _finals(finals: list[dict]) -> str:
