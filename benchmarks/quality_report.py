@@ -292,10 +292,11 @@ PNEUMONIA_HEADING = "Medical images: PneumoniaMNIST (`quality --data pneumonia`)
 
 
 def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
-                      expected: list[str], figure: Path, k: int, t: float,
-                      machine: str) -> str:  # fmt: skip
-    """The RESULTS.md section of the PneumoniaMNIST runs (``expected``: the run names each
-    10-minute untagged group should hold ``wanted_seeds`` seeds of)."""
+                      counterparts: dict[str, str], expected: list[str], figure: Path, k: int,
+                      t: float, machine: str) -> str:  # fmt: skip
+    """The RESULTS.md section of the PneumoniaMNIST runs (``counterparts``: selfsup method ->
+    lightly's; ``expected``: the run names each 10-minute untagged group should hold
+    ``wanted_seeds`` seeds of)."""
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
     groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or ""))
@@ -332,8 +333,9 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "memory bank and the test split as queries, its AUROC scoring an image by the "
         "weighted vote share of pneumonia; the linear probe (`selfsup probe`'s, on cached "
         "features; head picked on 10 % of the training split) at the end of each run. selfsup "
-        "runs its CIFAR configs (`selfsup/METHOD`: `*_cifar.yaml`; `selfsup/METHOD_small`: the "
-        "`*_small.yaml` short-budget recipes) with 1-channel overrides (in_chans 1, grayscale views, mean "
+        "runs its CIFAR configs (`selfsup/METHOD`: `*_cifar.yaml`; `selfsup/METHOD_small`: "
+        "the `*_small.yaml` short-budget recipes) with 1-channel overrides (in_chans 1, "
+        "grayscale views, mean "
         "0.5, std 0.25, 28 px, DINO's local crops 14 px; MAE's ViT patch 4: 7 x 7 tokens, "
         "I-JEPA's patch 2: 14 x 14); lightly's recipes see the gray image repeated to 3 "
         "channels at 28 px with their own transforms and ImageNet normalisation. "
@@ -342,7 +344,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "",
         *rows,
         "",
-        *against_targets(at_reference, base, order),
+        *against_targets(at_reference, base, order, counterparts),
         f"Runs recorded: {listed}.",
         f"Not yet run at 10 min (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
         "",
@@ -364,7 +366,8 @@ def untrained_twin(run: str) -> str:
     return "random-init ResNet-18"
 
 
-def against_targets(runs: list[dict], base: list[dict], order: list[str]) -> list[str]:
+def against_targets(runs: list[dict], base: list[dict], order: list[str],
+                    counterparts: dict[str, str]) -> list[str]:  # fmt: skip
     """One line per 10-minute run: its mean probe AUROC against raw pixels' best AUROC,
     its backbone at random init, and (selfsup) lightly's counterpart."""
     def mean(rs: list[dict], key: str) -> float | None:
@@ -387,9 +390,9 @@ def against_targets(runs: list[dict], base: list[dict], order: list[str]) -> lis
         if rand is not None:
             parts.append(f"{twin} {p - rand:+.3f}")
         side, method = name.split("/", 1)
-        counterpart = method.removesuffix("_small").replace("triplet", "simclr")
+        counterpart = counterparts.get(method) if side == "selfsup" else None
         lightly = mean([r for r in runs if r["run"] == f"lightly/{counterpart}"], "probe_auroc")
-        if side == "selfsup" and lightly is not None:
+        if lightly is not None:
             parts.append(f"lightly/{counterpart} {p - lightly:+.3f}")
         lines.append(f"- {name}: {p:.3f}; against " + ", ".join(parts))
     return [*lines, ""]
