@@ -24,7 +24,8 @@ Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) f
 Training time excludes the evaluations: at ``--points`` evenly spaced marks the clock
 stops, and weighted kNN (k = 20, T = 0.07, cosine; the evaluator of ``selfsup knn``) on
 the test split (5,000 images) against the training split's features is measured, in bf16
-autocast for every run. MAE and I-JEPA also get the cached-feature linear probe at the
+autocast for every run (fp32 on a CPU without native bf16, where selfsup's configs train
+in fp32 too: ``selfsup.train.precision``; each record keeps the precision it trained in). MAE and I-JEPA also get the cached-feature linear probe at the
 end. ``--baselines`` adds raw pixels (normalised by the channel means and standard
 deviations, cosine) and random-init ResNet-18 and ViT-Tiny/4 backbones.
 
@@ -84,6 +85,7 @@ from quality_data import (
     pneumonia_baselines,
 )
 from quality_data import selfsup_overrides as gray_overrides
+from selfsup.train.precision import cpu_has_native_bf16, cpu_precision
 
 RECORDS = REPO / "benchmarks/quality_runs.json"
 PLOT = REPO / "benchmarks/quality_knn.png"
@@ -110,6 +112,7 @@ SMALL = {
 PROBED = {"mae", "ijepa"}  # kNN is weak by design on reconstruction / latent prediction
 LIGHTLY_BATCH = {"mae": 256, "ijepa": 256}
 K, T = 20, 0.07
+NATIVE_BF16 = cpu_has_native_bf16()
 
 
 # -- data and evaluation -------------------------------------------------------------------
@@ -126,7 +129,7 @@ def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, m
         if x.shape[1] != mean.shape[1]:
             x = x.expand(-1, mean.shape[1], -1, -1)
         x = (x - mean) / std
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=NATIVE_BF16):
             out.append(fn(x).float())
     return torch.cat(out)
 
@@ -208,6 +211,7 @@ class StepClock(pl.Callback):
 
 
 def _trainer(precision: str, max_steps: int, callbacks: list) -> pl.Trainer:
+    precision = cpu_precision(precision, "cpu")[0]  # as selfsup pretrain would run it
     return pl.Trainer(
         accelerator="cpu", devices=1, precision=precision, max_steps=max_steps, max_epochs=-1,
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -362,7 +366,8 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     images_per_s = trainer.global_step * spec["batch"] / budget.train_s
     return {
         "run": f"{side}/{method}", "side": side, "method": method, "seed": seed,
-        "budget_min": budget_min, "config": spec["config"], "precision": precision,
+        "budget_min": budget_min, "config": spec["config"],
+        "precision": str(trainer.precision),
         "batch": spec["batch"], "steps": trainer.global_step, "planned_steps": steps,
         "n_train": len(data["x_train"]),
         "epochs": trainer.global_step * spec["batch"] / len(data["x_train"]),

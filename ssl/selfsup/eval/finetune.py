@@ -15,6 +15,7 @@ nested subset (:mod:`selfsup.eval.label_curve`).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
@@ -34,6 +36,7 @@ from selfsup.data.module import default_num_workers
 from selfsup.data.streams import TransformedDataset
 from selfsup.optimizers import layer_decay_groups
 from selfsup.schedules import warmup_cosine
+from selfsup.train.precision import cpu_precision
 
 
 class Classifier(nn.Module):
@@ -272,12 +275,15 @@ def _fit_and_measure(
     from selfsup.eval.metrics import classification_metrics, multilabel_metrics
 
     pl.seed_everything(seed, verbose=False)
+    precision, why = cpu_precision(r.precision, accelerator)
+    if why:
+        rank_zero_only(print)(why, file=sys.stderr, flush=True)
     classifier = Classifier(loaded.backbone.train(), n_out)
     module = FineTune(classifier, n_out, r.lr, r.weight_decay, r.layer_decay, r.warmup_epochs,
                       r.mixup, r.cutmix, r.smoothing, batch_size, multilabel)  # fmt: skip
     trainer = pl.Trainer(
         max_epochs=r.epochs, accelerator=accelerator, devices=devices,
-        strategy="ddp" if devices > 1 else "auto", precision=r.precision,
+        strategy="ddp" if devices > 1 else "auto", precision=precision,
         logger=pl.loggers.CSVLogger(str(out), name="", version="") if out else False,
         enable_checkpointing=False, default_root_dir=str(out) if out else None,
         enable_model_summary=False, log_every_n_steps=10,
@@ -293,7 +299,7 @@ def _fit_and_measure(
     else:
         figures = classification_metrics(logits.softmax(1), labels, names)
     result = {"task": "finetune", **figures, "backbone": loaded.meta["loaded"],
-              "checkpoint": loaded.path}  # fmt: skip
+              "checkpoint": loaded.path, "precision": str(precision)}  # fmt: skip
     if loaded.meta.get("init_from"):  # where the checkpoint's weights began
         result["init_from"] = loaded.meta["init_from"]
     return result, trainer.is_global_zero

@@ -26,6 +26,7 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_only
 
 from selfsup.backbones import check_input_size
 from selfsup.data.module import PretrainDataModule
@@ -37,6 +38,7 @@ from selfsup.train.collapse_monitor import CollapseMonitor
 from selfsup.train.knn_monitor import KNNMonitor
 from selfsup.train.loggers import RunCSVLogger, wandb_logger
 from selfsup.train.pictures import PictureLogger
+from selfsup.train.precision import cpu_precision
 from selfsup.train.rundir import (
     AtomicCheckpointIO,
     RunCheckpoint,
@@ -100,6 +102,11 @@ class PretrainCLI(LightningCLI):
                                                str(config.model.class_path))  # fmt: skip
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", config.run_name)
+        # Before the config is saved with the run: RUN/config.yaml says what ran.
+        config.trainer.precision, why = cpu_precision(config.trainer.precision,
+                                                      config.trainer.accelerator)  # fmt: skip
+        if why:
+            rank_zero_only(print)(why, file=sys.stderr, flush=True)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()

@@ -1,0 +1,106 @@
+"""bf16 on a CPU without bf16 kernels: fp32 instead, said in one line; everywhere else as asked."""
+
+import contextlib
+import io
+import json
+import platform
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from selfsup.train import precision
+from selfsup.train.precision import cpu_has_native_bf16, cpu_precision
+
+
+def test_native_bf16_matches_the_cpu_flags_linux_reports():
+    # oneDNN runs bf16 natively from AVX-512 core (BW, VL, DQ) on, or with AVX512_BF16 / AMX.
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("reads the x86 flags of /proc/cpuinfo")
+    flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo.read_text(), re.M).group(1).split())
+    expected = {"avx512bw", "avx512vl", "avx512dq"} <= flags or bool(
+        {"avx512_bf16", "amx_bf16"} & flags
+    )
+    assert cpu_has_native_bf16() is expected
+
+
+@pytest.mark.parametrize("asked", ["bf16-mixed", "bf16-true", "bf16"])
+def test_bf16_on_a_cpu_without_it_becomes_fp32_with_one_line(monkeypatch, asked):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    for accelerator in ("cpu", "auto", None):
+        if accelerator != "cpu":
+            monkeypatch.setattr(precision, "runs_on_cpu", lambda a: True)
+        ran, why = cpu_precision(asked, accelerator)
+        assert ran == "32-true"
+        assert why.count("\n") == 0 and asked in why and "--trainer.precision 32-true" in why
+
+
+def test_everything_else_keeps_what_was_asked(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert cpu_precision("bf16-mixed", "cpu") == ("bf16-mixed", None)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert cpu_precision("bf16-mixed", "gpu") == ("bf16-mixed", None)
+    assert cpu_precision("bf16-mixed", "cuda") == ("bf16-mixed", None)
+    for asked in ("32-true", "32", 32, "16-mixed", "64-true"):
+        assert cpu_precision(asked, "cpu") == (asked, None)
+
+
+def _argv(config: str, data, run) -> list[str]:
+    return ["--config", config, "--data.path", str(data), "--trainer.default_root_dir", str(run),
+            "--trainer.accelerator", "cpu", "--trainer.precision", "bf16-mixed",
+            "--trainer.max_steps", "1", "--data.batch_size", "16", "--data.num_workers", "0",
+            "--model.init_args.projection_hidden_dim", "64",
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+
+CONFIG = str(REPO / "configs" / "simclr" / "resnet18_cifar.yaml")
+
+
+@pytest.fixture(scope="module")
+def fallback_run(tiny_npz, tmp_path_factory):
+    """A bf16-mixed pretraining run on a CPU taken to have no bf16: its directory and stderr."""
+    from selfsup.cli import main
+
+    run = tmp_path_factory.mktemp("fallback")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "cpu_has_native_bf16", lambda: False)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["pretrain", *_argv(CONFIG, tiny_npz, run)]) == 0
+    return run, err.getvalue()
+
+
+def test_pretrain_without_native_bf16_trains_in_fp32_and_records_it(fallback_run):
+    run, err = fallback_run
+    saved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"]
+    assert saved == "32-true"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    lines = [line for line in err.splitlines() if "native bf16" in line]
+    assert len(lines) == 1 and "bf16-mixed runs ~15x slower" in lines[0]
+
+
+def test_finetune_without_native_bf16_runs_and_reports_fp32(fallback_run, tiny_npz, tmp_path,
+                                                            monkeypatch, capsys):  # fmt: skip
+    from selfsup.cli import main
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    run, _ = fallback_run
+    argv = ["finetune", "--config", str(REPO / "configs" / "eval" / "finetune_resnet.yaml"),
+            "--ckpt", str(run), "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
+            "--num-workers", "0", "--accelerator", "cpu", "--out", str(tmp_path / "ft")]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.strip().splitlines()[-1])["precision"] == "32-true"
+    assert "bf16-mixed runs ~15x slower" in captured.err
+
+
+def test_pretrain_with_native_bf16_keeps_it(tiny_npz, tmp_path, monkeypatch, capsys):
+    from selfsup.train.run import build_pretrain_cli
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    cli = build_pretrain_cli(_argv(CONFIG, tiny_npz, tmp_path))
+    assert cli.trainer.precision == "bf16-mixed"
+    assert "native bf16" not in capsys.readouterr().err
