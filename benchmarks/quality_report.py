@@ -454,7 +454,8 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
                     [f"{n}\n{_group_name(g)}" if g != (10.0, None) else n for n, g in columns],
                     rotation=60, ha="right", fontsize=7)  # fmt: skip
     left.set_ylabel("AUROC on the test split (pneumonia vs normal)")
-    left.legend(fontsize=7, loc="lower left")
+    # below the run labels, so that no legend hides a point
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2)
     left.grid(alpha=0.3, axis="y")
     for r in runs:
         curve = [p for p in r["curve"] if "knn_auroc" in p]
@@ -474,5 +475,5 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     right.grid(alpha=0.3)
     fig.suptitle("PneumoniaMNIST (28 px, 1 channel)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(figure, dpi=110)
+    fig.savefig(figure, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -90,6 +90,13 @@ def test_uniform_outputs_give_ln_k_and_are_called_collapse():
     one_hot = model.collapse_symptom({"teacher_entropy": 0.01, "student_teacher_kl": 0.0})
     assert one_hot is not None and "one prototype" in one_hot
     assert model.collapse_symptom({"teacher_entropy": 2.0, "student_teacher_kl": 0.5}) is None
+    # Near uniform, as a collapsed run on real data reads (99.97 % of ln K, KL 0.002) ...
+    near = {"teacher_entropy": 0.9997 * math.log(OUT), "student_teacher_kl": 0.002}
+    assert "uniform" in model.collapse_symptom(near)
+    # ... but not while the student still learns from a flat teacher, nor below 99 %.
+    assert model.collapse_symptom({**near, "student_teacher_kl": 0.15}) is None
+    flatter = {"teacher_entropy": 0.98 * math.log(OUT), "student_teacher_kl": 0.002}
+    assert model.collapse_symptom(flatter) is None
 
 
 def test_one_backbone_pass_per_crop_size_and_teacher_sees_globals_only():
