@@ -102,7 +102,9 @@ class PretrainCLI(LightningCLI):
                                                str(config.model.class_path))  # fmt: skip
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", config.run_name)
-        # Before the config is saved with the run: RUN/config.yaml says what ran.
+        # Before the config is saved with the run: RUN/config.yaml says what ran. What
+        # was asked is still checked (check_run), so a config fails the same everywhere.
+        self.asked_precision = config.trainer.precision
         config.trainer.precision, why = cpu_precision(config.trainer.precision,
                                                       config.trainer.accelerator)  # fmt: skip
         if why:
@@ -180,9 +182,7 @@ class PretrainCLI(LightningCLI):
                 f"The transform normalises {len(data.transform.mean)} channel(s) but the images have {channels}: "
                 f"give transform mean/std with {channels} value(s)."
             )
-        if str(self.config.trainer.precision) == "bf16-true" and isinstance(
-            model, TeacherStudentMethod
-        ):
+        if str(self.asked_precision) == "bf16-true" and isinstance(model, TeacherStudentMethod):
             raise ConfigError(
                 f"{type(model).__name__}'s EMA teacher needs fp32 weights: with bf16-true an update of "
                 "1 - momentum vanishes below bf16's resolution. Use --trainer.precision bf16-mixed."
