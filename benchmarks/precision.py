@@ -6,7 +6,7 @@ One training step (forward, backward, SGD update) of a ResNet-18 with the CIFAR 
 of a ViT-Tiny/4, each with a linear head, on a batch of 32 px images: fp32 and bf16
 autocast alternate in ``--rounds`` rounds (one warm-up step, then one timed step per
 round), medians over rounds. Also records what torch reports of the CPU (its kernel
-level, and whether oneDNN runs bf16 natively: ``selfsup.train.precision``). Every run
+level, and whether oneDNN runs bf16 natively: ``selfsup.precision``). Every run
 adds its machine to benchmarks/precision_runs.json and rewrites the "Precision on CPUs"
 section of RESULTS.md from all machines recorded.
 """
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cpu_model, machine, write_section
-from selfsup.train.precision import cpu_has_native_bf16
+from selfsup.precision import cpu_has_native_bf16
 
 RECORDS = REPO / "benchmarks/precision_runs.json"
 NETS = {
@@ -79,7 +79,7 @@ def render(records: list[dict]) -> None:
         "head on 32 px images, fp32 against bf16 autocast, alternating, medians over "
         "rounds. \"native bf16\" is oneDNN's own check (AVX-512 core or AMX on x86): where "
         "it is false, `selfsup pretrain` and `selfsup finetune` train a bf16 config in "
-        "32-true and say so in one line (`selfsup/train/precision.py`).",
+        "32-true and say so in one line (`selfsup/precision.py`).",
         "",
         "| CPU (torch kernels) | native bf16 | threads | batch | backbone | fp32 img/s | "
         "bf16 img/s | bf16 / fp32 |",

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from selfsup.train import precision
-from selfsup.train.precision import cpu_has_native_bf16, cpu_precision
+from selfsup import precision
+from selfsup.precision import cpu_has_native_bf16, cpu_precision
 
 
 def test_native_bf16_matches_the_cpu_flags_linux_reports():

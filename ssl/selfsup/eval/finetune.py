@@ -35,8 +35,8 @@ from selfsup.checkpoints import LoadedBackbone
 from selfsup.data.module import default_num_workers
 from selfsup.data.streams import TransformedDataset
 from selfsup.optimizers import layer_decay_groups
+from selfsup.precision import cpu_precision
 from selfsup.schedules import warmup_cosine
-from selfsup.train.precision import cpu_precision
 
 
 class Classifier(nn.Module):

@@ -34,11 +34,11 @@ from selfsup.data.summary import describe, one_line
 from selfsup.errors import ConfigError
 from selfsup.methods import TeacherStudentMethod, method_class
 from selfsup.methods.base import SelfSupervisedMethod
+from selfsup.precision import cpu_precision
 from selfsup.train.collapse_monitor import CollapseMonitor
 from selfsup.train.knn_monitor import KNNMonitor
 from selfsup.train.loggers import RunCSVLogger, wandb_logger
 from selfsup.train.pictures import PictureLogger
-from selfsup.train.precision import cpu_precision
 from selfsup.train.rundir import (
     AtomicCheckpointIO,
     RunCheckpoint,
