@@ -97,6 +97,7 @@ def test_uniform_outputs_give_ln_k_and_are_called_collapse():
     assert model.collapse_symptom({**near, "student_teacher_kl": 0.15}) is None
     flatter = {"teacher_entropy": 0.98 * math.log(OUT), "student_teacher_kl": 0.002}
     assert model.collapse_symptom(flatter) is None
+    assert "uniform" in model.collapse_symptom({**flatter, "student_teacher_kl": 1e-4})
 
 
 def test_one_backbone_pass_per_crop_size_and_teacher_sees_globals_only():

@@ -125,13 +125,13 @@ class DINO(TeacherStudentMethod):
     def collapse_symptom(self, stats: dict[str, float]) -> str | None:
         # DINO, Fig. 7: in both collapse modes the student matches the teacher
         # (KL -> 0); uniform collapse puts the teacher's entropy at ln K,
-        # one-dimension collapse near 0. Uniform: within 1 % of ln K and KL under 0.01
-        # nats, where dino_small on PneumoniaMNIST settled (99.9-99.97 % of ln 4096, KL
-        # 0.002-0.007 from step ~120 on; benchmarks/RESULTS.md) while its kNN stopped
-        # improving; a KL bound of 1e-3 missed it.
+        # one-dimension collapse near 0. Uniform: above 90 % of ln K with KL at most
+        # 1e-3, or within 1 % of ln K with KL under 0.01 nats, where a short DINO recipe
+        # on PneumoniaMNIST settled (99.9-99.97 % of ln 4096, KL 0.002-0.007 from step
+        # ~120 on; benchmarks/RESULTS.md) while its kNN stopped improving.
         kl = stats.get("student_teacher_kl", 1.0)
         h, h_max = stats["teacher_entropy"], math.log(self.hparams.out_dim)
-        if h > 0.99 * h_max and kl < 1e-2:
+        if (h > 0.9 * h_max and kl <= 1e-3) or (h > 0.99 * h_max and kl < 1e-2):
             return (f"the teacher's output is uniform (entropy {h:.3f} of ln K = {h_max:.3f}, "
                     f"KL {kl:.4f}) and the student copies it.")  # fmt: skip
         if h < 0.05 * h_max and kl <= 1e-3:
