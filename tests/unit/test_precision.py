@@ -104,3 +104,15 @@ def test_pretrain_with_native_bf16_keeps_it(tiny_npz, tmp_path, monkeypatch, cap
     cli = build_pretrain_cli(_argv(CONFIG, tiny_npz, tmp_path))
     assert cli.trainer.precision == "bf16-mixed"
     assert "native bf16" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("accelerator", ["auto", "cpu"])
+def test_runs_on_cpu_agrees_with_the_accelerator_lightning_picks(accelerator):
+    import pytorch_lightning as pl
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip
+    picked = isinstance(trainer.accelerator, CPUAccelerator)
+    assert precision.runs_on_cpu(accelerator) is picked
+    assert precision.runs_on_cpu(trainer.accelerator) is picked
