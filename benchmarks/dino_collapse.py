@@ -137,6 +137,9 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=60)
     parser.add_argument("overrides", nargs="*", help="after --: selfsup pretrain overrides")
     args = parser.parse_args()
+    if not args.config.is_file():
+        parser.error(f"--config {args.config} is not a file: give a DINO config, e.g. "
+                     "configs/dino/resnet18_cifar.yaml")  # fmt: skip
     warnings.filterwarnings("ignore")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
