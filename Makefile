@@ -17,8 +17,16 @@ install: $(BIN)/.installed
 quickstart: install
 	$(BIN)/selfsup pretrain --config configs/quickstart.yaml
 
+# One pytest worker per core (at most 4): most of the suite's time is subprocesses that
+# import torch and its libraries on one core. --dist loadfile keeps each test file in one
+# worker, so tests/slurm starts one cluster (two on one machine break each other's munge
+# credentials). Not loadgroup: with pytest 9 its xdist_group mark is silently ignored
+# (pytest-xdist 3.8 renames nodes through Item._nodeid, which pytest 9 no longer reads).
+# --no-loadscope-reorder: files in collection order, the subprocess-heavy distributed
+# and integration tests first (by default xdist starts with the files of most tests and
+# leaves the two-test 2-minute files for a one-worker tail).
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check ssl tests

@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Never touch the network or a real wandb account from tests.
 os.environ.setdefault("WANDB_MODE", "offline")
 
+# Under pytest-xdist (`make test`) the workers share the cores: each worker, and every
+# subprocess it starts, gets its share of them rather than all of them.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -5,25 +5,46 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import free_port
+from selfsup.cli import main
 from selfsup.methods import SimCLR
 
 
-def evaluate(task: str, ckpt, data, devices: int, *extra: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
-    cmd = [sys.executable, "-m", "selfsup.cli", task, "--ckpt", str(ckpt), "--data", str(data),
-           "--devices", str(devices), "--accelerator", "cpu", "--num-workers", "0",
-           "--batch-size", "16", *extra]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 1, proc.stdout  # one JSON line, from rank 0 only
-    return json.loads(lines[0])
+@pytest.fixture
+def evaluate(capsys):
+    """``selfsup TASK`` on one process (this one, single-threaded like each of the two:
+    its libraries are already imported) or on two (a subprocess, which Lightning Fabric
+    splits in two); the one JSON line it prints."""
+
+    def run(task: str, ckpt, data, devices: int, *extra: str) -> dict:
+        argv = [task, "--ckpt", str(ckpt), "--data", str(data), "--devices", str(devices),
+                "--accelerator", "cpu", "--num-workers", "0", "--batch-size", "16", *extra]  # fmt: skip
+        if devices == 1:
+            capsys.readouterr()
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                assert main(argv) == 0
+            finally:
+                torch.set_num_threads(threads)
+            stdout = capsys.readouterr().out
+        else:
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port())}
+            proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *argv], env=env,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            stdout = proc.stdout
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
+        assert len(lines) == 1, stdout  # one JSON line, from rank 0 only
+        return json.loads(lines[0])
+
+    return run
 
 
-def test_one_and_two_processes_give_the_same_knn_and_probe(tiny_npz, tmp_path):
+def test_one_and_two_processes_give_the_same_knn_and_probe(evaluate, tiny_npz, tmp_path):
     torch.manual_seed(0)
     model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True},
                    projection_hidden_dim=32, projection_dim=16)  # fmt: skip
@@ -55,7 +76,7 @@ def test_one_and_two_processes_give_the_same_knn_and_probe(tiny_npz, tmp_path):
     assert a1["grid_val_top1"] == a2["grid_val_top1"] and a1["top1"] == a2["top1"]
 
 
-def test_one_and_two_processes_give_the_same_multilabel_figures(tmp_path):
+def test_one_and_two_processes_give_the_same_multilabel_figures(evaluate, tmp_path):
     import numpy as np
 
     from conftest import make_blob_images

@@ -139,7 +139,8 @@ def _stop(root: Path) -> None:
                 break
             time.sleep(0.1)
         else:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may end just now
+                os.kill(pid, signal.SIGKILL)
 
 
 def running_cluster() -> Iterator[Cluster]:
