@@ -25,8 +25,9 @@ stops, and weighted kNN (k = 20, T = 0.07, cosine; the evaluator of ``selfsup kn
 the test split (5,000 images) against the training split's features is measured, in bf16
 autocast for every run (fp32 on a CPU without native bf16, where selfsup's configs train
 in fp32 too: ``selfsup.precision``; each record keeps the precision it trained in). MAE
-and I-JEPA also get the cached-feature linear probe at the end. ``--baselines`` adds raw pixels (normalised by the channel means and standard
-deviations, cosine) and random-init ResNet-18 and ViT-Tiny/4 backbones.
+and I-JEPA also get the cached-feature linear probe at the end. ``--baselines`` adds raw
+pixels (normalised by the channel means and standard deviations, cosine) and random-init
+ResNet-18 and ViT-Tiny/4 backbones.
 
 Records go to benchmarks/quality_runs.json (one entry per run, seed, budget and ``--tag``;
 existing entries are kept), and every invocation rewrites the "Learning per CPU-minute"

@@ -3,9 +3,9 @@
 Every shipped config trains in ``bf16-mixed``: about twice fp32's speed on GPUs and on
 CPUs with AVX-512 or AMX. On a CPU without them (AVX2-only x86 chips, common in
 laptops) torch's bf16 convolutions and matrix products leave oneDNN for slow generic
-kernels, and the same step takes ~15 times as long as in fp32 (``benchmarks/precision.py``). There,
-:func:`cpu_precision` runs fp32 instead and says so in one line; GPU runs and CPUs with
-native bf16 keep what was asked.
+kernels, and the same step takes ~15 times as long as in fp32
+(``benchmarks/precision.py``). There, :func:`cpu_precision` runs fp32 instead and says
+so in one line; GPU runs and CPUs with native bf16 keep what was asked.
 """
 
 from __future__ import annotations
