@@ -1,7 +1,7 @@
 """Training-step throughput: selfsup's step against lightly's recipe, the FLOP floor, the switches.
 
     .venv/bin/python benchmarks/throughput.py [--precision 32-true bf16-mixed]
-        [--rounds 3] [--steps 3] [--only simclr/resnet18 ...] [--no-switches]
+        [--rounds 3] [--steps 3] [--only simclr/resnet18 ...] [--no-switches] [--before REV]
 
 For every method x backbone (ResNet-18 with the CIFAR stem, ViT-Tiny with patch 4), 32 px,
 batch 64, one pre-built batch of views (drawn once by selfsup's pipeline, so both sides
@@ -19,6 +19,9 @@ train on the same tensors):
 - The data pipeline (selfsup's DataLoader for that config) in images/s with 0 and 2
   workers, against the model's images/s.
 - Switches on selfsup's SimCLR: bf16 autocast, channels_last, torch.compile.
+- With ``--before REV``: a fourth side in the rounds, selfsup's step with each config as
+  committed at REV (same code, same views), so a config change's cost per step is a
+  ratio from one run; written to its own section.
 
 Writes the "Training step" section of benchmarks/RESULTS.md.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,15 +65,23 @@ COMBOS = [
 ]
 
 
-def config_for(method: str, backbone: str, precision: str) -> Path:
-    """The method's CIFAR config at batch 64, the run's precision, ViTs at patch 4."""
+def config_for(method: str, backbone: str, precision: str, rev: str | None = None) -> Path:
+    """The method's CIFAR config (as committed at ``rev``, if given) at batch 64, the run's
+    precision, ViTs at patch 4."""
     name = "resnet18_cifar" if backbone == "resnet18" else "vit_tiny_cifar"
-    cfg = yaml.safe_load((REPO / f"configs/{method}/{name}.yaml").read_text())
+    rel = f"configs/{method}/{name}.yaml"
+    if rev:
+        git = ["git", "-C", str(REPO), "show", f"{rev}:{rel}"]
+        text = subprocess.run(git, check=True, capture_output=True, text=True).stdout
+    else:
+        text = (REPO / rel).read_text()
+    cfg = yaml.safe_load(text)
     cfg["data"]["batch_size"] = BATCH
     cfg["trainer"]["precision"] = precision
     if backbone == "vit_tiny":
         cfg["model"]["init_args"]["backbone_kwargs"]["patch_size"] = 4
-    path = Path(tempfile.gettempdir()) / f"selfsup-bench-{method}-{backbone}.yaml"
+    tag = f"-{rev}" if rev else ""
+    path = Path(tempfile.gettempdir()) / f"selfsup-bench-{method}-{backbone}{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -178,10 +190,11 @@ def run_steps(module: pl.LightningModule, batch: Any, warmup: int, steps: int, p
     return [b - a for a, b in zip(starts[warmup:-1], starts[warmup + 1 :])], timer.flops
 
 
-def selfsup_module(method: str, backbone: str, precision: str) -> tuple[Any, Any, Path]:
+def selfsup_module(method: str, backbone: str, precision: str,
+                   rev: str | None = None) -> tuple[Any, Any, Path]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
-    config = config_for(method, backbone, precision)
+    config = config_for(method, backbone, precision, rev)
     cli = build_pretrain_cli(["--config", str(config), "--data.path", str(CIFAR),
                               "--trainer.accelerator", "cpu", "--trainer.logger", "false",
                               "--trainer.default_root_dir", tempfile.gettempdir()])  # fmt: skip
@@ -195,7 +208,8 @@ def selfsup_module(method: str, backbone: str, precision: str) -> tuple[Any, Any
     return cli.model, batch, config
 
 
-def measure(combo: tuple[str, str, str], precision: str, rounds: int, steps: int) -> dict:
+def measure(combo: tuple[str, str, str], precision: str, rounds: int, steps: int,
+            before: str | None = None) -> dict:  # fmt: skip
     name, method, backbone = combo
     model, batch, config = selfsup_module(method, backbone, precision)
     sides = {
@@ -204,6 +218,8 @@ def measure(combo: tuple[str, str, str], precision: str, rounds: int, steps: int
         "backbone": (BackboneStep(model.backbone.__class__(**_backbone_args(model)),
                                   model.backbone.embed_dim, method), batch),
     }  # fmt: skip
+    if before:  # the config as it was at that revision, on the same batch of views
+        sides["before"] = (selfsup_module(method, backbone, precision, before)[0], batch)
     times: dict[str, list[list[float]]] = {k: [] for k in sides}
     flops: dict[str, int] = {}
     for r in range(rounds):
@@ -215,8 +231,12 @@ def measure(combo: tuple[str, str, str], precision: str, rounds: int, steps: int
             print(f"  {name}/{backbone} {side} round {r}: {statistics.median(t):.3f} s/step",
                   file=sys.stderr)  # fmt: skip
     med = {k: statistics.median([x for rnd in v for x in rnd]) for k, v in times.items()}
-    ratio_rounds = [statistics.median(s) / statistics.median(lt)
-                    for s, lt in zip(times["selfsup"], times["lightly"])]  # fmt: skip
+
+    def per_round(other: str) -> list[float]:
+        return [statistics.median(s) / statistics.median(o)
+                for s, o in zip(times["selfsup"], times[other])]  # fmt: skip
+
+    ratio_rounds = per_round("lightly")
     floor = med["backbone"] * flops["selfsup"] / flops["backbone"]
     torch.set_num_threads(1)  # as a DataLoader worker runs
     pipe = {w: images_per_second(datamodule(str(config), str(CIFAR), w), 15) for w in (0, 2)}
@@ -226,6 +246,8 @@ def measure(combo: tuple[str, str, str], precision: str, rounds: int, steps: int
         "ratio": med["selfsup"] / med["lightly"], "ratio_spread": spread_percent(ratio_rounds),
         "floor_ratio": med["selfsup"] / floor, "pipe": pipe,
         "n_steps": sum(len(t) for t in times["selfsup"]),
+        **({"before_ratio": med["selfsup"] / med["before"],
+            "before_spread": spread_percent(per_round("before"))} if before else {}),
     }  # fmt: skip
 
 
@@ -270,6 +292,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--only", nargs="*", help="method/backbone pairs, e.g. simclr/resnet18")
     parser.add_argument("--no-switches", action="store_true")
+    parser.add_argument("--before", metavar="REV",
+                        help="also time each config as committed at REV (a 4th side in the "
+                             "rounds) and write the section 'Training step against the "
+                             "configs at REV' instead")  # fmt: skip
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -280,14 +306,15 @@ def main() -> int:
     started = time.time()
     tables = []
     for precision in args.precision:
+        extra = f" step / step of the configs at {args.before} (spread %) |" if args.before else ""
         rows = [
             "| method | backbone | selfsup img/s | lightly img/s | selfsup / lightly step "
             "(spread %) | FLOPs: method / backbone step | backbone-only img/s | step / FLOP "
-            "floor | pipeline img/s, 0 / 2 workers | pipeline / model (2 workers) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "floor | pipeline img/s, 0 / 2 workers | pipeline / model (2 workers) |" + extra,
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""),
         ]
         for combo in combos:
-            m = measure(combo, precision, args.rounds, args.steps)
+            m = measure(combo, precision, args.rounds, args.steps, args.before)
             ips = {k: BATCH / v for k, v in m["med"].items()}
             fr = m["flops"]["selfsup"] / m["flops"]["backbone"]
             lf = m["flops"]["lightly"] / m["flops"]["backbone"]
@@ -296,16 +323,20 @@ def main() -> int:
                 f"**{m['ratio']:.2f}** ({m['ratio_spread']:.0f}) | {fr:.2f} (lightly {lf:.2f}) | "
                 f"{ips['backbone']:.1f} | **{m['floor_ratio']:.2f}** | "
                 f"{m['pipe'][0]:,.0f} / {m['pipe'][2]:,.0f} | {m['pipe'][2] / ips['selfsup']:.1f}x |"
+                + (f" **{m['before_ratio']:.2f}** ({m['before_spread']:.0f}) |" if extra else "")
             )
             print(rows[-1], file=sys.stderr)
         tables.append((precision, rows, m["n_steps"]))
     body = [
         f"`benchmarks/throughput.py --precision {' '.join(args.precision)} --rounds "
         f"{args.rounds} --steps {args.steps}`"
-        + (f" `--only {' '.join(args.only)}`" if args.only else ""),
+        + (f" `--only {' '.join(args.only)}`" if args.only else "")
+        + (f" `--before {args.before}`" if args.before else ""),
         "",
         f"{machine()}. Batch 64, 32 px, {torch.get_num_threads()} threads; "
-        f"{args.rounds} alternating rounds of selfsup / lightly / backbone-only, "
+        f"{args.rounds} alternating rounds of selfsup / lightly / backbone-only"
+        + (f" / selfsup with the config as committed at {args.before}" if args.before else "")
+        + ", "
         f"{args.rounds * args.steps} timed steps each, medians. Took "
         f"{(time.time() - started) / 60:.0f} min.",
         "",
@@ -319,7 +350,9 @@ def main() -> int:
             for s, ips, up in switches(backbone, args.steps, args.rounds):
                 body.append(f"| {backbone} | {s} | {ips:.1f} | {up:.2f}x |")
         body.append("")
-    write_section("Training step (`throughput`)", "\n".join(body))
+    heading = (f"Training step against the configs at {args.before} (`throughput --before`)"
+               if args.before else "Training step (`throughput`)")  # fmt: skip
+    write_section(heading, "\n".join(body))
     print("\n".join(body))
     return 0
 
