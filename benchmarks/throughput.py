@@ -72,7 +72,12 @@ def config_for(method: str, backbone: str, precision: str, rev: str | None = Non
     rel = f"configs/{method}/{name}.yaml"
     if rev:
         git = ["git", "-C", str(REPO), "show", f"{rev}:{rel}"]
-        text = subprocess.run(git, check=True, capture_output=True, text=True).stdout
+        proc = subprocess.run(git, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"throughput: --before {rev}: git has no {rel} at that revision; give a "
+                  "commit where it exists (e.g. 6ad51ce^)", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
+        text = proc.stdout
     else:
         text = (REPO / rel).read_text()
     cfg = yaml.safe_load(text)
