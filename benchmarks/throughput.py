@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import statistics
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def config_for(method: str, backbone: str, precision: str, rev: str | None = Non
     cfg["trainer"]["precision"] = precision
     if backbone == "vit_tiny":
         cfg["model"]["init_args"]["backbone_kwargs"]["patch_size"] = 4
-    tag = f"-{rev}" if rev else ""
+    tag = "-" + re.sub(r"[^A-Za-z0-9._-]", "_", rev) if rev else ""  # origin/main -> a file name
     path = Path(tempfile.gettempdir()) / f"selfsup-bench-{method}-{backbone}{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
