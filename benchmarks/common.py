@@ -47,6 +47,18 @@ def machine() -> str:
     )
 
 
+def committed_text(rel: str, rev: str, script: str) -> str:
+    """The file ``rel`` as committed at git revision ``rev``; where git has no such file
+    there, one line naming the problem and exit status 2."""
+    proc = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{rel}"],
+                          capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        print(f"{script}: --before {rev}: git has no {rel} at that revision; give a commit "
+              "where it exists (e.g. 6ad51ce^)", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    return proc.stdout
+
+
 def spread_percent(values: list[float]) -> float:
     """(max - min) / median, in percent."""
     return (max(values) - min(values)) / statistics.median(values) * 100

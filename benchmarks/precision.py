@@ -77,7 +77,7 @@ def render(records: list[dict]) -> None:
         "`benchmarks/precision.py` (one line per machine; each run adds or replaces its "
         "CPU's). A training step (forward, backward, SGD) of each backbone with a linear "
         "head on 32 px images, fp32 against bf16 autocast, alternating, medians over "
-        "rounds. \"native bf16\" is oneDNN's own check (AVX-512 core or AMX on x86): where "
+        'rounds. "native bf16" is oneDNN\'s own check (AVX-512 core or AMX on x86): where '
         "it is false, `selfsup pretrain` and `selfsup finetune` train a bf16 config in "
         "32-true and say so in one line (`selfsup/precision.py`).",
         "",

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py --runs selfsup/simclr lightly/simclr
         [--data cifar|pneumonia] [--budget-min 10] [--seeds 2] [--points 3] [--workers 1]
-        [--baselines] [--tag TAG] [--threads N]
+        [--baselines] [--tag TAG] [--threads N] [--before REV]
     .venv/bin/python benchmarks/quality.py --render      # table and PNG from the records
 
 Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) for
@@ -35,7 +35,9 @@ section of benchmarks/RESULTS.md and benchmarks/quality_knn.png from all of them
 10-minute untagged runs are its main table and figure; runs at other budgets or with a
 tag get a table each below it (with the minute their kNN curve reaches raw pixels') and
 benchmarks/quality_knn_budgets.png. ``--threads`` sets torch's thread count (default:
-torch's own) and is recorded with each run.
+torch's own) and is recorded with each run. ``--before REV`` runs selfsup's configs as
+committed at git revision REV (with today's code) under the names ``selfsup/METHOD@REV``,
+so that a tag's table holds the configs before and after a change, run on one machine.
 
 ``--data pneumonia`` runs on PneumoniaMNIST instead (benchmarks/quality_data.py: 1-channel
 28 px images, train split pretrained on and used as memory bank, test split as queries).
@@ -74,7 +76,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import quality_report
-from common import REPO, machine, write_section
+from common import REPO, committed_text, machine, write_section
 from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
 from quality_data import (
     DATASETS,
@@ -238,11 +240,22 @@ def calibrate(build: Callable[[], tuple[Any, Any, str]], steps: int = 6) -> floa
 
 
 # -- the two sides ---------------------------------------------------------------------------
-def selfsup_side(method: str, seed: int, workers: int, data: dict,
-                 dataset: QualityData) -> dict[str, Any]:  # fmt: skip
+def committed_config(method: str, rev: str) -> Path:
+    """The method's config as committed at ``rev``, in a temporary file (the file's name
+    stays the config's own, which the records keep)."""
+    rel = {**METHODS, **SMALL}[method][0]
+    text = committed_text(rel, rev, "quality")
+    folder = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
+    (folder / Path(rel).name).write_text(text)
+    return folder / Path(rel).name
+
+
+def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
+                 rev: str | None = None) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
-    config = REPO / {**METHODS, **SMALL}[method][0]
+    rel = {**METHODS, **SMALL}[method][0]
+    config = committed_config(method, rev) if rev else REPO / rel
     cfg = yaml.safe_load(config.read_text())
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
@@ -266,7 +279,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict,
 
     return {
         "build": build, "precision": precision, "batch": batch, "config_epochs": epochs,
-        "config": str(config.relative_to(REPO)), "overrides": overrides,
+        "config": rel + (f" at {rev}" if rev else ""), "overrides": overrides,
         "features": lambda m: m.extract_features, "mean": mean, "std": std,
     }  # fmt: skip
 
@@ -343,16 +356,24 @@ def lightly_side(method: str, seed: int, workers: int, data: dict,
     }  # fmt: skip
 
 
+def run_name(side: str, method: str, rev: str | None) -> str:
+    """``selfsup/simclr``, or ``selfsup/simclr@REV`` for its config as committed at REV."""
+    return f"{side}/{method}" + (f"@{rev}" if rev and side == "selfsup" else "")
+
+
 def run(side: str, method: str, seed: int, budget_min: float, points: int, workers: int,
-        data: dict, dataset: QualityData, tag: str | None = None) -> dict[str, Any]:  # fmt: skip
-    make = selfsup_side if side == "selfsup" else lightly_side
-    spec = make(method, seed, workers, data, dataset)
+        data: dict, dataset: QualityData, tag: str | None = None,
+        rev: str | None = None) -> dict[str, Any]:  # fmt: skip
+    if side == "selfsup":
+        spec = selfsup_side(method, seed, workers, data, dataset, rev)
+    else:
+        spec = lightly_side(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
     step_s = calibrate(lambda: spec["build"]())
     steps = max(1, int(budget_s / step_s))
     budget_epochs = steps * spec["batch"] / len(data["x_train"])
     scale = budget_epochs / spec["config_epochs"] if spec["config_epochs"] else 1.0
-    print(f"  {side}/{method} seed {seed}: {step_s:.2f} s/step -> {steps} steps "
+    print(f"  {run_name(side, method, rev)} seed {seed}: {step_s:.2f} s/step -> {steps} steps "
           f"({budget_epochs:.2f} epochs) in {budget_min} min", flush=True)  # fmt: skip
     module, loader, precision = spec["build"](scale, steps)
     probe = method in PROBED or dataset.probe_all
@@ -366,7 +387,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     budget.point(trainer, module, final=True)
     images_per_s = trainer.global_step * spec["batch"] / budget.train_s
     return {
-        "run": f"{side}/{method}", "side": side, "method": method, "seed": seed,
+        "run": run_name(side, method, rev), "side": side, "method": method, "seed": seed,
         "budget_min": budget_min, "config": spec["config"],
         "precision": str(trainer.precision),
         "batch": spec["batch"], "steps": trainer.global_step, "planned_steps": steps,
@@ -376,6 +397,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         "curve": budget.curve, "final": budget.curve[-1], "machine": machine(),
         "data": dataset.name, "tag": tag, "threads": torch.get_num_threads(), "points": points,
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
+        **({"config_rev": rev} if rev and side == "selfsup" else {}),
     }  # fmt: skip
 
 
@@ -466,6 +488,11 @@ def main() -> int:
                         "and shown apart, e.g. after-config-fix")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own); recorded")  # fmt: skip
+    parser.add_argument("--before", metavar="REV", default=None,
+                        help="selfsup's runs take their config as committed at git revision "
+                        "REV (e.g. 6ad51ce^, before the config fixes) and are recorded as "
+                        "selfsup/METHOD@REV, beside the current configs' runs of the same "
+                        "budget and tag: a before/after on one machine")  # fmt: skip
     parser.add_argument("--render", action="store_true", help="only redraw from the records")
     parser.add_argument("--force", action="store_true", help="rerun recorded runs")
     parser.add_argument("--limit-data", type=int, default=0,
@@ -487,6 +514,16 @@ def main() -> int:
         # a check run writes beside its records, not to RESULTS.md
         RECORDS, PLOT = args.records, args.records.with_suffix(".png")
         common.RESULTS = args.records.with_suffix(".md")
+    known = [f"selfsup/{m}" for m in {**METHODS, **SMALL}] + [f"lightly/{m}" for m in METHODS]
+    unknown = [name for name in args.runs if name not in known]
+    if unknown:
+        print(f"quality: no run named {unknown[0]}; the runs are {' '.join(known)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.before:  # a revision without a config stops here, before the data loads
+        for name in args.runs:
+            if name.startswith("selfsup/"):
+                committed_text({**METHODS, **SMALL}[name.split("/")[1]][0], args.before, "quality")
     show = render if dataset.name == "cifar" else render_pneumonia
     records = load_records()
     data = dataset.load() if (args.runs or args.baselines) else {}
@@ -501,10 +538,11 @@ def main() -> int:
         for name in args.runs:
             side, method = name.split("/")
             done = {_key(r) for r in load_records()}
-            if (name, seed, args.budget_min, tag) in done and not args.force:
+            if (run_name(side, method, args.before), seed, args.budget_min, tag) in done \
+                    and not args.force:  # fmt: skip
                 continue
             record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
-                         dataset, tag)  # fmt: skip
+                         dataset, tag, args.before)  # fmt: skip
             save_record(records, record)
             show(records, args.seeds)
     show(load_records(), args.seeds)

@@ -38,12 +38,14 @@ def _recorded(rs: Iterable[dict], key: str) -> list[Any]:
     return sorted({r[key] for r in rs if r.get(key) is not None})
 
 
-def command(rs: list[dict], wanted_seeds: int, order: list[str], data: str | None = None) -> str:
-    """The command line that runs the records ``rs`` of one group (and how many torch
-    threads they ran with, where that is recorded but differs between runs)."""
+def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
+    """The command line that runs the records ``rs`` of one group: as many seeds as its
+    most-seeded run has (a run with fewer is listed as not yet run), and how many torch
+    threads they ran with, where that is recorded but differs between runs."""
     budget, tag = group_of(rs[0])
+    seeds = max(len({r["seed"] for r in rs if r["run"] == run}) for run in {r["run"] for r in rs})
     parts = ["benchmarks/quality.py"] + (["--data", data] if data else [])
-    parts += ["--budget-min", f"{budget:g}", "--seeds", str(wanted_seeds)]
+    parts += ["--budget-min", f"{budget:g}", "--seeds", str(seeds)]
     points, threads = _recorded(rs, "points"), _recorded(rs, "threads")
     if len(points) == 1:
         parts += ["--points", str(points[0])]
@@ -59,7 +61,7 @@ def command(rs: list[dict], wanted_seeds: int, order: list[str], data: str | Non
 
 
 def _rank(run: str, order: list[str]) -> int:
-    method = run.split("/", 1)[1]
+    method = run.split("/", 1)[1].split("@")[0]  # selfsup/simclr@REV: beside selfsup/simclr
     return order.index(method) if method in order else len(order)
 
 
@@ -163,7 +165,7 @@ def cifar_section(records: list[dict], wanted_seeds: int, methods: dict[str, tup
         "",
         "![kNN top-1 against training minutes](quality_knn.png)",
         "",
-        *budget_tables(records, reference, wanted_seeds, list(methods),
+        *budget_tables(records, reference, list(methods),
                        figure.with_name(figure.stem + "_budgets.png")),
     ]  # fmt: skip
     plot_cifar(records, reference, list(methods), figure)
@@ -207,7 +209,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
 
 
 # -- CIFAR: budgets and tags beside the main table -----------------------------------------
-def budget_tables(records: list[dict], reference: Group, wanted_seeds: int, order: list[str],
+def budget_tables(records: list[dict], reference: Group, order: list[str],
                   figure: Path) -> list[str]:  # fmt: skip
     """Lines for RESULTS.md: one table per group of runs other than ``reference``, each
     run beside the same run in the reference group; draws ``figure`` when there are any."""
@@ -222,14 +224,15 @@ def budget_tables(records: list[dict], reference: Group, wanted_seeds: int, orde
     lines = [f"### Other budgets and tags ({', '.join(_group_name(g) for g in groups)})", ""]
     for group in groups:
         rs = [r for r in runs if group_of(r) == group]
-        lines += [f"**{_group_name(group)}**: {command(rs, wanted_seeds, order)}. Machine of the "
+        lines += [f"**{_group_name(group)}**: {command(rs, order)}. Machine of the "
                   f"runs: {rs[0]['machine']}.", "",
                   f"| run | kNN top-1 % | kNN at the marks (min: %) | {cross} | probe % | "
                   f"steps x batch | img/s | {ref_name} runs: kNN top-1 % |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
             mine = sorted((r for r in rs if r["run"] == name), key=lambda r: r["seed"])
-            ref = [r["final"]["knn"] for r in runs if r["run"] == name and group_of(r) == reference]
+            twin = name.split("@")[0]  # selfsup/simclr@REV: beside the reference's selfsup/simclr
+            ref = [r["final"]["knn"] for r in runs if r["run"] == twin and group_of(r) == reference]
             probes = [r["final"]["probe"] for r in mine if "probe" in r["final"]]
             reached = " / ".join(crossing(r["curve"], level) for r in mine) if raw else "-"
             lines.append(f"| {name} | {mean_sd([r['final']['knn'] for r in mine])} | "
@@ -300,7 +303,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
     groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or ""))
-    commands = [command([r for r in runs if group_of(r) == g], wanted_seeds, order, "pneumonia")
+    commands = [command([r for r in runs if group_of(r) == g], order, "pneumonia")
                 for g in groups]  # fmt: skip
     if base:
         commands.append("`benchmarks/quality.py --data pneumonia --baselines`")
@@ -322,6 +325,17 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     exist = sorted({(r["run"], r["seed"], _group_name(group_of(r))) for r in runs})
     listed = ", ".join(f"{run} seed {seed} ({g})" for run, seed, g in exist) or "none"
     at_reference = [r for r in runs if group_of(r) == (10.0, None)]
+    machines = {g: sorted({r["machine"] for r in runs if group_of(r) == g}) for g in groups}
+    if len({m for ms in machines.values() for m in ms}) > 1:
+        # groups run on different machines: say which ran where (their speeds differ)
+        where = "; ".join(f"{_group_name(g)}: {' / '.join(ms)}" for g, ms in machines.items())
+    else:
+        where = runs[0]["machine"] if runs else machine
+    targets = []
+    for group in groups:
+        # selfsup is held against lightly within a group only: one machine, one budget
+        targets += against_targets([r for r in runs if group_of(r) == group], base, order,
+                                   counterparts, _group_name(group))  # fmt: skip
     missing = [name for name in expected
                if len({r["seed"] for r in at_reference if r["run"] == name}) < wanted_seeds]  # fmt: skip
     body = [
@@ -339,12 +353,11 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "0.5, std 0.25, 28 px, DINO's local crops 14 px; MAE's ViT patch 4: 7 x 7 tokens, "
         "I-JEPA's patch 2: 14 x 14); lightly's recipes see the gray image repeated to 3 "
         "channels at 28 px with their own transforms and ImageNet normalisation. "
-        "Mean ± standard deviation over seeds; accuracies in %. Machine of the runs: "
-        + (runs[0]["machine"] if runs else machine) + ".",
+        f"Mean ± standard deviation over seeds; accuracies in %. Machine of the runs: {where}.",
         "",
         *rows,
         "",
-        *against_targets(at_reference, base, order, counterparts),
+        *targets,
         f"Runs recorded: {listed}.",
         f"Not yet run at 10 min (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
         "",
@@ -367,9 +380,11 @@ def untrained_twin(run: str) -> str:
 
 
 def against_targets(runs: list[dict], base: list[dict], order: list[str],
-                    counterparts: dict[str, str]) -> list[str]:  # fmt: skip
-    """One line per 10-minute run: its mean probe AUROC against raw pixels' best AUROC,
-    its backbone at random init, and (selfsup) lightly's counterpart."""
+                    counterparts: dict[str, str], group: str) -> list[str]:  # fmt: skip
+    """One line per run of one group (``group``: its name): its mean probe AUROC against
+    raw pixels' best AUROC, its backbone at random init, and (selfsup) lightly's
+    counterpart in the same group."""
+
     def mean(rs: list[dict], key: str) -> float | None:
         values = [r["final"][key] for r in rs if key in r["final"]]
         return sum(values) / len(values) if values else None
@@ -378,8 +393,8 @@ def against_targets(runs: list[dict], base: list[dict], order: list[str],
     raw_best = max(filter(None, (mean(raw, "knn_auroc"), mean(raw, "probe_auroc"))), default=None)
     if not runs or raw_best is None:
         return []
-    lines = [f"Against the targets (probe AUROC at 10 min, mean over seeds; raw pixels' best "
-             f"AUROC {raw_best:.3f}):", ""]  # fmt: skip
+    lines = [f"Against the targets, {group} (probe AUROC at the end, mean over seeds; raw "
+             f"pixels' best AUROC {raw_best:.3f}):", ""]  # fmt: skip
     for name in sorted({r["run"] for r in runs}, key=lambda run: (_rank(run, order), run)):
         p = mean([r for r in runs if r["run"] == name], "probe_auroc")
         if p is None:
@@ -409,8 +424,9 @@ def _finals(finals: list[dict]) -> str:
 
 
 def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
-    """Left: kNN and probe AUROC of each run (every seed, and their mean), the baselines
-    as horizontal lines. Right: kNN AUROC against training minutes."""
+    """Top: kNN and probe AUROC of each run (every seed, and their mean), the runs of each
+    group (budget, tag) apart, the baselines as horizontal lines. Below: kNN AUROC against
+    training minutes, one panel per group (a group's runs share a machine and budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -418,7 +434,10 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
 
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=(3, 2))
+    groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or "")) or [(10.0, None)]
+    fig = plt.figure(figsize=(14, 10.5))
+    grid = fig.add_gridspec(2, len(groups), height_ratios=(1, 1), hspace=0.75)
+    left = fig.add_subplot(grid[0, :])
     colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     columns = sorted({(r["run"], group_of(r)) for r in runs},
                      key=lambda c: (c[1][0], c[1][1] or "", _rank(c[0], order), c[0]))  # fmt: skip
@@ -431,6 +450,13 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
                          facecolors="none" if key == "knn_auroc" else colour, s=25)  # fmt: skip
             if values:
                 left.hlines(statistics.mean(values), x + dx - 0.1, x + dx + 0.1, color=colour)
+    for group in groups:  # each group's columns under its name, a line between groups
+        xs = [x for x, (_, g) in enumerate(columns) if g == group]
+        if xs:
+            left.text((xs[0] + xs[-1]) / 2, 1.01, _group_name(group).replace("`", ""),
+                      transform=left.get_xaxis_transform(), ha="center", fontsize=8)  # fmt: skip
+            if xs[0] > 0:
+                left.axvline(xs[0] - 0.5, color="black", linewidth=0.8)
     left.scatter([], [], marker="o", facecolors="none", color="black", label="kNN AUROC")
     left.scatter([], [], marker="s", color="black", label="probe AUROC")
     lines = [
@@ -450,30 +476,35 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
                          label=f"baseline: {label} ({statistics.mean(values):.3f})")  # fmt: skip
     if shown:
         left.set_ylim(min(shown) - 0.02, min(1.0, max(shown) + 0.01))
-    left.set_xticks(range(len(columns)),
-                    [f"{n}\n{_group_name(g)}" if g != (10.0, None) else n for n, g in columns],
-                    rotation=60, ha="right", fontsize=7)  # fmt: skip
-    left.set_ylabel("AUROC on the test split (pneumonia vs normal)")
-    # below the run labels, so that no legend hides a point
-    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2)
+    left.set_xlim(-0.6, len(columns) - 0.4)
+    left.set_xticks(range(len(columns)), [n for n, _ in columns], rotation=45, ha="right",
+                    fontsize=7)  # fmt: skip
+    left.set_ylabel("AUROC on the test split\n(pneumonia vs normal)")
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     left.grid(alpha=0.3, axis="y")
-    for r in runs:
-        curve = [p for p in r["curve"] if "knn_auroc" in p]
-        right.plot([p["minutes"] for p in curve], [p["knn_auroc"] for p in curve],
-                   marker="os"[r["seed"] % 2], color=colours.get(r["method"], "black"),
-                   linestyle="-" if r["side"] == "selfsup" else "--", markersize=4,
-                   label=f"{r['run']} seed {r['seed']}" if group_of(r) == (10.0, None)
-                   else f"{r['run']} seed {r['seed']} ({_group_name(group_of(r))})")  # fmt: skip
     raw = [r["final"]["knn_auroc"] for r in base if r["method"] == "raw pixels"]
-    if raw:
-        right.axhline(statistics.mean(raw), color="grey", linewidth=1, linestyle=":",
-                      label=f"baseline: kNN on raw pixels ({statistics.mean(raw):.3f})")  # fmt: skip
-    right.set_xlabel("training minutes (2-core CPU)")
-    right.set_ylabel("kNN AUROC")
-    right.set_title("selfsup (solid) vs lightly's recipes (dashed)", fontsize=9)
-    right.legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.01, 1))
-    right.grid(alpha=0.3)
+    for i, group in enumerate(groups):
+        ax = fig.add_subplot(grid[1, i])
+        for r in sorted((r for r in runs if group_of(r) == group),
+                        key=lambda r: (_rank(r["run"], order), r["run"], r["seed"])):  # fmt: skip
+            curve = [p for p in r["curve"] if "knn_auroc" in p]
+            ax.plot([p["minutes"] for p in curve], [p["knn_auroc"] for p in curve],
+                    marker="os"[r["seed"] % 2], color=colours.get(r["method"], "black"),
+                    linestyle="-" if r["side"] == "selfsup" else "--", markersize=4,
+                    label=f"{r['run']} seed {r['seed']}")  # fmt: skip
+        if raw:
+            ax.axhline(statistics.mean(raw), color="grey", linewidth=1, linestyle=":",
+                       label=f"kNN on raw pixels ({statistics.mean(raw):.3f})")  # fmt: skip
+        ax.set_xlabel("training minutes (2-core CPU)")
+        ax.set_ylabel("kNN AUROC")
+        mine = [r for r in runs if group_of(r) == group]
+        cpus = ", ".join(sorted({r["machine"].split(", ")[1] for r in mine}))
+        selfsup = sorted({r["precision"] for r in mine if r["side"] == "selfsup"})
+        ax.set_title(f"{_group_name(group).replace('`', '')} ({cpus}; selfsup in "
+                     f"{', '.join(selfsup)}, lightly in 32-true)\nselfsup solid, lightly dashed",
+                     fontsize=9)  # fmt: skip
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+        ax.grid(alpha=0.3)
     fig.suptitle("PneumoniaMNIST (28 px, 1 channel)", fontsize=10)
-    fig.tight_layout()
     fig.savefig(figure, dpi=110, bbox_inches="tight")
     plt.close(fig)

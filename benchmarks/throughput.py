@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, machine, spread_percent, write_section
+from common import CIFAR, REPO, committed_text, machine, spread_percent, write_section
 from data_pipeline import datamodule, images_per_second
 from lightly_recipes import RECIPES
 
@@ -71,16 +70,7 @@ def config_for(method: str, backbone: str, precision: str, rev: str | None = Non
     precision, ViTs at patch 4."""
     name = "resnet18_cifar" if backbone == "resnet18" else "vit_tiny_cifar"
     rel = f"configs/{method}/{name}.yaml"
-    if rev:
-        git = ["git", "-C", str(REPO), "show", f"{rev}:{rel}"]
-        proc = subprocess.run(git, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"throughput: --before {rev}: git has no {rel} at that revision; give a "
-                  "commit where it exists (e.g. 6ad51ce^)", file=sys.stderr)  # fmt: skip
-            raise SystemExit(2)
-        text = proc.stdout
-    else:
-        text = (REPO / rel).read_text()
+    text = committed_text(rel, rev, "throughput") if rev else (REPO / rel).read_text()
     cfg = yaml.safe_load(text)
     cfg["data"]["batch_size"] = BATCH
     cfg["trainer"]["precision"] = precision
