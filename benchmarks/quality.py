@@ -48,7 +48,9 @@ selfsup's configs get the grayscale overrides (``in_chans`` 1, ``grayscale`` vie
 14 x 14); lightly's recipes see the images repeated to 3 channels at 28 px, with their
 own transforms and ImageNet normalisation. ``--baselines`` there: raw pixels (kNN on
 per-image mean-centred pixels, and a logistic regression on standardised pixels) and
-random-init 1-channel ResNet-18, ViT-Tiny/4 and ViT-Tiny/2. Records go to
+random-init 1-channel ResNet-18 (timm's start, and with ``zero_init_last`` false),
+ViT-Tiny/4 and ViT-Tiny/2, and lightly's random-init ResNet-18 as lightly's recipes see
+the images (3 channels, ImageNet normalisation). Records go to
 benchmarks/quality_pneumonia_runs.json, the section "Medical images: PneumoniaMNIST" of
 RESULTS.md and benchmarks/quality_pneumonia.png.
 """
@@ -78,6 +80,7 @@ import common
 import quality_report
 from common import REPO, committed_text, machine, write_section
 from lightly_recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES
+from lightly_recipes import resnet18 as lightly_resnet18
 from quality_data import (
     DATASETS,
     GRAY_MEAN,
@@ -110,7 +113,7 @@ METHODS = {  # method: (selfsup config, lightly's counterpart)
 #: DINO's collapsed: benchmarks/RESULTS.md)
 SMALL = {
     f"{method}_small": (f"configs/{method}/resnet18_small.yaml", METHODS[method][1])
-    for method in ("simclr", "triplet", "byol", "dino")
+    for method in ("simclr", "triplet", "byol")
 }
 PROBED = {"mae", "ijepa"}  # kNN is weak by design on reconstruction / latent prediction
 LIGHTLY_BATCH = {"mae": 256, "ijepa": 256}
@@ -412,7 +415,15 @@ def baselines(data: dict, dataset: QualityData) -> list[dict[str, Any]]:
     from selfsup.backbones import Backbone
 
     if dataset.name != "cifar":
-        return pneumonia_baselines(data, dataset.size, evaluate)
+        out = pneumonia_baselines(data, dataset.size, evaluate)
+        for seed in (0, 1):  # lightly's ResNet-18 as its recipes start: 3 channels, ImageNet
+            torch.manual_seed(seed)
+            net = lightly_resnet18()[0].eval()
+            out.append({"run": "baseline/random_init_lightly_resnet18", "side": "baseline",
+                        "method": quality_report.LIGHTLY_RANDOM_INIT, "seed": seed, "data": dataset.name,
+                        "final": evaluate(lambda x, net=net: net(x).flatten(1), data,
+                                          IMAGENET_MEAN, IMAGENET_STD, probe=True)})  # fmt: skip
+        return out
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
     out = [{"run": "baseline/raw_pixels", "side": "baseline", "method": "raw pixels", "seed": 0,
             "final": evaluate(lambda x: x.flatten(1), data, mean, std, probe=True)}]  # fmt: skip

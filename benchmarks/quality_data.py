@@ -161,6 +161,10 @@ def lightly_module(recipe: str, size: int, **kwargs: Any) -> Any:
 # -- baselines on PneumoniaMNIST ------------------------------------------------------------
 UNTRAINED_GRAY = {  # run: (method, backbone of the runs' shape at 1 channel)
     "random_init_resnet18": ("random-init ResNet-18", dict(name="resnet18", cifar_stem=True)),
+    # the same ResNet with each block's last BatchNorm at scale 1 (torchvision's start)
+    "random_init_resnet18_no_zero_init": ("random-init ResNet-18, zero_init_last false",
+                                          dict(name="resnet18", cifar_stem=True,
+                                               zero_init_last=False)),
     "random_init_vit_tiny4": ("random-init ViT-Tiny/4 (mae)",
                               dict(name="vit_tiny", patch_size=4, pool="avg")),
     "random_init_vit_tiny2": ("random-init ViT-Tiny/2 (ijepa)",

@@ -368,10 +368,16 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     return "\n".join(body)
 
 
+LIGHTLY_RANDOM_INIT = "random-init lightly ResNet-18 (3 channels, ImageNet normalisation)"
+
+
 def untrained_twin(run: str) -> str:
     """The random-init baseline of a run's backbone (selfsup's I-JEPA: ViT-Tiny/2; the other
-    ViTs: ViT-Tiny/4; the rest: ResNet-18)."""
+    ViTs: ViT-Tiny/4; lightly's ResNet recipes: lightly's ResNet-18 as they see the images;
+    the rest: ResNet-18)."""
     side, method = run.split("/", 1)
+    if side == "lightly" and not method.startswith(("mae", "ijepa")):
+        return LIGHTLY_RANDOM_INIT
     if method.startswith("ijepa") and side == "selfsup":
         return "random-init ViT-Tiny/2 (ijepa)"
     if method.startswith(("mae", "ijepa")):
@@ -465,7 +471,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     ]
     untrained = sorted({r["method"] for r in base} - {"raw pixels"})
     lines += [(m, "probe_auroc", f"{m}: probe", colour, "--")
-              for m, colour in zip(untrained, ["tab:brown", "tab:olive", "tab:pink", "black"])]  # fmt: skip
+              for m, colour in zip(untrained, ["tab:brown", "tab:olive", "tab:pink", "black", "tab:cyan", "tab:red"])]  # fmt: skip
     shown = [r["final"][key] for r in runs for key in ("knn_auroc", "probe_auroc")
              if key in r["final"]]  # fmt: skip
     for method, key, label, colour, style in lines:

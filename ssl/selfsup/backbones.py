@@ -84,6 +84,10 @@ class Backbone(nn.Module):
             width and heads (e.g. a 6-block ViT-Tiny for small data sets).
         channels_last: ResNets only: keep the weights in NHWC memory layout (faster on CPU
             and on GPUs with mixed precision; values and state-dict keys are unchanged).
+        zero_init_last: ResNets only: start each residual block's last BatchNorm at scale
+            0 (timm's default: every block begins as its shortcut) or, with False, at 1
+            (torchvision's default, which solo-learn's and lightly's ResNets start from).
+            Only the starting weights differ, not the architecture.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Backbone(nn.Module):
         embed_dim: int | None = None,
         num_heads: int | None = None,
         channels_last: bool = True,
+        zero_init_last: bool = True,
     ) -> None:
         super().__init__()
         check_backbone_name(name)
@@ -111,6 +116,10 @@ class Backbone(nn.Module):
             if cifar_stem:
                 raise ConfigError(
                     "cifar_stem applies to ResNets only; for small ViT inputs use a small patch_size."
+                )
+            if not zero_init_last:
+                raise ConfigError(
+                    "zero_init_last applies to ResNets only: drop it from backbone_kwargs."
                 )
             if pool == "cls" and not class_token:
                 raise ConfigError(
@@ -148,8 +157,9 @@ class Backbone(nn.Module):
             self.timm_name = name
             self.timm_kwargs = {"in_chans": in_chans, "num_classes": 0}
             self.model = timm.create_model(
-                name, pretrained=False, drop_path_rate=drop_path_rate, **self.timm_kwargs
-            )
+                name, pretrained=False, drop_path_rate=drop_path_rate,
+                zero_init_last=zero_init_last, **self.timm_kwargs,
+            )  # fmt: skip
             if cifar_stem:
                 # Why replace modules: timm has no CIFAR-stem option for its ResNets,
                 # and a 7x7/2 conv + max-pool leaves a 1x1 map from a 32 px input.

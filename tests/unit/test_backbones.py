@@ -77,6 +77,31 @@ def test_grayscale_resnet():
         assert r(torch.randn(2, 1, 28, 28)).shape == (2, 512)
 
 
+@pytest.mark.parametrize("zero_init_last", [True, False])
+def test_zero_init_last_starts_each_block_as_timm_does(zero_init_last):
+    import timm
+
+    def last_norms(model):
+        return [block.bn2.weight for stage in (model.layer1, model.layer2, model.layer3,
+                                               model.layer4) for block in stage]  # fmt: skip
+
+    torch.manual_seed(0)
+    ours = Backbone("resnet18", cifar_stem=True, zero_init_last=zero_init_last).model
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet18", num_classes=0, zero_init_last=zero_init_last)
+    assert len(last_norms(ours)) == 8
+    for mine, theirs in zip(last_norms(ours), last_norms(reference), strict=True):
+        assert torch.equal(mine, theirs)
+        assert torch.all(mine == (0.0 if zero_init_last else 1.0))
+    # only the starting weights differ: the state-dict keys and shapes are the same
+    other = Backbone("resnet18", cifar_stem=True, zero_init_last=not zero_init_last).model
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in other.state_dict().items()
+    }
+    with pytest.raises(ConfigError, match="ResNets only"):
+        Backbone("vit_tiny", img_size=32, patch_size=4, zero_init_last=False)
+
+
 def test_bad_names_and_sizes_are_refused_with_the_fix():
     with pytest.raises(ConfigError, match="resnet18"):
         Backbone("resnet_18")
