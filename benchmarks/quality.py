@@ -244,10 +244,9 @@ def calibrate(build: Callable[[], tuple[Any, Any, str]], steps: int = 6) -> floa
 
 
 # -- the two sides ---------------------------------------------------------------------------
-def committed_config(method: str, rev: str) -> Path:
-    """The method's config as committed at ``rev``, in a temporary file (the file's name
+def committed_config(rel: str, rev: str) -> Path:
+    """The config ``rel`` as committed at ``rev``, in a temporary file (the file's name
     stays the config's own, which the records keep)."""
-    rel = {**METHODS, **SMALL}[method][0]
     text = committed_text(rel, rev, "quality")
     folder = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
     (folder / Path(rel).name).write_text(text)
@@ -259,7 +258,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
     from selfsup.train.run import build_pretrain_cli
 
     rel = {**METHODS, **SMALL}[method][0]
-    config = committed_config(method, rev) if rev else REPO / rel
+    config = committed_config(rel, rev) if rev else REPO / rel
     cfg = yaml.safe_load(config.read_text())
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
