@@ -7,6 +7,7 @@ tag ``None``. Figures are mean ± standard deviation over seeds.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +18,11 @@ Group = tuple[float, "str | None"]
 
 def group_of(record: dict) -> Group:
     return record["budget_min"], record.get("tag") or None
+
+
+def groups_of(records: Iterable[dict]) -> list[Group]:
+    """The groups (budget, tag) of ``records``, by budget, then tag (untagged first)."""
+    return sorted({group_of(r) for r in records}, key=lambda g: (g[0], g[1] or ""))
 
 
 def mean_sd(values: list[float], scale: float = 100, digits: int = 1) -> str:
@@ -214,7 +220,7 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
     """Lines for RESULTS.md: one table per group of runs other than ``reference``, each
     run beside the same run in the reference group; draws ``figure`` when there are any."""
     runs = [r for r in records if r["side"] != "baseline"]
-    groups = sorted({group_of(r) for r in runs} - {reference}, key=lambda g: (g[0], g[1] or ""))
+    groups = [g for g in groups_of(runs) if g != reference]
     if not groups:
         return []
     raw = [r["final"]["knn"] for r in records if r["run"] == "baseline/raw_pixels"]
@@ -302,7 +308,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     ``wanted_seeds`` seeds of)."""
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
-    groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or ""))
+    groups = groups_of(runs)
     commands = [command([r for r in runs if group_of(r) == g], order, "pneumonia")
                 for g in groups]  # fmt: skip
     if base:
@@ -440,7 +446,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
 
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
-    groups = sorted({group_of(r) for r in runs}, key=lambda g: (g[0], g[1] or "")) or [(10.0, None)]
+    groups = groups_of(runs) or [(10.0, None)]
     fig = plt.figure(figsize=(14, 10.5))
     grid = fig.add_gridspec(2, len(groups), height_ratios=(1, 1), hspace=0.75)
     left = fig.add_subplot(grid[0, :])
@@ -471,7 +477,8 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     ]
     untrained = sorted({r["method"] for r in base} - {"raw pixels"})
     lines += [(m, "probe_auroc", f"{m}: probe", colour, "--")
-              for m, colour in zip(untrained, ["tab:brown", "tab:olive", "tab:pink", "black", "tab:cyan", "tab:red"])]  # fmt: skip
+              for m, colour in zip(untrained, itertools.cycle(["tab:brown", "tab:olive", "tab:pink",
+                                                              "black", "tab:cyan", "tab:red"]))]  # fmt: skip
     shown = [r["final"][key] for r in runs for key in ("knn_auroc", "probe_auroc")
              if key in r["final"]]  # fmt: skip
     for method, key, label, colour, style in lines:
