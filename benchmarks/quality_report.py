@@ -45,9 +45,11 @@ def _recorded(rs: Iterable[dict], key: str) -> list[Any]:
 
 
 def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
-    """The command line that runs the records ``rs`` of one group: as many seeds as its
+    """The command lines that run the records ``rs`` of one group: as many seeds as its
     most-seeded run has (a run with fewer is listed as not yet run), and how many torch
-    threads they ran with, where that is recorded but differs between runs."""
+    threads they ran with, where that is recorded but differs between runs. Runs of a
+    config as committed at a revision (``selfsup/simclr@REV``) get their own command with
+    ``--before REV``."""
     budget, tag = group_of(rs[0])
     seeds = max(len({r["seed"] for r in rs if r["run"] == run}) for run in {r["run"] for r in rs})
     parts = ["benchmarks/quality.py"] + (["--data", data] if data else [])
@@ -59,8 +61,15 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
         parts += ["--threads", str(threads[0])]
     if tag:
         parts += ["--tag", tag]
-    runs = sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run))
-    line = "`" + " ".join([*parts, "--runs", *runs]) + "`"
+    by_rev: dict[str, list[str]] = {}
+    for run in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
+        name, _, rev = run.partition("@")
+        by_rev.setdefault(rev, []).append(name)
+    lines = []
+    for rev in sorted(by_rev):  # today's configs ("") first
+        before = ["--before", rev] if rev else []
+        lines.append("`" + " ".join([*parts, *before, "--runs", *by_rev[rev]]) + "`")
+    line = ", ".join(lines)
     if len(threads) > 1:
         line += f" (torch threads per run: {', '.join(map(str, threads))})"
     return line
@@ -244,10 +253,37 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
             lines.append(f"| {name} | {mean_sd([r['final']['knn'] for r in mine])} | "
                          f"{_marks(mine)} | {reached} | {mean_sd(probes)} | {_shape(mine)} | "
                          f"{_ips(mine)} | {mean_sd(ref)} |")  # fmt: skip
-        lines.append("")
+        lines += ["", *before_after(rs, order)]
     lines += [f"![kNN top-1 against training minutes, other budgets and tags]({figure.name})", ""]
     plot_budgets(records, reference, groups, order, figure)
     return lines
+
+
+def before_after(rs: list[dict], order: list[str]) -> list[str]:
+    """Lines for RESULTS.md: each run of a config as committed at a revision
+    (``selfsup/simclr@REV``) against today's config of the same group, seed by seed; the
+    difference is taken over the seeds both have run. No lines when the group has none."""
+    pairs = sorted({(r["run"].split("@")[0], r["run"]) for r in rs if "@" in r["run"]},
+                   key=lambda pair: (_rank(pair[0], order), pair))  # fmt: skip
+    if not pairs:
+        return []
+    lines = ["Before/after: each config as committed at the revision named, against today's "
+             "config, with today's code, on this machine and these seeds.", "",
+             "| run | today's config: kNN top-1 % | config at the revision: kNN top-1 % | "
+             "today - revision (points; per seed) | steps x batch (today / revision) |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for today, before in pairs:
+        new = {r["seed"]: r for r in rs if r["run"] == today}
+        old = {r["seed"]: r for r in rs if r["run"] == before}
+        both = sorted(set(new) & set(old))
+        diffs = [(new[s]["final"]["knn"] - old[s]["final"]["knn"]) * 100 for s in both]
+        per_seed = "; ".join(f"seed {s}: {d:+.1f}" for s, d in zip(both, diffs))
+        delta = f"**{statistics.mean(diffs):+.1f}** ({per_seed})" if diffs else "-"
+        shapes = f"{_shape(list(new.values()))} / {_shape(list(old.values()))}"
+        lines.append(f"| {before} | {mean_sd([r['final']['knn'] for r in new.values()])} | "
+                     f"{mean_sd([r['final']['knn'] for r in old.values()])} | {delta} | "
+                     f"{shapes} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _group_name(group: Group) -> str:
