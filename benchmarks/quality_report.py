@@ -309,11 +309,12 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
         group = group_of(r)
         if group not in groups and group != reference:
             continue
-        faint = group == reference
+        faint, before = group == reference, "@" in r["run"]  # before: hollow, dash-dotted
+        colour = colours.get(r["method"], "black")
         ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
-                marker="os"[r["seed"] % 2], markersize=3 if faint else 5,
-                color=colours.get(r["method"], "black"), alpha=0.35 if faint else 1.0,
-                linestyle=":" if faint else styles[group],
+                marker="os"[r["seed"] % 2], markersize=3 if faint else 5, color=colour,
+                markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
+                linestyle=":" if faint else (0, (6, 2, 1, 2)) if before else styles[group],
                 label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
     baseline_styles = iter([":", "-.", (0, (1, 3))])
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
@@ -324,7 +325,8 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("cifar10_jpeg: other budgets and tags (faint dotted: the same runs, "
-                 f"{_group_name(reference)})", fontsize=10)  # fmt: skip
+                 f"{_group_name(reference)}; hollow, dash-dotted: configs at a revision)",
+                 fontsize=10)  # fmt: skip
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     fig.tight_layout()
