@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/quality.py --runs selfsup/simclr lightly/simclr
         [--data cifar|pneumonia] [--budget-min 10] [--seeds 2] [--points 3] [--workers 1]
-        [--baselines] [--tag TAG] [--threads N] [--before REV]
+        [--baselines] [--tag TAG] [--threads N] [--before REV [--match-steps]]
     .venv/bin/python benchmarks/quality.py --render      # table and PNG from the records
 
 Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) for
@@ -37,7 +37,9 @@ tag get a table each below it (with the minute their kNN curve reaches raw pixel
 benchmarks/quality_knn_budgets.png. ``--threads`` sets torch's thread count (default:
 torch's own) and is recorded with each run. ``--before REV`` runs selfsup's configs as
 committed at git revision REV (with today's code) under the names ``selfsup/METHOD@REV``,
-so that a tag's table holds the configs before and after a change, run on one machine.
+so that a tag's table holds the configs before and after a change, run on one machine;
+``--match-steps`` gives each such run the step count of today's config's recorded run
+(same budget, seed and tag) instead of its own calibration's.
 
 ``--data pneumonia`` runs on PneumoniaMNIST instead (benchmarks/quality_data.py: 1-channel
 28 px images, train split pretrained on and used as memory bank, test split as queries).
@@ -179,8 +181,8 @@ def evaluate(fn, data, mean, std, probe: bool = False, knn: bool = True) -> dict
 class Budget(pl.Callback):
     """Training clock (evaluations excluded); kNN at the marks; stop at the budget."""
 
-    def __init__(self, budget_s: float, points: int, evaluate_fn) -> None:
-        self.budget_s, self.evaluate_fn = budget_s, evaluate_fn
+    def __init__(self, budget_s: float, points: int, evaluate_fn, stop: bool = True) -> None:
+        self.budget_s, self.evaluate_fn, self.stop = budget_s, evaluate_fn, stop
         self.marks = [budget_s * (i + 1) / points for i in range(points - 1)]
         self.curve: list[dict[str, float]] = []
         self.train_s = 0.0
@@ -194,7 +196,7 @@ class Budget(pl.Callback):
         if self.marks and self.train_s >= self.marks[0]:
             self.marks.pop(0)
             self.point(trainer, pl_module)
-        if self.train_s >= self.budget_s:
+        if self.stop and self.train_s >= self.budget_s:
             trainer.should_stop = True
         self._t = time.perf_counter()
 
@@ -366,17 +368,22 @@ def run_name(side: str, method: str, rev: str | None) -> str:
 
 def run(side: str, method: str, seed: int, budget_min: float, points: int, workers: int,
         data: dict, dataset: QualityData, tag: str | None = None,
-        rev: str | None = None) -> dict[str, Any]:  # fmt: skip
+        rev: str | None = None, matched_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """One run; ``matched_steps`` trains exactly that many steps (the budget's clock then
+    places the marks but does not stop the run) instead of the calibrated count."""
     if side == "selfsup":
         spec = selfsup_side(method, seed, workers, data, dataset, rev)
     else:
         spec = lightly_side(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
-    step_s = calibrate(lambda: spec["build"]())
-    steps = max(1, int(budget_s / step_s))
+    if matched_steps:
+        steps, how = matched_steps, "matched to today's config's run"
+    else:
+        step_s = calibrate(lambda: spec["build"]())
+        steps, how = max(1, int(budget_s / step_s)), f"{step_s:.2f} s/step"
     budget_epochs = steps * spec["batch"] / len(data["x_train"])
     scale = budget_epochs / spec["config_epochs"] if spec["config_epochs"] else 1.0
-    print(f"  {run_name(side, method, rev)} seed {seed}: {step_s:.2f} s/step -> {steps} steps "
+    print(f"  {run_name(side, method, rev)} seed {seed}: {how} -> {steps} steps "
           f"({budget_epochs:.2f} epochs) in {budget_min} min", flush=True)  # fmt: skip
     module, loader, precision = spec["build"](scale, steps)
     probe = method in PROBED or dataset.probe_all
@@ -384,7 +391,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     def evaluate_fn(m, final: bool = False):
         return evaluate(spec["features"](m), data, spec["mean"], spec["std"], probe and final)
 
-    budget = Budget(budget_s, points, evaluate_fn)
+    budget = Budget(budget_s, points, evaluate_fn, stop=not matched_steps)
     trainer = _trainer(precision, steps, [budget])
     fit(trainer, module, loader)
     budget.point(trainer, module, final=True)
@@ -401,6 +408,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         "data": dataset.name, "tag": tag, "threads": torch.get_num_threads(), "points": points,
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),
+        **({"matched_steps": True} if matched_steps else {}),
     }  # fmt: skip
 
 
@@ -504,6 +512,12 @@ def main() -> int:
                         "REV (e.g. 6ad51ce^, before the config fixes) and are recorded as "
                         "selfsup/METHOD@REV, beside the current configs' runs of the same "
                         "budget and tag: a before/after on one machine")  # fmt: skip
+    parser.add_argument("--match-steps", action="store_true",
+                        help="with --before: each run trains the steps of today's config's "
+                        "recorded run of the same budget, seed and tag, rather than the "
+                        "count a few calibration steps give (on a shared host their noise "
+                        "gave the two sides of a before/after 20-30 %% different step "
+                        "counts for the same step time)")  # fmt: skip
     parser.add_argument("--render", action="store_true", help="only redraw from the records")
     parser.add_argument("--force", action="store_true", help="rerun recorded runs")
     parser.add_argument("--limit-data", type=int, default=0,
@@ -535,8 +549,24 @@ def main() -> int:
         for name in args.runs:
             if name.startswith("selfsup/"):
                 committed_text({**METHODS, **SMALL}[name.split("/")[1]][0], args.before, "quality")
-    show = render if dataset.name == "cifar" else render_pneumonia
+    tag = args.tag or None
     records = load_records()
+    matched: dict[tuple[str, int], int] = {}
+    if args.match_steps:  # stops here, before the data loads, when there is nothing to match
+        if not args.before:
+            print("quality: --match-steps matches a revision's runs to today's: add --before REV",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        for name in (n for n in args.runs if n.startswith("selfsup/")):
+            for seed in range(args.seeds):
+                today = [r for r in records if _key(r) == (name, seed, args.budget_min, tag)]
+                if not today:
+                    print(f"quality: --match-steps: no recorded run of {name} seed {seed} at "
+                          f"{args.budget_min:g} min, tag {tag}, to match; run it first "
+                          "without --before", file=sys.stderr)  # fmt: skip
+                    return 2
+                matched[name, seed] = today[0]["steps"]
+    show = render if dataset.name == "cifar" else render_pneumonia
     data = dataset.load() if (args.runs or args.baselines) else {}
     if args.limit_data:
         data = {k: _pick(v, args.limit_data) if torch.is_tensor(v) else v for k, v in data.items()}
@@ -544,7 +574,6 @@ def main() -> int:
         for record in baselines(data, dataset):
             save_record(records, record)
             print(record["run"], record["final"], flush=True)
-    tag = args.tag or None
     for seed in range(args.seeds):
         for name in args.runs:
             side, method = name.split("/")
@@ -553,7 +582,7 @@ def main() -> int:
                     and not args.force:  # fmt: skip
                 continue
             record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
-                         dataset, tag, args.before)  # fmt: skip
+                         dataset, tag, args.before, matched.get((name, seed)))  # fmt: skip
             save_record(records, record)
             show(records, WANTED_SEEDS)
     show(load_records(), WANTED_SEEDS)

@@ -67,8 +67,13 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
         by_rev.setdefault(rev, []).append(name)
     lines = []
     for rev in sorted(by_rev):  # today's configs ("") first
-        before = ["--before", rev] if rev else []
-        lines.append("`" + " ".join([*parts, *before, "--runs", *by_rev[rev]]) + "`")
+        own = [r for r in rs if r["run"].partition("@")[2] == rev]
+        flags = []
+        if len(points) > 1 and len(_recorded(own, "points")) == 1:
+            flags += ["--points", str(_recorded(own, "points")[0])]
+        flags += ["--before", rev] if rev else []
+        flags += ["--match-steps"] if rev and all(r.get("matched_steps") for r in own) else []
+        lines.append("`" + " ".join([*parts, *flags, "--runs", *by_rev[rev]]) + "`")
     line = ", ".join(lines)
     if len(threads) > 1:
         line += f" (torch threads per run: {', '.join(map(str, threads))})"
