@@ -25,7 +25,9 @@ stops, and weighted kNN (k = 20, T = 0.07, cosine; the evaluator of ``selfsup kn
 the test split (5,000 images) against the training split's features is measured, in bf16
 autocast for every run (fp32 on a CPU without native bf16, where selfsup's configs train
 in fp32 too: ``selfsup.precision``; each record keeps the precision it trained in). MAE
-and I-JEPA also get the cached-feature linear probe at the end. ``--baselines`` adds raw
+and I-JEPA also get the cached-feature linear probe at the end. Each record also keeps how
+far the backbone's weights moved from their start (median relative change of the conv
+and linear weights, and of the norm layers' scales). ``--baselines`` adds raw
 pixels (normalised by the channel means and standard deviations, cosine) and random-init
 ResNet-18 and ViT-Tiny/4 backbones.
 
@@ -188,7 +190,20 @@ class Budget(pl.Callback):
         self.train_s = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {name: w.detach().clone() for name, w in _weights(pl_module).items()}
         self._t = time.perf_counter()
+
+    def moved(self, pl_module) -> dict[str, float]:
+        """Median relative move |w - w0| / |w0| of the backbone's conv and linear weights
+        and of its norm layers' scales since the start: how far a run left its random
+        initialisation (what an optimiser's trust ratio bounds)."""
+        kinds: dict[str, list[float]] = {"conv_linear": [], "norm": []}
+        for name, w in _weights(pl_module).items():
+            w0 = self.start[name]
+            if w0.norm() > 0:
+                kind = "conv_linear" if w.ndim > 1 else "norm"
+                kinds[kind].append(((w.detach() - w0).norm() / w0.norm()).item())
+        return {kind: statistics.median(v) for kind, v in kinds.items() if v}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -209,6 +224,18 @@ class Budget(pl.Callback):
             self.curve.pop()  # the end fell on a mark: keep the final evaluation only
         self.curve.append({"minutes": self.train_s / 60, "step": trainer.global_step, **result})
         print(f"    {self.train_s / 60:5.2f} min, step {trainer.global_step}: {result}", flush=True)
+
+
+def _weights(pl_module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's conv and linear weights and its norm layers' scales, by name."""
+    backbone = getattr(pl_module, "backbone", pl_module)
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    out = {}
+    for name, module in backbone.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear, *norms)) and \
+                getattr(module, "weight", None) is not None:  # fmt: skip
+            out[name] = module.weight
+    return out
 
 
 class StepClock(pl.Callback):
@@ -404,7 +431,8 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         "n_train": len(data["x_train"]),
         "epochs": trainer.global_step * spec["batch"] / len(data["x_train"]),
         "images_per_s": images_per_s, "config_epochs": spec["config_epochs"],
-        "curve": budget.curve, "final": budget.curve[-1], "machine": machine(),
+        "curve": budget.curve, "final": budget.curve[-1], "moved": budget.moved(module),
+        "machine": machine(),
         "data": dataset.name, "tag": tag, "threads": torch.get_num_threads(), "points": points,
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),

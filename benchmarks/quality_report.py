@@ -275,8 +275,10 @@ def before_after(rs: list[dict], order: list[str]) -> list[str]:
     lines = ["Before/after: each config as committed at the revision named, against today's "
              "config, with today's code, on this machine and these seeds.", "",
              "| run | today's config: kNN top-1 % | config at the revision: kNN top-1 % | "
-             "today - revision (points; per seed) | steps x batch (today / revision) |",
-             "|---|---|---|---|---|"]  # fmt: skip
+             "today - revision (points; per seed) | steps x batch (today / revision) | "
+             "backbone weights moved from their start, median relative change %: conv and linear, "
+             "norm scales |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for today, before in pairs:
         new = {r["seed"]: r for r in rs if r["run"] == today}
         old = {r["seed"]: r for r in rs if r["run"] == before}
@@ -287,8 +289,17 @@ def before_after(rs: list[dict], order: list[str]) -> list[str]:
         shapes = f"{_shape(list(new.values()))} / {_shape(list(old.values()))}"
         lines.append(f"| {before} | {mean_sd([r['final']['knn'] for r in new.values()])} | "
                      f"{mean_sd([r['final']['knn'] for r in old.values()])} | {delta} | "
-                     f"{shapes} |")  # fmt: skip
+                     f"{shapes} | today {_moved(new)}; revision {_moved(old)} |")  # fmt: skip
     return [*lines, ""]
+
+
+def _moved(by_seed: dict[int, dict]) -> str:
+    """How far the runs' backbone weights moved (recorded since 2026-12-03), seed by seed."""
+    moves = [r["moved"] for _, r in sorted(by_seed.items()) if "moved" in r]
+    if not moves:
+        return "-"
+    return " and ".join(f"{m.get('conv_linear', 0) * 100:.2g}, {m.get('norm', 0) * 100:.2g}"
+                        for m in moves)  # fmt: skip
 
 
 def _group_name(group: Group) -> str:
@@ -326,7 +337,10 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
         accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
         ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
                    linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
-    ax.set_xlim(0, max(g[0] for g in groups) * 1.05)
+    # a run with --match-steps may train past its budget: its last point stays in view
+    ends = [r["curve"][-1]["minutes"] for r in records if r["side"] != "baseline"
+            and r["run"] in shown and group_of(r) in groups]  # fmt: skip
+    ax.set_xlim(0, max([g[0] for g in groups] + ends) * 1.05)
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("cifar10_jpeg: other budgets and tags (faint dotted: the same runs, "
