@@ -196,7 +196,9 @@ class Budget(pl.Callback):
     def moved(self, pl_module) -> dict[str, float]:
         """Median relative move |w - w0| / |w0| of the backbone's conv and linear weights
         and of its norm layers' scales since the start: how far a run left its random
-        initialisation (what an optimiser's trust ratio bounds)."""
+        initialisation (what an optimiser's trust ratio bounds). Weights that start at
+        zero (timm's zero-initialised last BatchNorm of each residual block) have no
+        relative move and are left out."""
         kinds: dict[str, list[float]] = {"conv_linear": [], "norm": []}
         for name, w in _weights(pl_module).items():
             w0 = self.start[name]
