@@ -593,8 +593,9 @@ def main() -> int:
             for seed in range(args.seeds):
                 today = [r for r in records if _key(r) == (name, seed, args.budget_min, tag)]
                 if not today:
+                    where = f"tag {tag}" if tag else "no tag"
                     print(f"quality: --match-steps: no recorded run of {name} seed {seed} at "
-                          f"{args.budget_min:g} min, tag {tag}, to match; run it first "
+                          f"{args.budget_min:g} min, {where}, to match; run it first "
                           "without --before", file=sys.stderr)  # fmt: skip
                     return 2
                 matched[name, seed] = today[0]["steps"]
