@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/quality.py --runs selfsup/simclr lightly/simclr
         [--data cifar|pneumonia] [--budget-min 10] [--seeds 2] [--points 3] [--workers 1]
-        [--baselines] [--tag TAG] [--threads N] [--before REV [--match-steps]]
+        [--baselines] [--tag TAG] [--threads N] [--before REV] [--set KEY=VALUE ...]
+        [--match-steps]
     .venv/bin/python benchmarks/quality.py --render      # table and PNG from the records
 
 Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) for
@@ -40,8 +41,12 @@ benchmarks/quality_knn_budgets.png. ``--threads`` sets torch's thread count (def
 torch's own) and is recorded with each run. ``--before REV`` runs selfsup's configs as
 committed at git revision REV (with today's code) under the names ``selfsup/METHOD@REV``,
 so that a tag's table holds the configs before and after a change, run on one machine;
-``--match-steps`` gives each such run the step count of today's config's recorded run
-(same budget, seed and tag) instead of its own calibration's.
+``--set KEY=VALUE`` changes options of selfsup's runs as ``selfsup pretrain`` would
+(``--set model.init_args.lars_clip=false``), recorded as
+``selfsup/METHOD[lars_clip=false]``: one factor at a time, beside today's config.
+``--match-steps`` gives each such run (``--before``, ``--set`` or both) the step count of
+today's config's recorded run (same budget, seed and tag) instead of its own
+calibration's.
 
 ``--data pneumonia`` runs on PneumoniaMNIST instead (benchmarks/quality_data.py: 1-channel
 28 px images, train split pretrained on and used as memory bank, test split as queries).
@@ -284,8 +289,14 @@ def committed_config(rel: str, rev: str) -> Path:
     return folder / Path(rel).name
 
 
+def set_flags(sets: dict[str, str]) -> list[str]:
+    """``--set`` as ``selfsup pretrain`` flags: {"model.init_args.lars_clip": "false"} ->
+    ["--model.init_args.lars_clip", "false"]."""
+    return [arg for key, value in sets.items() for arg in (f"--{key}", value)]
+
+
 def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
-                 rev: str | None = None) -> dict[str, Any]:  # fmt: skip
+                 rev: str | None = None, sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
     rel = {**METHODS, **SMALL}[method][0]
@@ -303,7 +314,8 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
         argv = ["--config", str(config), "--data.path", str(dataset.path),
                 "--data.num_workers", str(workers), "--trainer.logger", "false",
                 "--seed_everything", str(seed),
-                "--trainer.default_root_dir", tempfile.gettempdir(), *overrides]  # fmt: skip
+                "--trainer.default_root_dir", tempfile.gettempdir(), *overrides,
+                *set_flags(sets or {})]  # fmt: skip
         cli = build_pretrain_cli(argv)
         model = cli.model
         for key in list(model.hparams):
@@ -390,18 +402,44 @@ def lightly_side(method: str, seed: int, workers: int, data: dict,
     }  # fmt: skip
 
 
-def run_name(side: str, method: str, rev: str | None) -> str:
-    """``selfsup/simclr``, or ``selfsup/simclr@REV`` for its config as committed at REV."""
-    return f"{side}/{method}" + (f"@{rev}" if rev and side == "selfsup" else "")
+def run_name(side: str, method: str, rev: str | None, sets: dict[str, str] | None = None) -> str:
+    """``selfsup/simclr``; ``selfsup/simclr@REV`` for its config as committed at REV;
+    ``selfsup/simclr[lars_clip=false]`` with options set (each named by its last part)."""
+    if side != "selfsup":
+        return f"{side}/{method}"
+    settings = ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (sets or {}).items())
+    return f"{side}/{method}" + (f"@{rev}" if rev else "") + (f"[{settings}]" if sets else "")
+
+
+def check_sets(sets: list[str], names: list[str], rev: str | None) -> dict[str, str] | str:
+    """``--set`` as a dict, or the one line that says what is wrong with it: an item
+    without ``=``, or an option a run's config does not take (parsed, not instantiated,
+    so before the data loads)."""
+    from selfsup.errors import ConfigError
+    from selfsup.train.run import build_pretrain_cli
+
+    bad = [item for item in sets if "=" not in item or item.startswith("=")]
+    if bad:
+        return f"--set takes KEY=VALUE, got {bad[0]!r}: e.g. --set model.init_args.lars_clip=false"
+    parsed = dict(item.split("=", 1) for item in sets)
+    for name in names:
+        rel = {**METHODS, **SMALL}[name.split("/")[1]][0]
+        config = committed_config(rel, rev) if rev else REPO / rel
+        try:
+            build_pretrain_cli(["--config", str(config), *set_flags(parsed)], resolve_only=True)
+        except ConfigError as e:
+            return f"--set for {name}: {e}"
+    return parsed
 
 
 def run(side: str, method: str, seed: int, budget_min: float, points: int, workers: int,
         data: dict, dataset: QualityData, tag: str | None = None,
-        rev: str | None = None, matched_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+        rev: str | None = None, matched_steps: int | None = None,
+        sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """One run; ``matched_steps`` trains exactly that many steps (the budget's clock then
     places the marks but does not stop the run) instead of the calibrated count."""
     if side == "selfsup":
-        spec = selfsup_side(method, seed, workers, data, dataset, rev)
+        spec = selfsup_side(method, seed, workers, data, dataset, rev, sets)
     else:
         spec = lightly_side(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
@@ -412,7 +450,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         steps, how = max(1, int(budget_s / step_s)), f"{step_s:.2f} s/step"
     budget_epochs = steps * spec["batch"] / len(data["x_train"])
     scale = budget_epochs / spec["config_epochs"] if spec["config_epochs"] else 1.0
-    print(f"  {run_name(side, method, rev)} seed {seed}: {how} -> {steps} steps "
+    print(f"  {run_name(side, method, rev, sets)} seed {seed}: {how} -> {steps} steps "
           f"({budget_epochs:.2f} epochs) in {budget_min} min", flush=True)  # fmt: skip
     module, loader, precision = spec["build"](scale, steps)
     probe = method in PROBED or dataset.probe_all
@@ -426,7 +464,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     budget.point(trainer, module, final=True)
     images_per_s = trainer.global_step * spec["batch"] / budget.train_s
     return {
-        "run": run_name(side, method, rev), "side": side, "method": method, "seed": seed,
+        "run": run_name(side, method, rev, sets), "side": side, "method": method, "seed": seed,
         "budget_min": budget_min, "config": spec["config"],
         "precision": str(trainer.precision),
         "batch": spec["batch"], "steps": trainer.global_step, "planned_steps": steps,
@@ -438,6 +476,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         "data": dataset.name, "tag": tag, "threads": torch.get_num_threads(), "points": points,
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),
+        **({"set": sets} if sets and side == "selfsup" else {}),
         **({"matched_steps": True} if matched_steps else {}),
     }  # fmt: skip
 
@@ -544,8 +583,13 @@ def main() -> int:
                         "REV (e.g. 6ad51ce^, before the config fixes) and are recorded as "
                         "selfsup/METHOD@REV, beside the current configs' runs of the same "
                         "budget and tag: a before/after on one machine")  # fmt: skip
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
+                        help="selfsup's runs with these `selfsup pretrain` options changed "
+                        "(e.g. model.init_args.lars_clip=false), recorded as "
+                        "selfsup/METHOD[lars_clip=false] beside today's config: one factor "
+                        "at a time")  # fmt: skip
     parser.add_argument("--match-steps", action="store_true",
-                        help="with --before: each run trains the steps of today's config's "
+                        help="with --before or --set: each run trains the steps of today's config's "
                         "recorded run of the same budget, seed and tag, rather than the "
                         "count a few calibration steps give (on a shared host their noise "
                         "gave the two sides of a before/after 20-30 %% different step "
@@ -581,13 +625,21 @@ def main() -> int:
         for name in args.runs:
             if name.startswith("selfsup/"):
                 committed_text({**METHODS, **SMALL}[name.split("/")[1]][0], args.before, "quality")
+    sets: dict[str, str] = {}
+    if args.sets:  # a malformed or unknown option stops here, before the data loads
+        checked = check_sets(args.sets, [n for n in args.runs if n.startswith("selfsup/")],
+                             args.before)  # fmt: skip
+        if isinstance(checked, str):
+            print(f"quality: {checked}", file=sys.stderr)
+            return 2
+        sets = checked
     tag = args.tag or None
     records = load_records()
     matched: dict[tuple[str, int], int] = {}
     if args.match_steps:  # stops here, before the data loads, when there is nothing to match
-        if not args.before:
-            print("quality: --match-steps matches a revision's runs to today's: add --before REV",
-                  file=sys.stderr)  # fmt: skip
+        if not (args.before or sets):
+            print("quality: --match-steps matches a variant's runs to today's config's: add "
+                  "--before REV or --set KEY=VALUE", file=sys.stderr)  # fmt: skip
             return 2
         for name in (n for n in args.runs if n.startswith("selfsup/")):
             for seed in range(args.seeds):
@@ -596,7 +648,7 @@ def main() -> int:
                     where = f"tag {tag}" if tag else "no tag"
                     print(f"quality: --match-steps: no recorded run of {name} seed {seed} at "
                           f"{args.budget_min:g} min, {where}, to match; run it first "
-                          "without --before", file=sys.stderr)  # fmt: skip
+                          "without --before or --set", file=sys.stderr)  # fmt: skip
                     return 2
                 matched[name, seed] = today[0]["steps"]
     show = render if dataset.name == "cifar" else render_pneumonia
@@ -611,11 +663,11 @@ def main() -> int:
         for name in args.runs:
             side, method = name.split("/")
             done = {_key(r) for r in load_records()}
-            if (run_name(side, method, args.before), seed, args.budget_min, tag) in done \
+            if (run_name(side, method, args.before, sets), seed, args.budget_min, tag) in done \
                     and not args.force:  # fmt: skip
                 continue
             record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
-                         dataset, tag, args.before, matched.get((name, seed)))  # fmt: skip
+                         dataset, tag, args.before, matched.get((name, seed)), sets)  # fmt: skip
             save_record(records, record)
             show(records, WANTED_SEEDS)
     show(load_records(), WANTED_SEEDS)

@@ -25,6 +25,13 @@ def groups_of(records: Iterable[dict]) -> list[Group]:
     return sorted({group_of(r) for r in records}, key=lambda g: (g[0], g[1] or ""))
 
 
+def variant_of(run: str) -> tuple[str, str]:
+    """(today's run, the variant): ``selfsup/simclr@REV[lars_clip=false]`` ->
+    (``selfsup/simclr``, ``@REV[lars_clip=false]``); ``selfsup/simclr`` -> (itself, "")."""
+    cut = min((i for i in (run.find("@"), run.find("[")) if i >= 0), default=len(run))
+    return run[:cut], run[cut:]
+
+
 def mean_sd(values: list[float], scale: float = 100, digits: int = 1) -> str:
     if not values:
         return "-"
@@ -48,8 +55,9 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
     """The command lines that run the records ``rs`` of one group: as many seeds as its
     most-seeded run has (a run with fewer is listed as not yet run), and how many torch
     threads they ran with, where that is recorded but differs between runs. Runs of a
-    config as committed at a revision (``selfsup/simclr@REV``) get their own command with
-    ``--before REV``."""
+    variant get their own command: a config as committed at a revision
+    (``selfsup/simclr@REV``) with ``--before REV``, options set
+    (``selfsup/simclr[lars_clip=false]``) with ``--set``."""
     budget, tag = group_of(rs[0])
     seeds = max(len({r["seed"] for r in rs if r["run"] == run}) for run in {r["run"] for r in rs})
     parts = ["benchmarks/quality.py"] + (["--data", data] if data else [])
@@ -61,19 +69,22 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
         parts += ["--threads", str(threads[0])]
     if tag:
         parts += ["--tag", tag]
-    by_rev: dict[str, list[str]] = {}
+    by_variant: dict[str, list[str]] = {}
     for run in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
-        name, _, rev = run.partition("@")
-        by_rev.setdefault(rev, []).append(name)
+        name, variant = variant_of(run)
+        by_variant.setdefault(variant, []).append(name)
     lines = []
-    for rev in sorted(by_rev):  # today's configs ("") first
-        own = [r for r in rs if r["run"].partition("@")[2] == rev]
+    for variant in sorted(by_variant):  # today's configs ("") first
+        own = [r for r in rs if variant_of(r["run"])[1] == variant]
         flags = []
         if len(points) > 1 and len(_recorded(own, "points")) == 1:
             flags += ["--points", str(_recorded(own, "points")[0])]
+        rev = own[0].get("config_rev")
         flags += ["--before", rev] if rev else []
-        flags += ["--match-steps"] if rev and all(r.get("matched_steps") for r in own) else []
-        lines.append("`" + " ".join([*parts, *flags, "--runs", *by_rev[rev]]) + "`")
+        sets = own[0].get("set") or {}
+        flags += ["--set", *(f"{key}={value}" for key, value in sets.items())] if sets else []
+        flags += ["--match-steps"] if variant and all(r.get("matched_steps") for r in own) else []
+        lines.append("`" + " ".join([*parts, *flags, "--runs", *by_variant[variant]]) + "`")
     line = ", ".join(lines)
     if len(threads) > 1:
         line += f" (torch threads per run: {', '.join(map(str, threads))})"
@@ -81,7 +92,7 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
 
 
 def _rank(run: str, order: list[str]) -> int:
-    method = run.split("/", 1)[1].split("@")[0]  # selfsup/simclr@REV: beside selfsup/simclr
+    method = variant_of(run)[0].split("/", 1)[1]  # selfsup/simclr@REV: beside selfsup/simclr
     return order.index(method) if method in order else len(order)
 
 
@@ -251,7 +262,7 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for name in sorted({r["run"] for r in rs}, key=lambda run: (_rank(run, order), run)):
             mine = sorted((r for r in rs if r["run"] == name), key=lambda r: r["seed"])
-            twin = name.split("@")[0]  # selfsup/simclr@REV: beside the reference's selfsup/simclr
+            twin = variant_of(name)[0]  # selfsup/simclr@REV: beside the reference's selfsup/simclr
             ref = [r["final"]["knn"] for r in runs if r["run"] == twin and group_of(r) == reference]
             probes = [r["final"]["probe"] for r in mine if "probe" in r["final"]]
             reached = " / ".join(crossing(r["curve"], level) for r in mine) if raw else "-"
@@ -265,17 +276,19 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
 
 
 def before_after(rs: list[dict], order: list[str]) -> list[str]:
-    """Lines for RESULTS.md: each run of a config as committed at a revision
-    (``selfsup/simclr@REV``) against today's config of the same group, seed by seed; the
-    difference is taken over the seeds both have run. No lines when the group has none."""
-    pairs = sorted({(r["run"].split("@")[0], r["run"]) for r in rs if "@" in r["run"]},
+    """Lines for RESULTS.md: each run of a variant (a config as committed at a revision,
+    ``selfsup/simclr@REV``, or with options set, ``selfsup/simclr[lars_clip=false]``)
+    against today's config of the same group, seed by seed; the difference is taken over
+    the seeds both have run. No lines when the group has none."""
+    pairs = sorted({(variant_of(r["run"])[0], r["run"]) for r in rs if variant_of(r["run"])[1]},
                    key=lambda pair: (_rank(pair[0], order), pair))  # fmt: skip
     if not pairs:
         return []
-    lines = ["Before/after: each config as committed at the revision named, against today's "
-             "config, with today's code, on this machine and these seeds.", "",
-             "| run | today's config: kNN top-1 % | config at the revision: kNN top-1 % | "
-             "today - revision (points; per seed) | steps x batch (today / revision) | "
+    lines = ["Before/after: each variant (`@REV`: the config as committed at that revision; "
+             "`[key=value]`: today's config with that option set) against today's config, "
+             "with today's code, on this machine and these seeds.", "",
+             "| run | today's config: kNN top-1 % | variant: kNN top-1 % | "
+             "today - variant (points; per seed) | steps x batch (today / variant) | "
              "backbone weights moved from their start, median relative change %: conv and linear, "
              "norm scales |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -289,7 +302,7 @@ def before_after(rs: list[dict], order: list[str]) -> list[str]:
         shapes = f"{_shape(list(new.values()))} / {_shape(list(old.values()))}"
         lines.append(f"| {before} | {mean_sd([r['final']['knn'] for r in new.values()])} | "
                      f"{mean_sd([r['final']['knn'] for r in old.values()])} | {delta} | "
-                     f"{shapes} | today {_moved(new)}; revision {_moved(old)} |")  # fmt: skip
+                     f"{shapes} | today {_moved(new)}; variant {_moved(old)} |")  # fmt: skip
     return [*lines, ""]
 
 
@@ -325,7 +338,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
         group = group_of(r)
         if group not in groups and group != reference:
             continue
-        faint, before = group == reference, "@" in r["run"]  # before: hollow, dash-dotted
+        faint, before = group == reference, bool(variant_of(r["run"])[1])  # hollow, dash-dotted
         colour = colours.get(r["method"], "black")
         ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
                 marker="os"[r["seed"] % 2], markersize=3 if faint else 5, color=colour,
@@ -344,7 +357,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
     ax.set_title("cifar10_jpeg: other budgets and tags (faint dotted: the same runs, "
-                 f"{_group_name(reference)}; hollow, dash-dotted: configs at a revision)",
+                 f"{_group_name(reference)}; hollow, dash-dotted: variants of a config)",
                  fontsize=10)  # fmt: skip
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)

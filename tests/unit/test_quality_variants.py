@@ -1,0 +1,98 @@
+"""benchmarks/quality.py's variants of a config (``--before REV``, ``--set KEY=VALUE``):
+how a variant is named, paired with today's config and written back as the command
+that reruns it, and that a bad ``--set`` stops with one line before any data loads."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def report():
+    spec = importlib.util.spec_from_file_location(
+        "quality_report", REPO / "benchmarks/quality_report.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(run: str, seed: int, knn: float, steps: int, **extra) -> dict:
+    return {"run": run, "side": "selfsup", "method": run.split("/")[1].split("[")[0].split("@")[0],
+            "seed": seed, "budget_min": 10.0, "tag": "t", "steps": steps, "batch": 64,
+            "final": {"knn": knn}, "points": 3, "threads": 2, **extra}  # fmt: skip
+
+
+def test_variant_names_split_into_todays_run_and_the_variant():
+    variant_of = report().variant_of
+    assert variant_of("selfsup/simclr") == ("selfsup/simclr", "")
+    assert variant_of("lightly/byol") == ("lightly/byol", "")
+    assert variant_of("selfsup/simclr@6ad51ce^") == ("selfsup/simclr", "@6ad51ce^")
+    assert variant_of("selfsup/simclr_small[lars_clip=false]") == (
+        "selfsup/simclr_small", "[lars_clip=false]")  # fmt: skip
+    assert variant_of("selfsup/dino@abc[a=1,b=x.y]") == ("selfsup/dino", "@abc[a=1,b=x.y]")
+
+
+def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it():
+    q = report()
+    sets = {"model.init_args.lars_trust_coefficient": "0.001", "model.init_args.lars_clip": "false"}
+    name = "selfsup/simclr_small[lars_trust_coefficient=0.001,lars_clip=false]"
+    rs = [record("selfsup/simclr_small", 0, 0.344, 106), record("selfsup/simclr_small", 1, 0.350, 110),
+          record(name, 0, 0.370, 106, set=sets, matched_steps=True),
+          record(name, 1, 0.362, 110, set=sets, matched_steps=True)]  # fmt: skip
+    lines = q.before_after(rs, ["simclr_small"])
+    row = next(line for line in lines if line.startswith(f"| {name} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "34.7 ± 0.4 (n=2)" and cells[2] == "36.6 ± 0.6 (n=2)"
+    # today - variant: seed 0 34.4 - 37.0 = -2.6, seed 1 35.0 - 36.2 = -1.2, mean -1.9
+    assert cells[3] == "**-1.9** (seed 0: -2.6; seed 1: -1.2)"
+    assert cells[4] == "108 x 64 / 108 x 64"
+    line = q.command(rs, ["simclr_small"])
+    today, variant = line.split("`, `")
+    assert today.endswith("--runs selfsup/simclr_small") and "--set" not in today
+    assert variant.rstrip("`").endswith(
+        "--set model.init_args.lars_trust_coefficient=0.001 model.init_args.lars_clip=false "
+        "--match-steps --runs selfsup/simclr_small"
+    )
+
+
+def test_a_revision_variant_keeps_its_before_flag():
+    q = report()
+    rs = [record("selfsup/byol", 0, 0.313, 26),
+          record("selfsup/byol@6ad51ce^", 0, 0.340, 26, config_rev="6ad51ce^", matched_steps=True)]  # fmt: skip
+    line = q.command(rs, ["byol"])
+    assert line.endswith("--before 6ad51ce^ --match-steps --runs selfsup/byol`")
+    row = q.before_after(rs, ["byol"])[-2]
+    assert row.startswith(
+        "| selfsup/byol@6ad51ce^ | 31.3 (n=1) | 34.0 (n=1) | **-2.7** (seed 0: -2.7)"
+    )
+
+
+def quality(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks/quality.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_a_bad_set_stops_with_one_line_before_the_data_loads(tmp_path):
+    records = tmp_path / "runs.json"
+    typo = quality("--runs", "selfsup/simclr_small", "--set",
+                   "model.init_args.lars_trust_coefficent=0.001", "--records", str(records))  # fmt: skip
+    assert typo.returncode == 2, typo.stderr
+    lines = typo.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("quality: --set for selfsup/simclr_small: ")
+    assert "lars_trust_coefficent" in lines[0]
+    no_value = quality("--runs", "selfsup/simclr", "--set", "model.init_args.lars_clip",
+                       "--records", str(records))  # fmt: skip
+    assert no_value.returncode == 2
+    assert no_value.stderr.strip() == (
+        "quality: --set takes KEY=VALUE, got 'model.init_args.lars_clip': "
+        "e.g. --set model.init_args.lars_clip=false"
+    )
+    unmatched = quality("--runs", "selfsup/simclr", "--set", "model.init_args.lars_clip=false",
+                        "--match-steps", "--tag", "none-such", "--records", str(records))  # fmt: skip
+    assert unmatched.returncode == 2
+    assert "no recorded run of selfsup/simclr seed 0 at 10 min, tag none-such" in unmatched.stderr
+    assert not records.exists()  # nothing ran, nothing was recorded
