@@ -8,6 +8,7 @@ tag ``None``. Figures are mean ± standard deviation over seeds.
 from __future__ import annotations
 
 import itertools
+import shlex
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
@@ -82,7 +83,7 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
         rev = own[0].get("config_rev")
         flags += ["--before", rev] if rev else []
         sets = own[0].get("set") or {}
-        flags += ["--set", *(f"{key}={value}" for key, value in sets.items())] if sets else []
+        flags += ["--set", *(shlex.quote(f"{key}={value}") for key, value in sets.items())] if sets else []
         flags += ["--match-steps"] if variant and all(r.get("matched_steps") for r in own) else []
         lines.append("`" + " ".join([*parts, *flags, "--runs", *by_variant[variant]]) + "`")
     line = ", ".join(lines)

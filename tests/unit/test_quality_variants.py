@@ -5,6 +5,7 @@ that reruns it, and that a bad ``--set`` stops with one line before any data loa
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 
@@ -96,3 +97,16 @@ def test_a_bad_set_stops_with_one_line_before_the_data_loads(tmp_path):
     assert unmatched.returncode == 2
     assert "no recorded run of selfsup/simclr seed 0 at 10 min, tag none-such" in unmatched.stderr
     assert not records.exists()  # nothing ran, nothing was recorded
+
+
+def test_a_set_value_the_shell_would_split_is_quoted_in_the_command():
+    q = report()
+    sets = {"model.init_args.backbone_kwargs": '{"cifar_stem":true,"zero_init_last":false}'}
+    name = 'selfsup/simclr[backbone_kwargs={"cifar_stem":true,"zero_init_last":false}]'
+    rs = [record("selfsup/simclr", 0, 0.33, 37), record(name, 0, 0.34, 37, set=sets)]
+    variant = q.command(rs, ["simclr"]).split("`, `")[1].rstrip("`")
+    flag = variant.split("--set ", 1)[1].split(" --runs")[0]
+    assert shlex.split(flag) == [
+        f"model.init_args.backbone_kwargs={sets['model.init_args.backbone_kwargs']}"
+    ]
+    assert variant.endswith("--runs selfsup/simclr")  # not matched: no --match-steps
