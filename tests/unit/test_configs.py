@@ -80,7 +80,8 @@ def test_sync_batchnorm_in_a_config_is_still_refused_on_cpu(tmp_path):
 # -- configs/README.md: the table of every config beside its source -------------------
 
 README = REPO / "configs" / "README.md"
-COLUMNS = ["config", "opt", "lr", "wd", "batch", "epochs", "warmup", "loss", "lars", "views", "why"]
+COLUMNS = ["config", "opt", "lr", "wd", "batch", "epochs", "warmup", "loss", "lars", "init",
+           "views", "why"]  # fmt: skip
 
 
 def readme_rows() -> list[dict[str, str]]:
@@ -183,6 +184,12 @@ def test_the_readme_row_holds_the_config_values(config):
         assert ("clip" in lars[1:]) == m.lars_clip, "LARS clip"
     else:
         assert row["lars"] == "—", "LARS η, clip: not a LARS config"
+
+    if m.backbone.startswith("resnet"):  # the scale a block's last BatchNorm starts at
+        zero = (m.backbone_kwargs or {}).get("zero_init_last", True)
+        assert row["init"] == ("0" if zero else "1"), "last BN γ"
+    else:
+        assert row["init"] == "—", "last BN γ: not a ResNet"
 
     views = _items(row["views"])
     if "color_jitter_strength" in t and t.color_jitter_prob > 0:
