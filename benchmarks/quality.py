@@ -47,6 +47,9 @@ so that a tag's table holds the configs before and after a change, run on one ma
 ``--match-steps`` gives each such run (``--before``, ``--set`` or both) the step count of
 today's config's recorded run (same budget, seed and tag) instead of its own
 calibration's.
+A selfsup record keeps its config's fingerprint (the config's text and ``--set``); a
+recorded run whose config has changed since is not rerun under the same tag, and says
+so: a new ``--tag`` (or ``--force``) runs the config as it is now.
 
 ``--data pneumonia`` runs on PneumoniaMNIST instead (benchmarks/quality_data.py: 1-channel
 28 px images, train split pretrained on and used as memory bank, test split as queries).
@@ -67,6 +70,7 @@ RESULTS.md and benchmarks/quality_pneumonia.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -289,6 +293,15 @@ def committed_config(rel: str, rev: str) -> Path:
     return folder / Path(rel).name
 
 
+def config_fingerprint(method: str, rev: str | None, sets: dict[str, str] | None) -> str:
+    """What a selfsup run trains, in 12 hex digits: its config's text (at ``rev``, or as it
+    is now) and its ``--set`` options. Records keep it, so that a config edited since a
+    run is not taken for the config that run trained."""
+    rel = {**METHODS, **SMALL}[method][0]
+    text = committed_text(rel, rev, "quality") if rev else (REPO / rel).read_text()
+    return hashlib.sha256((text + json.dumps(sets or {}, sort_keys=True)).encode()).hexdigest()[:12]
+
+
 def set_flags(sets: dict[str, str]) -> list[str]:
     """``--set`` as ``selfsup pretrain`` flags: {"model.init_args.lars_clip": "false"} ->
     ["--model.init_args.lars_clip", "false"]."""
@@ -477,6 +490,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),
         **({"set": sets} if sets and side == "selfsup" else {}),
+        **({"config_sha": config_fingerprint(method, rev, sets)} if side == "selfsup" else {}),
         **({"matched_steps": True} if matched_steps else {}),
     }  # fmt: skip
 
@@ -662,9 +676,14 @@ def main() -> int:
     for seed in range(args.seeds):
         for name in args.runs:
             side, method = name.split("/")
-            done = {_key(r) for r in load_records()}
-            if (run_name(side, method, args.before, sets), seed, args.budget_min, tag) in done \
-                    and not args.force:  # fmt: skip
+            key = (run_name(side, method, args.before, sets), seed, args.budget_min, tag)
+            recorded = [r for r in load_records() if _key(r) == key]
+            if recorded and not args.force:
+                sha = recorded[0].get("config_sha")
+                if side == "selfsup" and sha and sha != config_fingerprint(method, args.before, sets):
+                    print(f"quality: {key[0]} seed {seed} is recorded from another version of "
+                          f"its config (fingerprint {sha}); not rerun: give a new --tag, or "
+                          "--force to replace the record", file=sys.stderr)  # fmt: skip
                 continue
             record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
                          dataset, tag, args.before, matched.get((name, seed)), sets)  # fmt: skip

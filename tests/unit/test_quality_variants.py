@@ -110,3 +110,24 @@ def test_a_set_value_the_shell_would_split_is_quoted_in_the_command():
         f"model.init_args.backbone_kwargs={sets['model.init_args.backbone_kwargs']}"
     ]
     assert variant.endswith("--runs selfsup/simclr")  # not matched: no --match-steps
+
+
+def test_a_record_fingerprints_the_config_text_and_the_set_options(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality
+
+    fingerprint = quality.config_fingerprint
+    assert fingerprint("simclr_small", None, None) == fingerprint("simclr_small", None, {})
+    assert fingerprint("simclr_small", None, None) != fingerprint("simclr", None, None)
+    clip = {"model.init_args.lars_clip": "false"}
+    assert fingerprint("simclr_small", None, clip) != fingerprint("simclr_small", None, None)
+    # an edited config is another fingerprint: the same method, its file changed
+    edited = tmp_path / "configs/simclr/resnet18_small.yaml"
+    edited.parent.mkdir(parents=True)
+    text = (REPO / "configs/simclr/resnet18_small.yaml").read_text()
+    edited.write_text(text.replace("temperature: 0.2", "temperature: 0.1"))
+    before = fingerprint("simclr_small", None, None)
+    monkeypatch.setattr(quality, "REPO", tmp_path)
+    assert fingerprint("simclr_small", None, None) != before
+    edited.write_text(text)
+    assert fingerprint("simclr_small", None, None) == before
