@@ -332,6 +332,9 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     fig, ax = plt.subplots(figsize=(11, 5))
     colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     styles = dict(zip(groups, ["-", "--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4))
+    # each variant of a config its own dash pattern, so that two variants of one run differ
+    variants = sorted({variant_of(r["run"])[1] for r in records} - {""})
+    dashes = dict(zip(variants, [(0, (6, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (4, 1, 1, 1, 1, 1))] * 8))
     shown = {r["run"] for r in records if r["side"] != "baseline" and group_of(r) in groups}
     for r in records:
         if r["side"] == "baseline" or r["run"] not in shown:
@@ -339,12 +342,13 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
         group = group_of(r)
         if group not in groups and group != reference:
             continue
-        faint, before = group == reference, bool(variant_of(r["run"])[1])  # hollow, dash-dotted
+        variant = variant_of(r["run"])[1]
+        faint, before = group == reference, bool(variant)  # a variant: hollow, its own dashes
         colour = colours.get(r["method"], "black")
         ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
                 marker="os"[r["seed"] % 2], markersize=3 if faint else 5, color=colour,
                 markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
-                linestyle=":" if faint else (0, (6, 2, 1, 2)) if before else styles[group],
+                linestyle=":" if faint else dashes[variant] if before else styles[group],
                 label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
     baseline_styles = iter([":", "-.", (0, (1, 3))])
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
@@ -357,13 +361,13 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     ax.set_xlim(0, max([g[0] for g in groups] + ends) * 1.05)
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
-    ax.set_title("cifar10_jpeg: other budgets and tags (faint dotted: the same runs, "
-                 f"{_group_name(reference)}; hollow, dash-dotted: variants of a config)",
+    ax.set_title("cifar10_jpeg: other budgets and tags\n(faint dotted: the same runs, "
+                 f"{_group_name(reference)}; hollow, own dashes: variants of a config)",
                  fontsize=10)  # fmt: skip
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(figure, dpi=110)
+    fig.savefig(figure, dpi=110, bbox_inches="tight")  # long run names: keep the legend whole
     plt.close(fig)
 
 
