@@ -452,9 +452,11 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     """One run; ``matched_steps`` trains exactly that many steps (the budget's clock then
     places the marks but does not stop the run) instead of the calibrated count."""
     if side == "selfsup":
+        # taken before training: the config as it was when the run read it
+        fingerprint = {"config_sha": config_fingerprint(method, rev, sets)}
         spec = selfsup_side(method, seed, workers, data, dataset, rev, sets)
     else:
-        spec = lightly_side(method, seed, workers, data, dataset)
+        fingerprint, spec = {}, lightly_side(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
     if matched_steps:
         steps, how = matched_steps, "matched to today's config's run"
@@ -490,7 +492,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),
         **({"set": sets} if sets and side == "selfsup" else {}),
-        **({"config_sha": config_fingerprint(method, rev, sets)} if side == "selfsup" else {}),
+        **fingerprint,
         **({"matched_steps": True} if matched_steps else {}),
     }  # fmt: skip
 
