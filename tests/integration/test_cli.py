@@ -84,7 +84,10 @@ def test_checkpoint_carries_plain_metadata(simclr_run):
         simclr_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )
     meta = ckpt["selfsup"]
-    assert meta["backbone"] == "resnet18" and meta["backbone_kwargs"] == {"cifar_stem": True}
+    assert meta["backbone"] == "resnet18" and meta["backbone_kwargs"] == {
+        "cifar_stem": True,
+        "zero_init_last": False,
+    }
     assert meta["image_size"] == 32 and meta["pool"] == "avg"
     assert meta["mean"] == pytest.approx([0.4914, 0.4822, 0.4465])
     assert meta["student_prefix"] == "backbone." and meta["teacher_prefix"] is None
