@@ -642,6 +642,10 @@ def main() -> int:
             if name.startswith("selfsup/"):
                 committed_text({**METHODS, **SMALL}[name.split("/")[1]][0], args.before, "quality")
     sets: dict[str, str] = {}
+    if args.sets and not any(n.startswith("selfsup/") for n in args.runs):
+        print("quality: --set changes selfsup's configs, and no selfsup/ run is given: add "
+              "one to --runs (lightly's recipes take no --set)", file=sys.stderr)  # fmt: skip
+        return 2
     if args.sets:  # a malformed or unknown option stops here, before the data loads
         checked = check_sets(args.sets, [n for n in args.runs if n.startswith("selfsup/")],
                              args.before)  # fmt: skip

@@ -96,6 +96,9 @@ def test_a_bad_set_stops_with_one_line_before_the_data_loads(tmp_path):
                         "--match-steps", "--tag", "none-such", "--records", str(records))  # fmt: skip
     assert unmatched.returncode == 2
     assert "no recorded run of selfsup/simclr seed 0 at 10 min, tag none-such" in unmatched.stderr
+    lightly_only = quality("--runs", "lightly/simclr", "--set", "model.init_args.lars_clip=false",
+                           "--records", str(records))  # fmt: skip
+    assert lightly_only.returncode == 2 and "no selfsup/ run is given" in lightly_only.stderr
     assert not records.exists()  # nothing ran, nothing was recorded
 
 
