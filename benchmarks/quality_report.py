@@ -8,6 +8,7 @@ tag ``None``. Figures are mean ± standard deviation over seeds.
 from __future__ import annotations
 
 import itertools
+import json
 import shlex
 import statistics
 from collections.abc import Iterable
@@ -452,18 +453,28 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
 LIGHTLY_RANDOM_INIT = "random-init lightly ResNet-18 (3 channels, ImageNet normalisation)"
 
 
-def untrained_twin(run: str) -> str:
+def untrained_twin(record: dict) -> str:
     """The random-init baseline of a run's backbone (selfsup's I-JEPA: ViT-Tiny/2; the other
     ViTs: ViT-Tiny/4; lightly's ResNet recipes: lightly's ResNet-18 as they see the images;
-    the rest: ResNet-18)."""
-    side, method = run.split("/", 1)
+    selfsup's ResNets: ResNet-18 with the run's own start, timm's zero-initialised last
+    BatchNorm or torchvision's scale 1, read from the run's ``backbone_kwargs`` override)."""
+    side, method = record["run"].split("/", 1)
     if side == "lightly" and not method.startswith(("mae", "ijepa")):
         return LIGHTLY_RANDOM_INIT
     if method.startswith("ijepa") and side == "selfsup":
         return "random-init ViT-Tiny/2 (ijepa)"
     if method.startswith(("mae", "ijepa")):
         return "random-init ViT-Tiny/4 (mae)"
+    if backbone_kwargs(record).get("zero_init_last") is False:
+        return "random-init ResNet-18, zero_init_last false"
     return "random-init ResNet-18"
+
+
+def backbone_kwargs(record: dict) -> dict:
+    """The ``backbone_kwargs`` a run's overrides gave its config ({} where none did)."""
+    argv = record.get("overrides") or []
+    flag = "--model.init_args.backbone_kwargs"
+    return json.loads(argv[argv.index(flag) + 1]) if flag in argv else {}
 
 
 def against_targets(runs: list[dict], base: list[dict], order: list[str],
@@ -486,7 +497,7 @@ def against_targets(runs: list[dict], base: list[dict], order: list[str],
         p = mean([r for r in runs if r["run"] == name], "probe_auroc")
         if p is None:
             continue
-        twin = untrained_twin(name)
+        twin = untrained_twin(next(r for r in runs if r["run"] == name))
         rand = mean([r for r in base if r["method"] == twin], "probe_auroc")
         parts = [f"raw pixels {p - raw_best:+.3f}"]
         if rand is not None:

@@ -134,3 +134,32 @@ def test_a_record_fingerprints_the_config_text_and_the_set_options(monkeypatch, 
     assert fingerprint("simclr_small", None, None) != before
     edited.write_text(text)
     assert fingerprint("simclr_small", None, None) == before
+
+
+def test_a_run_is_held_against_the_random_init_backbone_it_started_from(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import yaml
+    from quality_data import selfsup_overrides
+
+    q = report()
+
+    def pneumonia_record(run: str, cfg: dict) -> dict:
+        return {"run": run, "overrides": selfsup_overrides(cfg, 28)}
+
+    today = yaml.safe_load((REPO / "configs/simclr/resnet18_cifar.yaml").read_text())
+    assert today["model"]["init_args"]["backbone_kwargs"]["zero_init_last"] is False
+    assert q.untrained_twin(pneumonia_record("selfsup/simclr", today)) == (
+        "random-init ResNet-18, zero_init_last false")  # fmt: skip
+    timm_start = today  # the config as at 8d4562e^: timm's zero-initialised last BatchNorm
+    timm_start["model"]["init_args"]["backbone_kwargs"] = {"cifar_stem": True}
+    assert q.untrained_twin(pneumonia_record("selfsup/simclr@8d4562e^", timm_start)) == (
+        "random-init ResNet-18")  # fmt: skip
+    assert q.untrained_twin({"run": "lightly/simclr"}) == q.LIGHTLY_RANDOM_INIT
+    assert q.untrained_twin({"run": "selfsup/ijepa"}) == "random-init ViT-Tiny/2 (ijepa)"
+    assert q.untrained_twin({"run": "selfsup/mae"}) == "random-init ViT-Tiny/4 (mae)"
+    # every name it gives is a baseline quality --baselines records
+    from quality_data import UNTRAINED_GRAY
+
+    methods = {method for method, _ in UNTRAINED_GRAY.values()}
+    assert {"random-init ResNet-18", "random-init ResNet-18, zero_init_last false",
+            "random-init ViT-Tiny/2 (ijepa)", "random-init ViT-Tiny/4 (mae)"} <= methods  # fmt: skip
