@@ -284,12 +284,20 @@ def calibrate(build: Callable[[], tuple[Any, Any, str]], steps: int = 6) -> floa
 
 
 # -- the two sides ---------------------------------------------------------------------------
-def committed_config(rel: str, rev: str) -> Path:
-    """The config ``rel`` as committed at ``rev``, in a temporary file (the file's name
-    stays the config's own, which the records keep)."""
-    text = committed_text(rel, rev, "quality")
+def config_text(method: str, rev: str | None) -> str:
+    """selfsup's config of ``method``: as committed at ``rev``, or as it is now."""
+    rel = {**METHODS, **SMALL}[method][0]
+    return committed_text(rel, rev, "quality") if rev else (REPO / rel).read_text()
+
+
+def config_file(method: str, rev: str | None) -> Path:
+    """selfsup's config of ``method`` as a file: at ``rev`` a temporary copy (named as the
+    config, which the records keep), else the config itself."""
+    rel = {**METHODS, **SMALL}[method][0]
+    if not rev:
+        return REPO / rel
     folder = Path(tempfile.mkdtemp(prefix="selfsup-bench-"))
-    (folder / Path(rel).name).write_text(text)
+    (folder / Path(rel).name).write_text(config_text(method, rev))
     return folder / Path(rel).name
 
 
@@ -297,8 +305,7 @@ def config_fingerprint(method: str, rev: str | None, sets: dict[str, str] | None
     """What a selfsup run trains, in 12 hex digits: its config's text (at ``rev``, or as it
     is now) and its ``--set`` options. Records keep it, so that a config edited since a
     run is not taken for the config that run trained."""
-    rel = {**METHODS, **SMALL}[method][0]
-    text = committed_text(rel, rev, "quality") if rev else (REPO / rel).read_text()
+    text = config_text(method, rev)
     return hashlib.sha256((text + json.dumps(sets or {}, sort_keys=True)).encode()).hexdigest()[:12]
 
 
@@ -313,7 +320,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
     from selfsup.train.run import build_pretrain_cli
 
     rel = {**METHODS, **SMALL}[method][0]
-    config = committed_config(rel, rev) if rev else REPO / rel
+    config = config_file(method, rev)
     cfg = yaml.safe_load(config.read_text())
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
@@ -436,8 +443,7 @@ def check_sets(sets: list[str], names: list[str], rev: str | None) -> dict[str, 
         return f"--set takes KEY=VALUE, got {bad[0]!r}: e.g. --set model.init_args.lars_clip=false"
     parsed = dict(item.split("=", 1) for item in sets)
     for name in names:
-        rel = {**METHODS, **SMALL}[name.split("/")[1]][0]
-        config = committed_config(rel, rev) if rev else REPO / rel
+        config = config_file(name.split("/")[1], rev)
         try:
             build_pretrain_cli(["--config", str(config), *set_flags(parsed)], resolve_only=True)
         except ConfigError as e:
@@ -640,7 +646,7 @@ def main() -> int:
     if args.before:  # a revision without a config stops here, before the data loads
         for name in args.runs:
             if name.startswith("selfsup/"):
-                committed_text({**METHODS, **SMALL}[name.split("/")[1]][0], args.before, "quality")
+                config_text(name.split("/")[1], args.before)
     sets: dict[str, str] = {}
     if args.sets and not any(n.startswith("selfsup/") for n in args.runs):
         print("quality: --set changes selfsup's configs, and no selfsup/ run is given: add "

@@ -139,6 +139,7 @@ def test_a_record_fingerprints_the_config_text_and_the_set_options(monkeypatch, 
 def test_a_run_is_held_against_the_random_init_backbone_it_started_from(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import yaml
+
     from quality_data import selfsup_overrides
 
     q = report()
