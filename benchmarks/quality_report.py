@@ -589,7 +589,8 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
             curve = [p for p in r["curve"] if "knn_auroc" in p]
             ax.plot([p["minutes"] for p in curve], [p["knn_auroc"] for p in curve],
                     marker="os"[r["seed"] % 2], color=colours.get(r["method"], "black"),
-                    linestyle="-" if r["side"] == "selfsup" else "--", markersize=4,
+                    linestyle=(":" if variant_of(r["run"])[1] else "-")
+                    if r["side"] == "selfsup" else "--", markersize=4,
                     label=f"{r['run']} seed {r['seed']}")  # fmt: skip
         if raw:
             ax.axhline(statistics.mean(raw), color="grey", linewidth=1, linestyle=":",
@@ -600,7 +601,8 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
         cpus = ", ".join(sorted({r["machine"].split(", ")[1] for r in mine}))
         selfsup = sorted({r["precision"] for r in mine if r["side"] == "selfsup"})
         ax.set_title(f"{_group_name(group).replace('`', '')} ({cpus}; selfsup in "
-                     f"{', '.join(selfsup)}, lightly in 32-true)\nselfsup solid, lightly dashed",
+                     f"{', '.join(selfsup)}, lightly in 32-true)\nselfsup solid (its @REV and "
+                     "[set] variants dotted), lightly dashed",
                      fontsize=9)  # fmt: skip
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         ax.grid(alpha=0.3)
