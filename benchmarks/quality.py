@@ -70,6 +70,7 @@ RESULTS.md and benchmarks/quality_pneumonia.png.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -315,6 +316,20 @@ def set_flags(sets: dict[str, str]) -> list[str]:
     return [arg for key, value in sets.items() for arg in (f"--{key}", value)]
 
 
+BACKBONE_KWARGS = "model.init_args.backbone_kwargs"
+
+
+def gray_run(cfg: dict, size: int, sets: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The 1-channel overrides of ``cfg`` and the ``--set`` options left to pass after them.
+    The overrides restate ``backbone_kwargs`` (with ``in_chans`` 1), so a ``--set`` of it
+    joins them: passed after them it would replace them and drop ``in_chans``."""
+    sets = dict(sets)
+    if BACKBONE_KWARGS in sets:
+        cfg = copy.deepcopy(cfg)
+        cfg["model"]["init_args"]["backbone_kwargs"] = yaml.safe_load(sets.pop(BACKBONE_KWARGS))
+    return gray_overrides(cfg, size), sets
+
+
 def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
                  rev: str | None = None, sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
@@ -325,9 +340,10 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
     precision, epochs = cfg["trainer"]["precision"], cfg["trainer"]["max_epochs"]
     batch = cfg["data"]["batch_size"]
     transform = cfg["data"]["transform"]["init_args"]
-    mean, std, overrides = transform["mean"], transform["std"], []
+    mean, std, overrides, flags = transform["mean"], transform["std"], [], dict(sets or {})
     if dataset.name != "cifar":  # 1-channel images: the grayscale overrides
-        overrides, mean, std = gray_overrides(cfg, dataset.size), GRAY_MEAN, GRAY_STD
+        overrides, flags = gray_run(cfg, dataset.size, flags)
+        mean, std = GRAY_MEAN, GRAY_STD
 
     def build(scale: float = 1.0, max_steps: int | None = None):
         pl.seed_everything(seed, verbose=False)
@@ -335,7 +351,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
                 "--data.num_workers", str(workers), "--trainer.logger", "false",
                 "--seed_everything", str(seed),
                 "--trainer.default_root_dir", tempfile.gettempdir(), *overrides,
-                *set_flags(sets or {})]  # fmt: skip
+                *set_flags(flags)]  # fmt: skip
         cli = build_pretrain_cli(argv)
         model = cli.model
         for key in list(model.hparams):

@@ -164,3 +164,29 @@ def test_a_run_is_held_against_the_random_init_backbone_it_started_from(monkeypa
     methods = {method for method, _ in UNTRAINED_GRAY.values()}
     assert {"random-init ResNet-18", "random-init ResNet-18, zero_init_last false",
             "random-init ViT-Tiny/2 (ijepa)", "random-init ViT-Tiny/4 (mae)"} <= methods  # fmt: skip
+
+
+def test_a_set_of_backbone_kwargs_on_gray_images_keeps_one_input_channel(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import yaml
+
+    from quality import gray_run, set_flags
+    from selfsup.train.run import build_pretrain_cli
+
+    config = REPO / "configs/simclr/resnet18_small.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    sets = {"model.init_args.backbone_kwargs": '{"cifar_stem": true, "zero_init_last": true}',
+            "model.init_args.lars_clip": "false"}  # fmt: skip
+    overrides, rest = gray_run(cfg, 28, sets)
+    assert rest == {"model.init_args.lars_clip": "false"}
+    assert "zero_init_last" in sets["model.init_args.backbone_kwargs"]  # the caller's kept
+    # what jsonargparse resolves from the argv selfsup_side builds
+    cli = build_pretrain_cli(["--config", str(config), *overrides, *set_flags(rest)],
+                             resolve_only=True)  # fmt: skip
+    init = cli.config["model"]["init_args"]
+    assert dict(init["backbone_kwargs"]) == {"cifar_stem": True, "zero_init_last": True,
+                                             "in_chans": 1}  # fmt: skip
+    assert init["lars_clip"] is False
+    # the report reads the start it trained from the recorded overrides
+    assert report().untrained_twin({"run": "selfsup/simclr_small[backbone_kwargs=…]",
+                                    "overrides": overrides}) == "random-init ResNet-18"  # fmt: skip
