@@ -7,15 +7,18 @@ tag ``None``. Figures are mean ± standard deviation over seeds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import shlex
 import statistics
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 Group = tuple[float, "str | None"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def group_of(record: dict) -> Group:
@@ -280,32 +283,67 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
 def before_after(rs: list[dict], order: list[str]) -> list[str]:
     """Lines for RESULTS.md: each run of a variant (a config as committed at a revision,
     ``selfsup/simclr@REV``, or with options set, ``selfsup/simclr[lars_clip=false]``)
-    against today's config of the same group, seed by seed; the difference is taken over
-    the seeds both have run. No lines when the group has none."""
-    pairs = sorted({(variant_of(r["run"])[0], r["run"]) for r in rs if variant_of(r["run"])[1]},
-                   key=lambda pair: (_rank(pair[0], order), pair))  # fmt: skip
+    against the run of the same group it differs from by one change (``partner``), seed by
+    seed; the difference is taken over the seeds both have run. No lines when the group
+    has no pair."""
+    names = {r["run"] for r in rs}
+    pairs = sorted({(after, run) for run in names if (after := partner(run, names))},
+                   key=lambda pair: (_rank(pair[1], order), pair[1]))  # fmt: skip
     if not pairs:
         return []
     lines = ["Before/after: each variant (`@REV`: the config as committed at that revision; "
-             "`[key=value]`: today's config with that option set) against today's config, "
-             "with today's code, on this machine and these seeds.", "",
-             "| run | today's config: kNN top-1 % | variant: kNN top-1 % | "
-             "today - variant (points; per seed) | steps x batch (today / variant) | "
+             "`[key=value]`: that option set) against the run it differs from by one change: "
+             "`@REV[key=value]` against `@REV`; `[key=value]` and `@REV` against today's "
+             "config, or, where this group has no run of today's config, against the next "
+             "later revision it has a run of. Today's code, this machine, these seeds.", "",
+             "| variant | against | against: kNN top-1 % | variant: kNN top-1 % | "
+             "against - variant (points; per seed) | steps x batch (against / variant) | "
              "backbone weights moved from their start, median relative change %: conv and linear, "
              "norm scales |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for today, before in pairs:
-        new = {r["seed"]: r for r in rs if r["run"] == today}
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for after, before in pairs:
+        new = {r["seed"]: r for r in rs if r["run"] == after}
         old = {r["seed"]: r for r in rs if r["run"] == before}
         both = sorted(set(new) & set(old))
         diffs = [(new[s]["final"]["knn"] - old[s]["final"]["knn"]) * 100 for s in both]
         per_seed = "; ".join(f"seed {s}: {d:+.1f}" for s, d in zip(both, diffs))
         delta = f"**{statistics.mean(diffs):+.1f}** ({per_seed})" if diffs else "-"
         shapes = f"{_shape(list(new.values()))} / {_shape(list(old.values()))}"
-        lines.append(f"| {before} | {mean_sd([r['final']['knn'] for r in new.values()])} | "
+        lines.append(f"| {before} | {after} | {mean_sd([r['final']['knn'] for r in new.values()])} | "
                      f"{mean_sd([r['final']['knn'] for r in old.values()])} | {delta} | "
-                     f"{shapes} | today {_moved(new)}; variant {_moved(old)} |")  # fmt: skip
+                     f"{shapes} | against {_moved(new)}; variant {_moved(old)} |")  # fmt: skip
     return [*lines, ""]
+
+
+def partner(run: str, names: set[str]) -> str | None:
+    """The run among ``names`` that ``run`` is one change away from, on the newer side:
+    ``base@REV[sets]`` -> ``base@REV``; ``base[sets]`` -> ``base``; ``base@REV`` -> ``base``
+    (today's config) or, where ``names`` has no run of it, the ``base@LATER`` whose
+    revision is the earliest committed after REV. None for today's runs and where there
+    is no such run."""
+    base, variant = variant_of(run)
+    if not variant:
+        return None
+    rev, _, sets = variant.partition("[")
+    if rev and sets:
+        return base + rev if base + rev in names else None
+    if base in names or not rev:
+        return base if base in names else None
+    mine = commit_time(rev[1:])
+    others = {variant_of(n)[1] for n in names if variant_of(n)[0] == base}
+    later = sorted((t, base + other) for other in others
+                   if other.startswith("@") and "[" not in other
+                   and (t := commit_time(other[1:])) is not None and mine is not None and t > mine)  # fmt: skip
+    return later[0][1] if later else None
+
+
+@functools.cache
+def commit_time(rev: str) -> int | None:
+    """When git revision ``rev`` of this repository was committed (unix time; None when
+    git cannot tell): what orders two runs of configs at different revisions."""
+    out = subprocess.run(["git", "log", "-1", "--format=%ct", rev, "--"], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    return int(out.stdout) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
 def _moved(by_seed: dict[int, dict]) -> str:

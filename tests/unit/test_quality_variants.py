@@ -47,10 +47,11 @@ def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it():
     lines = q.before_after(rs, ["simclr_small"])
     row = next(line for line in lines if line.startswith(f"| {name} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "34.7 ± 0.4 (n=2)" and cells[2] == "36.6 ± 0.6 (n=2)"
+    assert cells[1] == "selfsup/simclr_small"
+    assert cells[2] == "34.7 ± 0.4 (n=2)" and cells[3] == "36.6 ± 0.6 (n=2)"
     # today - variant: seed 0 34.4 - 37.0 = -2.6, seed 1 35.0 - 36.2 = -1.2, mean -1.9
-    assert cells[3] == "**-1.9** (seed 0: -2.6; seed 1: -1.2)"
-    assert cells[4] == "108 x 64 / 108 x 64"
+    assert cells[4] == "**-1.9** (seed 0: -2.6; seed 1: -1.2)"
+    assert cells[5] == "108 x 64 / 108 x 64"
     line = q.command(rs, ["simclr_small"])
     today, variant = line.split("`, `")
     assert today.endswith("--runs selfsup/simclr_small") and "--set" not in today
@@ -68,8 +69,39 @@ def test_a_revision_variant_keeps_its_before_flag():
     assert line.endswith("--before 6ad51ce^ --match-steps --runs selfsup/byol`")
     row = q.before_after(rs, ["byol"])[-2]
     assert row.startswith(
-        "| selfsup/byol@6ad51ce^ | 31.3 (n=1) | 34.0 (n=1) | **-2.7** (seed 0: -2.7)"
+        "| selfsup/byol@6ad51ce^ | selfsup/byol | 31.3 (n=1) | 34.0 (n=1) | **-2.7** (seed 0: -2.7)"
     )
+
+
+def git(folder, *args: str, date: str | None = None) -> None:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    if date:
+        env |= {"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+    subprocess.run(["git", *args], cwd=folder, env=env, check=True, capture_output=True)
+
+
+def test_without_a_run_of_todays_config_a_revision_is_held_against_the_next_later_one(tmp_path):
+    # three commits with known dates; their order, not their names, decides the pairs
+    git(tmp_path, "init", "-q")
+    for day in (1, 2, 3):
+        git(tmp_path, "commit", "-q", "--allow-empty", "-m", str(day),
+            date=f"2026-01-0{day}T00:00:00+00:00")  # fmt: skip
+    q = report()
+    q.REPO = tmp_path
+    oldest, middle, newest = "selfsup/byol@HEAD~2", "selfsup/byol@HEAD~1", "selfsup/byol@HEAD"
+    names = {oldest, middle, newest, f"{middle}[lars_clip=false]", "selfsup/dino@HEAD~1"}
+    assert q.partner(oldest, names) == middle  # the next later revision, not the newest
+    assert q.partner(middle, names) == newest
+    assert q.partner(newest, names) is None  # nothing later: it is the after side
+    assert q.partner(f"{middle}[lars_clip=false]", names) == middle  # the set is the change
+    assert q.partner("selfsup/dino@HEAD~1", names) is None  # only runs of its own config
+    # once today's config has a run in the group, every revision is held against it
+    assert q.partner(oldest, names | {"selfsup/byol"}) == "selfsup/byol"
+    rs = [record(oldest, 0, 0.340, 22), record(middle, 0, 0.313, 26), record(newest, 0, 0.320, 26)]
+    rows = [line for line in q.before_after(rs, ["byol"]) if line.startswith("| selfsup/")]
+    assert rows[0].startswith(f"| {middle} | {newest} | 32.0 (n=1) | 31.3 (n=1) | **+0.7**")
+    assert rows[1].startswith(f"| {oldest} | {middle} | 31.3 (n=1) | 34.0 (n=1) | **-2.7**")
 
 
 def quality(*args: str) -> subprocess.CompletedProcess:
