@@ -327,13 +327,15 @@ def partner(run: str, names: set[str]) -> str | None:
     rev, _, sets = variant.partition("[")
     if rev and sets:
         return base + rev if base + rev in names else None
-    if base in names or not rev:
-        return base if base in names else None
-    mine = commit_time(rev[1:])
+    if base in names:
+        return base
+    mine = commit_time(rev[1:]) if rev else None
+    if mine is None:
+        return None
     others = {variant_of(n)[1] for n in names if variant_of(n)[0] == base}
     later = sorted((t, base + other) for other in others
                    if other.startswith("@") and "[" not in other
-                   and (t := commit_time(other[1:])) is not None and mine is not None and t > mine)  # fmt: skip
+                   and (t := commit_time(other[1:])) is not None and t > mine)  # fmt: skip
     return later[0][1] if later else None
 
 
@@ -341,8 +343,11 @@ def partner(run: str, names: set[str]) -> str | None:
 def commit_time(rev: str) -> int | None:
     """When git revision ``rev`` of this repository was committed (unix time; None when
     git cannot tell): what orders two runs of configs at different revisions."""
-    out = subprocess.run(["git", "log", "-1", "--format=%ct", rev, "--"], cwd=REPO,
-                         capture_output=True, text=True)  # fmt: skip
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%ct", rev, "--"], cwd=REPO,
+                             capture_output=True, text=True)  # fmt: skip
+    except OSError:  # no git on this machine: the report leaves such pairs out
+        return None
     return int(out.stdout) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
 
