@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -303,11 +302,10 @@ def config_file(method: str, rev: str | None) -> Path:
 
 
 def config_fingerprint(method: str, rev: str | None, sets: dict[str, str] | None) -> str:
-    """What a selfsup run trains, in 12 hex digits: its config's text (at ``rev``, or as it
-    is now) and its ``--set`` options. Records keep it, so that a config edited since a
-    run is not taken for the config that run trained."""
-    text = config_text(method, rev)
-    return hashlib.sha256((text + json.dumps(sets or {}, sort_keys=True)).encode()).hexdigest()[:12]
+    """:func:`quality_report.fingerprint` of ``method``'s config (at ``rev``, or as it is
+    now) and its ``--set`` options. Records keep it, so that a config edited since a run
+    is not taken for the config that run trained."""
+    return quality_report.fingerprint(config_text(method, rev), sets)
 
 
 def set_flags(sets: dict[str, str]) -> list[str]:

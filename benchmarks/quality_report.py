@@ -8,6 +8,7 @@ tag ``None``. Figures are mean ± standard deviation over seeds.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import shlex
@@ -195,6 +196,7 @@ def cifar_section(records: list[dict], wanted_seeds: int, methods: dict[str, tup
         f"Runs recorded: {listed}.",
         f"Not yet run (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",
         "",
+        *config_line(runs),
         "How long a full run of the config takes here (at the measured training speed):",
         "",
         *[f"- {line}" for line in full],
@@ -274,7 +276,7 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
             lines.append(f"| {name} | {mean_sd([r['final']['knn'] for r in mine])} | "
                          f"{_marks(mine)} | {reached} | {mean_sd(probes)} | {_shape(mine)} | "
                          f"{_ips(mine)} | {mean_sd(ref)} |")  # fmt: skip
-        lines += ["", *before_after(rs, order)]
+        lines += ["", *config_line(rs), *before_after(rs, order)]
     lines += [f"![kNN top-1 against training minutes, other budgets and tags]({figure.name})", ""]
     plot_budgets(records, reference, groups, order, figure)
     return lines
@@ -349,6 +351,67 @@ def commit_time(rev: str) -> int | None:
     except OSError:  # no git on this machine: the report leaves such pairs out
         return None
     return int(out.stdout) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+def fingerprint(text: str, sets: dict[str, str] | None) -> str:
+    """What a selfsup run trains, in 12 hex digits: its config's text and its ``--set``
+    options. Records keep it (``config_sha``)."""
+    return hashlib.sha256((text + json.dumps(sets or {}, sort_keys=True)).encode()).hexdigest()[:12]
+
+
+def config_as_at(record: dict) -> str | None:
+    """Which version of its config a selfsup run of today's name trained, where that is not
+    the config as it is now: ``REV^`` (the config as it was before commit REV changed
+    it), found by the record's fingerprint along the config's git history; the commit
+    itself where the file has changed since without a commit; ``"an uncommitted
+    version"`` where no commit has that text. None for a run of today's config, a run
+    named for its revision (``@REV``: the name says it) and a record without a
+    fingerprint."""
+    sha = record.get("config_sha")
+    if not sha or record.get("config_rev") or "config" not in record:
+        return None
+    sets = record.get("set") or {}
+    path = REPO / record["config"]
+    if path.exists() and fingerprint(path.read_text(), sets) == sha:
+        return None
+    return _committed_as(record["config"], sha, json.dumps(sets, sort_keys=True))
+
+
+@functools.cache
+def _committed_as(rel: str, sha: str, sets: str) -> str:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        except OSError:  # no git on this machine
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    revs = (git("log", "--format=%h", "--", rel) or "").split()  # newest first
+    for newer, rev in zip([None, *revs], revs):
+        text = git("show", f"{rev}:{rel}")
+        if text is not None and fingerprint(text, json.loads(sets)) == sha:
+            return f"{newer}^" if newer else rev
+    return UNCOMMITTED
+
+
+UNCOMMITTED = "an uncommitted version"
+
+
+def config_line(rs: list[dict]) -> list[str]:
+    """Lines for RESULTS.md naming the selfsup runs among ``rs`` that trained an earlier
+    version of their config than the one committed now (:func:`config_as_at`); none
+    when every run trained today's."""
+    older: dict[str, dict[str, str]] = {}
+    for r in rs:
+        if r["side"] == "selfsup" and (rev := config_as_at(r)):
+            older.setdefault(rev, {})[r["run"]] = r["config"]
+    if not older:
+        return []
+    parts = [f"{', '.join(sorted(runs))} as at {rev}"
+             + (f" (e.g. `git show {rev}:{next(iter(runs.values()))}`)" if rev != UNCOMMITTED else "")
+             for rev, runs in sorted(older.items())]  # fmt: skip
+    return [f"Runs of an earlier version of their config than today's (matched by the "
+            f"fingerprint each record keeps): {'; '.join(parts)}.", ""]  # fmt: skip
 
 
 def _moved(by_seed: dict[int, dict]) -> str:

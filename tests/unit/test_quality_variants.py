@@ -4,6 +4,7 @@ that reruns it, and that a bad ``--set`` stops with one line before any data loa
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shlex
@@ -223,3 +224,38 @@ def test_a_set_of_backbone_kwargs_on_gray_images_keeps_one_input_channel(monkeyp
     # the report reads the start it trained from the recorded overrides
     assert report().untrained_twin({"run": "selfsup/simclr_small[backbone_kwargs=…]",
                                     "overrides": overrides}) == "random-init ResNet-18"  # fmt: skip
+
+
+def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path):
+    # a config committed in three versions; each record keeps the fingerprint of the text
+    # it trained, and git's own history says which commit that text stood before
+    git(tmp_path, "init", "-q")
+    config = tmp_path / "configs/simclr/resnet18_cifar.yaml"
+    config.parent.mkdir(parents=True)
+    commits = []
+    for lr in ("0.3", "0.4", "0.5"):
+        config.write_text(f"model:\n  base_lr: {lr}\n")
+        git(tmp_path, "add", "-A")
+        git(tmp_path, "commit", "-q", "-m", lr)
+        commits.append(subprocess.run(["git", "log", "-1", "--format=%h"], cwd=tmp_path,
+                                      capture_output=True, text=True).stdout.strip())  # fmt: skip
+    q = report()
+    q.REPO = tmp_path
+
+    def ran(lr: str, **extra) -> dict:
+        sha = hashlib.sha256(f"model:\n  base_lr: {lr}\n{{}}".encode()).hexdigest()[:12]
+        return record("selfsup/simclr", 0, 0.4, 10, config="configs/simclr/resnet18_cifar.yaml",
+                      config_sha=sha, **extra)  # fmt: skip
+
+    assert q.config_as_at(ran("0.3")) == f"{commits[1]}^"  # the text the 2nd commit replaced
+    assert q.config_as_at(ran("0.4")) == f"{commits[2]}^"
+    assert q.config_as_at(ran("0.5")) is None  # today's config
+    assert q.config_as_at(ran("0.6")) == q.UNCOMMITTED
+    assert q.config_as_at(ran("0.3", config_rev="HEAD~2")) is None  # its name says it
+    config.write_text("model:\n  base_lr: 0.6\n")  # edited since the last commit
+    assert q.config_as_at(ran("0.5")) == commits[2]
+    assert q.config_as_at(ran("0.6")) is None
+    lines = q.config_line([ran("0.3"), ran("0.6"), record("selfsup/byol", 0, 0.3, 10)])
+    assert lines[0].endswith(f"selfsup/simclr as at {commits[1]}^ (e.g. `git show "
+                             f"{commits[1]}^:configs/simclr/resnet18_cifar.yaml`).")  # fmt: skip
+    assert q.config_line([ran("0.6")]) == []
