@@ -188,7 +188,7 @@ def cifar_section(records: list[dict], wanted_seeds: int, methods: dict[str, tup
         f"(runs added over sessions; `--render` redraws). Weighted kNN, k = {k}, T = {t}, "
         "on the 5,000 test images against the 15,000 training images of cifar10_jpeg.npz; "
         "mean ± standard deviation over seeds, in %. Machine of the runs: "
-        + (runs[0]["machine"] if runs else machine) + "."
+        + (" / ".join(_recorded(runs, "machine")) or machine) + "."
         + (f" torch threads: {', '.join(map(str, threads))}." if threads else ""),
         "",
         *rows,
@@ -263,7 +263,7 @@ def budget_tables(records: list[dict], reference: Group, order: list[str],
     for group in groups:
         rs = [r for r in runs if group_of(r) == group]
         lines += [f"**{_group_name(group)}**: {command(rs, order)}. Machine of the "
-                  f"runs: {rs[0]['machine']}.", "",
+                  f"runs: {' / '.join(_recorded(rs, 'machine'))}.", "",
                   f"| run | kNN top-1 % | kNN at the marks (min: %) | {cross} | probe % | "
                   f"steps x batch | img/s | {ref_name} runs: kNN top-1 % |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -513,7 +513,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
     exist = sorted({(r["run"], r["seed"], _group_name(group_of(r))) for r in runs})
     listed = ", ".join(f"{run} seed {seed} ({g})" for run, seed, g in exist) or "none"
     at_reference = [r for r in runs if group_of(r) == (10.0, None)]
-    machines = {g: sorted({r["machine"] for r in runs if group_of(r) == g}) for g in groups}
+    machines = {g: _recorded([r for r in runs if group_of(r) == g], "machine") for g in groups}
     if len({m for ms in machines.values() for m in ms}) > 1:
         # groups run on different machines: say which ran where (their speeds differ)
         where = "; ".join(f"{_group_name(g)}: {' / '.join(ms)}" for g, ms in machines.items())
