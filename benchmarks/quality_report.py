@@ -53,6 +53,13 @@ def _ips(rs: list[dict]) -> str:
     return f"{statistics.mean([r['images_per_s'] for r in rs]):.0f}" if rs else "-"
 
 
+def _colours(records: list[dict], order: list[str], cycle: list[str]) -> dict[str, str]:
+    """A colour per method: ``order``'s first, then the rest (the short-budget recipes)
+    in name order, so that ``simclr_small`` and ``byol_small`` are not both black."""
+    rest = sorted({r["method"] for r in records if r["side"] != "baseline"} - set(order))
+    return dict(zip([*order, *rest], cycle))
+
+
 def _recorded(rs: Iterable[dict], key: str) -> list[Any]:
     return sorted({r[key] for r in rs if r.get(key) is not None})
 
@@ -219,7 +226,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colours = _colours(records, order, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     markers = "osD^v"
     for r in records:
         if r["side"] == "baseline" or group_of(r) != reference:
@@ -437,7 +444,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colours = _colours(records, order, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     styles = dict(zip(groups, ["-", "--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4))
     # each variant of a config its own dash pattern, so that two variants of one run differ
     variants = sorted({variant_of(r["run"])[1] for r in records} - {""})
@@ -642,7 +649,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     fig = plt.figure(figsize=(14, 10.5))
     grid = fig.add_gridspec(2, len(groups), height_ratios=(1, 1), hspace=0.75)
     left = fig.add_subplot(grid[0, :])
-    colours = dict(zip(order, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    colours = _colours(records, order, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     columns = sorted({(r["run"], group_of(r)) for r in runs},
                      key=lambda c: (c[1][0], c[1][1] or "", _rank(c[0], order), c[0]))  # fmt: skip
     for x, (name, group) in enumerate(columns):
