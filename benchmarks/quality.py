@@ -30,7 +30,8 @@ and I-JEPA also get the cached-feature linear probe at the end. Each record also
 far the backbone's weights moved from their start (median relative change of the conv
 and linear weights, and of the norm layers' scales). ``--baselines`` adds raw
 pixels (normalised by the channel means and standard deviations, cosine) and random-init
-ResNet-18 and ViT-Tiny/4 backbones.
+ResNet-18 (timm's start and torchvision's) and ViT-Tiny/4 backbones, where they are not
+recorded yet (``--force``: all again).
 
 Records go to benchmarks/quality_runs.json (one entry per run, seed, budget and ``--tag``;
 existing entries are kept), and every invocation rewrites the "Learning per CPU-minute"
@@ -80,7 +81,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -517,8 +518,10 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     }  # fmt: skip
 
 
-def baselines(data: dict, dataset: QualityData) -> list[dict[str, Any]]:
-    """kNN and probe references: raw pixels, and untrained backbones of the runs' shapes.
+def baselines(data: dict, dataset: QualityData, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """kNN and probe references: raw pixels, and untrained backbones of the runs' shapes
+    (both ResNet-18 starts: timm's zero-initialised last BatchNorm of each block, and
+    torchvision's scale 1, which the ResNet configs take), but for the runs in ``skip``.
 
     The probe figures are what the MAE / I-JEPA probes are read against: a linear probe
     is stronger than kNN on any features, so those runs' probe needs a probe baseline.
@@ -526,25 +529,31 @@ def baselines(data: dict, dataset: QualityData) -> list[dict[str, Any]]:
     """
     from selfsup.backbones import Backbone
 
+    skip = set(skip)
     if dataset.name != "cifar":
-        out = pneumonia_baselines(data, dataset.size, evaluate)
-        for seed in (0, 1):  # lightly's ResNet-18 as its recipes start: 3 channels, ImageNet
+        out = pneumonia_baselines(data, dataset.size, evaluate, skip)
+        lightly_run = "baseline/random_init_lightly_resnet18"
+        for seed in () if lightly_run in skip else (0, 1):
+            # lightly's ResNet-18 as its recipes start: 3 channels, ImageNet normalisation
             torch.manual_seed(seed)
             net = lightly_resnet18()[0].eval()
-            out.append({"run": "baseline/random_init_lightly_resnet18", "side": "baseline",
+            out.append({"run": lightly_run, "side": "baseline",
                         "method": quality_report.LIGHTLY_RANDOM_INIT, "seed": seed, "data": dataset.name,
                         "final": evaluate(lambda x, net=net: net(x).flatten(1), data,
                                           IMAGENET_MEAN, IMAGENET_STD, probe=True)})  # fmt: skip
         return out
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
-    out = [{"run": "baseline/raw_pixels", "side": "baseline", "method": "raw pixels", "seed": 0,
-            "final": evaluate(lambda x: x.flatten(1), data, mean, std, probe=True)}]  # fmt: skip
+    out = [] if "baseline/raw_pixels" in skip else [
+        {"run": "baseline/raw_pixels", "side": "baseline", "method": "raw pixels", "seed": 0,
+         "final": evaluate(lambda x: x.flatten(1), data, mean, std, probe=True)}]  # fmt: skip
     untrained = {  # run: (method, backbone of the runs' shape)
         "random_init_resnet18": ("random-init ResNet-18", dict(name="resnet18", cifar_stem=True)),
+        "random_init_resnet18_tv": ("random-init ResNet-18, zero_init_last false",
+                                    dict(name="resnet18", cifar_stem=True, zero_init_last=False)),
         "random_init_vit_tiny4": ("random-init ViT-Tiny/4", dict(name="vit_tiny", patch_size=4, pool="avg")),
     }  # fmt: skip
     for run_name, (method, kwargs) in untrained.items():
-        for seed in (0, 1):
+        for seed in () if "baseline/" + run_name in skip else (0, 1):
             torch.manual_seed(seed)
             net = Backbone(img_size=32, **kwargs).eval()
             out.append({"run": "baseline/" + run_name, "side": "baseline", "method": method,
@@ -608,7 +617,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--points", type=int, default=3, help="kNN evaluations per run")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--baselines", action="store_true")
+    parser.add_argument("--baselines", action="store_true",
+                        help="add the baselines not yet recorded (with --force: all again)")
     parser.add_argument("--tag", default=None,
                         help="stored in each record: runs with another tag (or none) are kept "
                         "and shown apart, e.g. after-config-fix")  # fmt: skip
@@ -695,8 +705,9 @@ def main() -> int:
     data = dataset.load() if (args.runs or args.baselines) else {}
     if args.limit_data:
         data = {k: _pick(v, args.limit_data) if torch.is_tensor(v) else v for k, v in data.items()}
-    if args.baselines:
-        for record in baselines(data, dataset):
+    if args.baselines:  # the ones not yet recorded; --force: all again
+        recorded = set() if args.force else {r["run"] for r in records if r["side"] == "baseline"}
+        for record in baselines(data, dataset, recorded):
             save_record(records, record)
             print(record["run"], record["final"], flush=True)
     for seed in range(args.seeds):

@@ -235,7 +235,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
                 marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
                 linestyle="-" if r["side"] == "selfsup" else "--",
                 label=f"{r['run']} seed {r['seed']}")  # fmt: skip
-    baseline_styles = iter([":", "-."])
+    baseline_styles = iter([":", "-.", (0, (1, 3)), (0, (5, 2))])
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
         accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
         ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
@@ -464,7 +464,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
                 markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
                 linestyle=":" if faint else dashes[variant] if before else styles[group],
                 label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
-    baseline_styles = iter([":", "-.", (0, (1, 3))])
+    baseline_styles = iter([":", "-.", (0, (1, 3)), (0, (5, 2))])
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
         accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
         ax.axhline(statistics.mean(accs), color="grey", linewidth=1,

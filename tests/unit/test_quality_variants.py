@@ -259,3 +259,41 @@ def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path
     assert lines[0].endswith(f"selfsup/simclr as at {commits[1]}^ (e.g. `git show "
                              f"{commits[1]}^:configs/simclr/resnet18_cifar.yaml`).")  # fmt: skip
     assert q.config_line([ran("0.6")]) == []
+
+
+def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import quality
+
+    seen = []
+
+    def fake_evaluate(net, data, mean, std, probe=False, knn=True):
+        seen.append(net)
+        return {"knn": 0.5}
+
+    monkeypatch.setattr(quality, "evaluate", fake_evaluate)
+    recorded = {"baseline/raw_pixels", "baseline/random_init_resnet18",
+                "baseline/random_init_vit_tiny4"}  # fmt: skip
+    out = quality.baselines({}, quality.DATASETS["cifar"], recorded)
+    assert [(r["run"], r["seed"]) for r in out] == [
+        ("baseline/random_init_resnet18_tv", 0),
+        ("baseline/random_init_resnet18_tv", 1),
+    ]
+    # torchvision's start: each residual block's last BatchNorm scale starts at 1, where
+    # timm's default (the other ResNet baseline) starts it at 0
+    last_bn = [m.weight for name, m in seen[0].named_modules() if name.endswith("bn2")]
+    assert len(last_bn) == 8 and all(bool((w == 1).all()) for w in last_bn)
+    assert out[0]["method"] == report().untrained_twin(
+        {
+            "run": "selfsup/simclr",
+            "overrides": [
+                "--model.init_args.backbone_kwargs",
+                '{"cifar_stem": true, "zero_init_last": false}',
+            ],
+        }
+    )
+    seen.clear()
+    assert (
+        quality.baselines({}, quality.DATASETS["cifar"], {r["run"] for r in out} | recorded) == []
+    )
+    assert seen == []
