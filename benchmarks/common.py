@@ -29,7 +29,9 @@ def cpu_model() -> str:
 
 
 def machine() -> str:
-    """One line: CPU, cores, memory, versions, date."""
+    """One line: date, CPU with the instruction set torch's kernels use (AVX2 and AVX512
+    CPUs of one model name train at different speeds and, for bf16, precisions), cores,
+    memory, versions."""
     import lightly
     import pytorch_lightning
     import timm
@@ -40,7 +42,8 @@ def machine() -> str:
     except (ValueError, OSError):
         memory = "?"
     return (
-        f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores, {memory}, no GPU; "
+        f"{time.strftime('%Y-%m-%d')}, {cpu_model()} ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{os.cpu_count()} cores, {memory}, no GPU; "
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"lightning {pytorch_lightning.__version__}, timm {timm.__version__}, "
         f"lightly {lightly.__version__}"
