@@ -53,6 +53,10 @@ def _ips(rs: list[dict]) -> str:
     return f"{statistics.mean([r['images_per_s'] for r in rs]):.0f}" if rs else "-"
 
 
+# line styles of the baselines' horizontal lines, in their name order (all grey)
+BASELINE_STYLES = [":", "-.", (0, (1, 3)), (0, (5, 2))]
+
+
 def _colours(records: list[dict], order: list[str], cycle: list[str]) -> dict[str, str]:
     """A colour per method: ``order``'s first, then the rest (the short-budget recipes)
     in name order, so that ``simclr_small`` and ``byol_small`` are not both black."""
@@ -235,7 +239,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
                 marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
                 linestyle="-" if r["side"] == "selfsup" else "--",
                 label=f"{r['run']} seed {r['seed']}")  # fmt: skip
-    baseline_styles = iter([":", "-.", (0, (1, 3)), (0, (5, 2))])
+    baseline_styles = iter(BASELINE_STYLES)
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
         accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
         ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
@@ -464,7 +468,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
                 markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
                 linestyle=":" if faint else dashes[variant] if before else styles[group],
                 label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
-    baseline_styles = iter([":", "-.", (0, (1, 3)), (0, (5, 2))])
+    baseline_styles = iter(BASELINE_STYLES)
     for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
         accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
         ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
