@@ -101,7 +101,10 @@ from quality_data import (
     GRAY_STD,
     QualityData,
     lightly_module,
+    normalised,
     pneumonia_baselines,
+    untrained_variants,
+    with_data_bn_stats,
 )
 from quality_data import selfsup_overrides as gray_overrides
 from selfsup.precision import cpu_has_native_bf16, cpu_precision
@@ -140,16 +143,9 @@ NATIVE_BF16 = cpu_has_native_bf16()
 @torch.no_grad()
 def features(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mean, std,
              batch: int = 500) -> torch.Tensor:  # fmt: skip
-    """Features of uint8 ``images`` normalised by ``mean``/``std``; 1-channel images for a
-    3-channel normalisation (lightly's recipes on grayscale data) are repeated first."""
-    mean = torch.tensor(mean).view(1, -1, 1, 1)
-    std = torch.tensor(std).view(1, -1, 1, 1)
+    """Features of uint8 ``images`` normalised by ``mean``/``std`` (:func:`normalised`)."""
     out = []
-    for i in range(0, len(images), batch):
-        x = images[i : i + batch].float() / 255
-        if x.shape[1] != mean.shape[1]:
-            x = x.expand(-1, mean.shape[1], -1, -1)
-        x = (x - mean) / std
+    for x in normalised(images, mean, std, batch):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=NATIVE_BF16):
             out.append(fn(x).float())
     return torch.cat(out)
@@ -521,7 +517,8 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
 def baselines(data: dict, dataset: QualityData, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
     """kNN and probe references: raw pixels, and untrained backbones of the runs' shapes
     (both ResNet-18 starts: timm's zero-initialised last BatchNorm of each block, and
-    torchvision's scale 1, which the ResNet configs take), but for the runs in ``skip``.
+    torchvision's scale 1, which the ResNet configs take; each ResNet also with BatchNorm
+    statistics of the training split), but for the runs in ``skip``.
 
     The probe figures are what the MAE / I-JEPA probes are read against: a linear probe
     is stronger than kNN on any features, so those runs' probe needs a probe baseline.
@@ -532,15 +529,19 @@ def baselines(data: dict, dataset: QualityData, skip: Iterable[str] = ()) -> lis
     skip = set(skip)
     if dataset.name != "cifar":
         out = pneumonia_baselines(data, dataset.size, evaluate, skip)
-        lightly_run = "baseline/random_init_lightly_resnet18"
-        for seed in () if lightly_run in skip else (0, 1):
-            # lightly's ResNet-18 as its recipes start: 3 channels, ImageNet normalisation
-            torch.manual_seed(seed)
-            net = lightly_resnet18()[0].eval()
-            out.append({"run": lightly_run, "side": "baseline",
-                        "method": quality_report.LIGHTLY_RANDOM_INIT, "seed": seed, "data": dataset.name,
-                        "final": evaluate(lambda x, net=net: net(x).flatten(1), data,
-                                          IMAGENET_MEAN, IMAGENET_STD, probe=True)})  # fmt: skip
+        # lightly's ResNet-18 as its recipes start: 3 channels, ImageNet normalisation
+        lightly_init = {"random_init_lightly_resnet18": (quality_report.LIGHTLY_RANDOM_INIT,
+                                                         {"name": "resnet18"})}  # fmt: skip
+        for run_name, method, _, data_bn in untrained_variants(lightly_init):
+            for seed in () if "baseline/" + run_name in skip else (0, 1):
+                torch.manual_seed(seed)
+                net = lightly_resnet18()[0].eval()
+                if data_bn:
+                    with_data_bn_stats(net, data["x_train"], IMAGENET_MEAN, IMAGENET_STD)
+                out.append({"run": "baseline/" + run_name, "side": "baseline", "method": method,
+                            "seed": seed, "data": dataset.name,
+                            "final": evaluate(lambda x, net=net: net(x).flatten(1), data,
+                                              IMAGENET_MEAN, IMAGENET_STD, probe=True)})  # fmt: skip
         return out
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
     out = [] if "baseline/raw_pixels" in skip else [
@@ -552,10 +553,12 @@ def baselines(data: dict, dataset: QualityData, skip: Iterable[str] = ()) -> lis
                                     dict(name="resnet18", cifar_stem=True, zero_init_last=False)),
         "random_init_vit_tiny4": ("random-init ViT-Tiny/4", dict(name="vit_tiny", patch_size=4, pool="avg")),
     }  # fmt: skip
-    for run_name, (method, kwargs) in untrained.items():
+    for run_name, method, kwargs, data_bn in untrained_variants(untrained):
         for seed in () if "baseline/" + run_name in skip else (0, 1):
             torch.manual_seed(seed)
             net = Backbone(img_size=32, **kwargs).eval()
+            if data_bn:
+                with_data_bn_stats(net, data["x_train"], mean, std)
             out.append({"run": "baseline/" + run_name, "side": "baseline", "method": method,
                         "seed": seed, "final": evaluate(net, data, mean, std, probe=True)})  # fmt: skip
     return out

@@ -20,6 +20,8 @@ from typing import Any
 
 Group = tuple[float, "str | None"]
 REPO = Path(__file__).resolve().parent.parent
+#: the label of a random-init baseline evaluated with BatchNorm statistics of the data
+BN_OF_DATA = ", BatchNorm statistics of the training split"
 
 
 def group_of(record: dict) -> Group:
@@ -54,7 +56,16 @@ def _ips(rs: list[dict]) -> str:
 
 
 # line styles of the baselines' horizontal lines, in their name order (all grey)
-BASELINE_STYLES = [":", "-.", (0, (1, 3)), (0, (5, 2))]
+BASELINE_STYLES = [":", "-.", (0, (1, 3)), (0, (5, 2)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 1, 2))]
+
+
+def draw_baselines(ax: Any, records: list[dict]) -> None:
+    """Each CIFAR baseline's mean kNN top-1 as a grey horizontal line of its own style."""
+    styles = itertools.chain(BASELINE_STYLES, itertools.repeat(":"))
+    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
+        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
+        ax.axhline(statistics.mean(accs), color="grey", linewidth=1, linestyle=next(styles),
+                   label=f"baseline: {name}")  # fmt: skip
 
 
 def _colours(records: list[dict], order: list[str], cycle: list[str]) -> dict[str, str]:
@@ -239,11 +250,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
                 marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
                 linestyle="-" if r["side"] == "selfsup" else "--",
                 label=f"{r['run']} seed {r['seed']}")  # fmt: skip
-    baseline_styles = iter(BASELINE_STYLES)
-    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
-        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
-        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
-                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
+    draw_baselines(ax, records)
     ax.set_xlim(0, budget_min * 1.05)
     ax.set_xlabel("training minutes (2-core CPU)")
     ax.set_ylabel("kNN top-1 on the test split (%)")
@@ -468,11 +475,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
                 markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
                 linestyle=":" if faint else dashes[variant] if before else styles[group],
                 label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
-    baseline_styles = iter(BASELINE_STYLES)
-    for name in sorted({r["method"] for r in records if r["side"] == "baseline"}):
-        accs = [r["final"]["knn"] * 100 for r in records if r["method"] == name]
-        ax.axhline(statistics.mean(accs), color="grey", linewidth=1,
-                   linestyle=next(baseline_styles, ":"), label=f"baseline: {name}")  # fmt: skip
+    draw_baselines(ax, records)
     # a run with --match-steps may train past its budget: its last point stays in view
     ends = [r["curve"][-1]["minutes"] for r in records if r["side"] != "baseline"
             and r["run"] in shown and group_of(r) in groups]  # fmt: skip
@@ -597,8 +600,9 @@ def backbone_kwargs(record: dict) -> dict:
 def against_targets(runs: list[dict], base: list[dict], order: list[str],
                     counterparts: dict[str, str], group: str) -> list[str]:  # fmt: skip
     """One line per run of one group (``group``: its name): its mean probe AUROC against
-    raw pixels' best AUROC, its backbone at random init, and (selfsup) lightly's
-    counterpart in the same group."""
+    raw pixels' best AUROC, its backbone at random init (with BatchNorm's initial
+    statistics and, where recorded, the data's), and (selfsup) lightly's counterpart in the
+    same group."""
 
     def mean(rs: list[dict], key: str) -> float | None:
         values = [r["final"][key] for r in rs if key in r["final"]]
@@ -615,10 +619,11 @@ def against_targets(runs: list[dict], base: list[dict], order: list[str],
         if p is None:
             continue
         twin = untrained_twin(next(r for r in runs if r["run"] == name))
-        rand = mean([r for r in base if r["method"] == twin], "probe_auroc")
         parts = [f"raw pixels {p - raw_best:+.3f}"]
-        if rand is not None:
-            parts.append(f"{twin} {p - rand:+.3f}")
+        for start in (twin, twin + BN_OF_DATA):
+            rand = mean([r for r in base if r["method"] == start], "probe_auroc")
+            if rand is not None:
+                parts.append(f"{start} {p - rand:+.3f}")
         side, method = name.split("/", 1)
         counterpart = counterparts.get(method) if side == "selfsup" else None
         lightly = mean([r for r in runs if r["run"] == f"lightly/{counterpart}"], "probe_auroc")
@@ -679,9 +684,11 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
         ("raw pixels", "probe_auroc", "logistic regression on pixels", "grey", "-."),
     ]
     untrained = sorted({r["method"] for r in base} - {"raw pixels"})
-    lines += [(m, "probe_auroc", f"{m}: probe", colour, "--")
-              for m, colour in zip(untrained, itertools.cycle(["tab:brown", "tab:olive", "tab:pink",
-                                                              "black", "tab:cyan", "tab:red"]))]  # fmt: skip
+    twins = [m for m in untrained if not m.endswith(BN_OF_DATA)]
+    twin_colour = dict(zip(twins, itertools.cycle(["tab:brown", "tab:olive", "tab:pink", "black",
+                                                   "tab:cyan", "tab:red"])))  # fmt: skip
+    lines += [(m, "probe_auroc", f"{m}: probe", twin_colour.get(m.removesuffix(BN_OF_DATA), "grey"),
+               (0, (1, 1)) if m.endswith(BN_OF_DATA) else "--") for m in untrained]  # fmt: skip
     shown = [r["final"][key] for r in runs for key in ("knn_auroc", "probe_auroc")
              if key in r["final"]]  # fmt: skip
     for method, key, label, colour, style in lines:

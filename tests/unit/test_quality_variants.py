@@ -263,6 +263,8 @@ def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path
 
 def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import torch
+
     import quality
 
     seen = []
@@ -273,11 +275,14 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
 
     monkeypatch.setattr(quality, "evaluate", fake_evaluate)
     recorded = {"baseline/raw_pixels", "baseline/random_init_resnet18",
-                "baseline/random_init_vit_tiny4"}  # fmt: skip
-    out = quality.baselines({}, quality.DATASETS["cifar"], recorded)
+                "baseline/random_init_resnet18_bnstats", "baseline/random_init_vit_tiny4"}  # fmt: skip
+    data = {"x_train": torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)}
+    out = quality.baselines(data, quality.DATASETS["cifar"], recorded)
     assert [(r["run"], r["seed"]) for r in out] == [
         ("baseline/random_init_resnet18_tv", 0),
         ("baseline/random_init_resnet18_tv", 1),
+        ("baseline/random_init_resnet18_tv_bnstats", 0),
+        ("baseline/random_init_resnet18_tv_bnstats", 1),
     ]
     # torchvision's start: each residual block's last BatchNorm scale starts at 1, where
     # timm's default (the other ResNet baseline) starts it at 0
@@ -292,8 +297,63 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
             ],
         }
     )
+    # the same network twice: BatchNorm's initial statistics, then the data's
+    bns = [[m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)] for net in seen]
+    assert all(bool((bn.running_var == 1).all()) for bn in bns[0])
+    assert not any(bool((bn.running_var == 1).all()) for bn in bns[2])
+    assert not seen[2].training
+    assert out[2]["method"] == out[0]["method"] + report().BN_OF_DATA
     seen.clear()
     assert (
         quality.baselines({}, quality.DATASETS["cifar"], {r["run"] for r in out} | recorded) == []
     )
     assert seen == []
+    # PneumoniaMNIST: each ResNet start, lightly's included, also with the data's statistics
+    gray = {"x_train": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)}
+    plain = {"raw_pixels", "random_init_resnet18", "random_init_resnet18_no_zero_init",
+             "random_init_vit_tiny4", "random_init_vit_tiny2", "random_init_lightly_resnet18"}  # fmt: skip
+    out = quality.baselines(gray, quality.DATASETS["pneumonia"], {f"baseline/{r}" for r in plain})
+    assert sorted({(r["run"], r["method"]) for r in out}) == [
+        ("baseline/random_init_lightly_resnet18_bnstats",
+         report().LIGHTLY_RANDOM_INIT + report().BN_OF_DATA),
+        ("baseline/random_init_resnet18_bnstats", "random-init ResNet-18" + report().BN_OF_DATA),
+        ("baseline/random_init_resnet18_no_zero_init_bnstats",
+         "random-init ResNet-18, zero_init_last false" + report().BN_OF_DATA),
+    ]  # fmt: skip
+    # the six networks evaluated (lightly's inside the evaluated lambda's default argument)
+    nets = [fn if isinstance(fn, torch.nn.Module) else fn.__defaults__[0] for fn in seen[-6:]]
+    assert len(nets) == 6 and not any(bool((m.running_var == 1).all()) for net in nets
+                                      for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))  # fmt: skip
+
+
+def test_batchnorm_statistics_of_the_data_are_its_activations_mean_and_variance(monkeypatch):
+    # the first BatchNorm's input is the stem convolution of the normalised images, whatever
+    # the statistics: its running mean and (unbiased) variance must become that input's
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import torch
+
+    from quality_data import with_data_bn_stats
+    from selfsup.backbones import Backbone
+
+    torch.manual_seed(0)
+    net = Backbone(name="resnet18", img_size=32, cifar_stem=True).eval()
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    x = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1
+    )
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k}
+    assert with_data_bn_stats(net, images, mean, std) is net and not net.training
+    act = seen[0].double()
+    torch.testing.assert_close(first.running_mean.double(), act.mean((0, 2, 3)),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(first.running_var.double(), act.var((0, 2, 3), unbiased=True),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    after = net.state_dict()  # the weights and affine parameters are left as they were
+    assert all(torch.equal(after[k], v) for k, v in weights.items() if "num_batches" not in k)
