@@ -29,8 +29,8 @@ test: install
 	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 lint: install
-	$(BIN)/ruff check ssl tests
-	$(BIN)/ruff format --check ssl tests
+	$(BIN)/ruff check ssl tests benchmarks
+	$(BIN)/ruff format --check ssl tests benchmarks
 
 # The single-node SLURM cluster that tests/slurm starts (Debian, root): every
 # binary its fixture runs (REQUIRED in tests/slurm/slurm_cluster.py: the DAEMONS

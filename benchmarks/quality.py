@@ -586,8 +586,11 @@ def save_record(records: list[dict], new: dict) -> None:
 
 def render(records: list[dict], wanted_seeds: int) -> None:
     # a short-budget recipe joins the main table once it has a run of the main table's group
-    ran = {r["method"] for r in records
-           if r["side"] != "baseline" and quality_report.group_of(r) == REFERENCE}
+    ran = {
+        r["method"]
+        for r in records
+        if r["side"] != "baseline" and quality_report.group_of(r) == REFERENCE
+    }
     methods = {**METHODS, **{m: v for m, v in SMALL.items() if m in ran}}
     body = quality_report.cifar_section(records, wanted_seeds, methods, REFERENCE, PLOT, K, T,
                                         machine())  # fmt: skip
@@ -620,8 +623,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--points", type=int, default=3, help="kNN evaluations per run")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--baselines", action="store_true",
-                        help="add the baselines not yet recorded (with --force: all again)")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add the baselines not yet recorded (with --force: all again)",
+    )
     parser.add_argument("--tag", default=None,
                         help="stored in each record: runs with another tag (or none) are kept "
                         "and shown apart, e.g. after-config-fix")  # fmt: skip
@@ -720,7 +726,11 @@ def main() -> int:
             recorded = [r for r in load_records() if _key(r) == key]
             if recorded and not args.force:
                 sha = recorded[0].get("config_sha")
-                if side == "selfsup" and sha and sha != config_fingerprint(method, args.before, sets):
+                if (
+                    side == "selfsup"
+                    and sha
+                    and sha != config_fingerprint(method, args.before, sets)
+                ):
                     print(f"quality: {key[0]} seed {seed} is recorded from another version of "
                           f"its config (fingerprint {sha}); not rerun: give a new --tag, or "
                           "--force to replace the record", file=sys.stderr)  # fmt: skip

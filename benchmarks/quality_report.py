@@ -110,7 +110,11 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
         rev = own[0].get("config_rev")
         flags += ["--before", rev] if rev else []
         sets = own[0].get("set") or {}
-        flags += ["--set", *(shlex.quote(f"{key}={value}") for key, value in sets.items())] if sets else []
+        flags += (
+            ["--set", *(shlex.quote(f"{key}={value}") for key, value in sets.items())]
+            if sets
+            else []
+        )
         flags += ["--match-steps"] if variant and all(r.get("matched_steps") for r in own) else []
         lines.append("`" + " ".join([*parts, *flags, "--runs", *by_variant[variant]]) + "`")
     line = ", ".join(lines)
@@ -459,7 +463,9 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
     styles = dict(zip(groups, ["-", "--", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 4))
     # each variant of a config its own dash pattern, so that two variants of one run differ
     variants = sorted({variant_of(r["run"])[1] for r in records} - {""})
-    dashes = dict(zip(variants, [(0, (6, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (4, 1, 1, 1, 1, 1))] * 8))
+    dashes = dict(
+        zip(variants, [(0, (6, 2, 1, 2)), (0, (1, 1)), (0, (8, 3)), (0, (4, 1, 1, 1, 1, 1))] * 8)
+    )
     shown = {r["run"] for r in records if r["side"] != "baseline" and group_of(r) in groups}
     for r in records:
         if r["side"] == "baseline" or r["run"] not in shown:
