@@ -421,19 +421,30 @@ UNCOMMITTED = "an uncommitted version"
 
 def config_line(rs: list[dict]) -> list[str]:
     """Lines for RESULTS.md naming the selfsup runs among ``rs`` that trained an earlier
-    version of their config than the one committed now (:func:`config_as_at`); none
+    version of their config than the one committed now (:func:`config_as_at`), and those
+    recorded before records kept a fingerprint (of a version only their date tells); none
     when every run trained today's."""
     older: dict[str, dict[str, str]] = {}
+    unknown: set[str] = set()
     for r in rs:
-        if r["side"] == "selfsup" and (rev := config_as_at(r)):
+        if r["side"] != "selfsup":
+            continue
+        if rev := config_as_at(r):
             older.setdefault(rev, {})[r["run"]] = r["config"]
-    if not older:
-        return []
-    parts = [f"{', '.join(sorted(runs))} as at {rev}"
-             + (f" (e.g. `git show {rev}:{next(iter(runs.values()))}`)" if rev != UNCOMMITTED else "")
-             for rev, runs in sorted(older.items())]  # fmt: skip
-    return [f"Runs of an earlier version of their config than today's (matched by the "
-            f"fingerprint each record keeps): {'; '.join(parts)}.", ""]  # fmt: skip
+        elif not r.get("config_sha") and not r.get("config_rev"):
+            unknown.add(f"{r['run']} ({r['machine'].split(',')[0]})")
+    lines = []
+    if older:
+        parts = [f"{', '.join(sorted(runs))} as at {rev}"
+                 + (f" (e.g. `git show {rev}:{next(iter(runs.values()))}`)" if rev != UNCOMMITTED else "")
+                 for rev, runs in sorted(older.items())]  # fmt: skip
+        lines += [f"Runs of an earlier version of their config than today's (matched by the "
+                  f"fingerprint each record keeps): {'; '.join(parts)}.", ""]  # fmt: skip
+    if unknown:
+        lines += ["Runs recorded before the records kept their config's fingerprint: which "
+                  "version of the config they trained only their date tells (the configs "
+                  f"committed then): {', '.join(sorted(unknown))}.", ""]  # fmt: skip
+    return lines
 
 
 def _moved(by_seed: dict[int, dict]) -> str:
@@ -565,6 +576,7 @@ def pneumonia_section(records: list[dict], wanted_seeds: int, order: list[str],
         "",
         *rows,
         "",
+        *config_line(runs),
         *targets,
         f"Runs recorded: {listed}.",
         f"Not yet run at 10 min (fewer than {wanted_seeds} seeds): {', '.join(missing) or 'none'}.",

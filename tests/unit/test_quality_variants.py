@@ -255,7 +255,9 @@ def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path
     config.write_text("model:\n  base_lr: 0.6\n")  # edited since the last commit
     assert q.config_as_at(ran("0.5")) == commits[2]
     assert q.config_as_at(ran("0.6")) is None
-    lines = q.config_line([ran("0.3"), ran("0.6"), record("selfsup/byol", 0, 0.3, 10)])
+    unnamed = record("selfsup/byol", 0, 0.3, 10, machine="2026-12-02, a CPU")  # no fingerprint
+    lines = q.config_line([ran("0.3"), ran("0.6"), unnamed])
+    assert lines[2].endswith("(the configs committed then): selfsup/byol (2026-12-02).")
     assert lines[0].endswith(f"selfsup/simclr as at {commits[1]}^ (e.g. `git show "
                              f"{commits[1]}^:configs/simclr/resnet18_cifar.yaml`).")  # fmt: skip
     assert q.config_line([ran("0.6")]) == []
