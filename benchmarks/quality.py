@@ -325,6 +325,15 @@ def gray_run(cfg: dict, size: int, sets: dict[str, str]) -> tuple[list[str], dic
     return gray_overrides(cfg, size), sets
 
 
+def compress_schedule(model: pl.LightningModule, scale: float) -> None:
+    """Every ``*_epochs`` value of a selfsup method (warm-up, teacher temperature and
+    momentum schedules, frozen last layer) times ``scale``: a run of ``scale`` times the
+    config's epochs goes through its whole schedule."""
+    for key in list(model.hparams):
+        if key.endswith("_epochs") and isinstance(model.hparams[key], (int, float)):
+            model.hparams[key] = type(model.hparams[key])(model.hparams[key] * scale)
+
+
 def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
                  rev: str | None = None, sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
@@ -348,11 +357,8 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
                 "--trainer.default_root_dir", tempfile.gettempdir(), *overrides,
                 *set_flags(flags)]  # fmt: skip
         cli = build_pretrain_cli(argv)
-        model = cli.model
-        for key in list(model.hparams):
-            if key.endswith("_epochs") and isinstance(model.hparams[key], (int, float)):
-                model.hparams[key] = type(model.hparams[key])(model.hparams[key] * scale)
-        return model, cli.datamodule, precision
+        compress_schedule(cli.model, scale)
+        return cli.model, cli.datamodule, precision
 
     return {
         "build": build, "precision": precision, "batch": batch, "config_epochs": epochs,

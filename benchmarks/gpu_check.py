@@ -1,0 +1,247 @@
+"""Every method's config on one CUDA GPU: a few hundred steps in bf16, then `selfsup knn`,
+`selfsup probe` and, on DINO's ViT, `selfsup attention`; images/s per method.
+
+    python benchmarks/gpu_check.py --data X.npz --steps 300 --out DIR   # on the GPU machine
+    python benchmarks/gpu_check.py --render DIR/gpu_check.json          # RESULTS.md, here
+
+Each run is `selfsup pretrain`'s own build of the config (its callbacks, checkpointing
+and precision), with the schedule compressed to the run as benchmarks/quality.py does it
+(every ``*_epochs`` value scaled by the run's epochs over the config's), so that warm-up
+and the teachers' schedules happen inside the few hundred steps. Images/s is the batch
+over the median step time after the first 10 steps (data loading included: the loader's
+workers make the views). The runs go first, all of them, then the evaluations, so that a
+deadline cuts evaluations rather than methods. Results are written after every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from common import REPO, write_section
+from quality import compress_schedule
+
+CONFIGS = [
+    "simclr/resnet18_cifar", "triplet/resnet18_cifar", "byol/resnet18_cifar",
+    "dino/resnet18_cifar", "mae/vit_tiny_cifar", "ijepa/vit_tiny_cifar", "dino/vit_tiny_cifar",
+]  # fmt: skip
+ATTENTION = "dino/vit_tiny_cifar"
+HEADING = "GPU: every method on one CUDA device (`gpu_check`)"
+
+
+class StepClock(pl.Callback):
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.starts.append(time.perf_counter())
+
+
+def device_line() -> str:
+    import lightly
+    import timm
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}"
+    else:
+        gpu = "no GPU (a check run on the CPU)"
+    return (f"{time.strftime('%Y-%m-%d')}, {gpu}, {os.cpu_count()} CPU cores; python "
+            f"{platform.python_version()}, torch {torch.__version__}, lightning "
+            f"{pl.__version__}, timm {timm.__version__}, lightly {lightly.__version__}")  # fmt: skip
+
+
+def pretrain(config: str, data: Path, steps: int, workers: int, run_dir: Path,
+             accelerator: str, batch: int | None = None) -> dict:  # fmt: skip
+    from selfsup.train.run import build_pretrain_cli
+
+    path = REPO / "configs" / f"{config}.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    batch, config_epochs = batch or cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"]
+    with np.load(data) as d:
+        n_train = len(d["y_train"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = ["--config", str(path), "--data.path", str(data), "--data.num_workers", str(workers),
+            "--trainer.max_steps", str(steps), "--trainer.accelerator", accelerator,
+            "--trainer.devices", "1", "--trainer.default_root_dir", str(run_dir),
+            "--data.batch_size", str(batch)]  # fmt: skip
+    cli = build_pretrain_cli(argv)
+    epochs = steps * batch / n_train
+    compress_schedule(cli.model, epochs / config_epochs)
+    clock = StepClock()
+    cli.trainer.callbacks.append(clock)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    wall = time.perf_counter() - start
+    gaps = [b - a for a, b in zip(clock.starts[10:], clock.starts[11:])]
+    step_s = statistics.median(gaps) if gaps else float("nan")
+    return {
+        "config": config, "steps": cli.trainer.global_step, "batch": batch,
+        "epochs": round(epochs, 2), "precision": str(cli.trainer.precision),
+        "step_s": step_s, "images_per_s": batch / step_s, "wall_s": wall,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "run_dir": str(run_dir),
+    }  # fmt: skip
+
+
+def selfsup(*args: str) -> tuple[dict | None, float]:
+    """A selfsup command in this process -> (its JSON line or None, seconds)."""
+    from selfsup.cli import main
+
+    out = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    seconds = time.perf_counter() - start
+    sys.stdout.write(out.getvalue())
+    if code:
+        raise SystemExit(f"selfsup {args[0]} exited with {code}")
+    last = out.getvalue().strip().splitlines()[-1] if out.getvalue().strip() else ""
+    return (json.loads(last) if last.startswith("{") else None), seconds
+
+
+def check(args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "gpu_check.json"
+    results = {"device": device_line(), "data": args.data.name, "steps": args.steps,
+               "workers": args.workers, "batch_size": args.batch_size, "runs": []}  # fmt: skip
+    begin = time.perf_counter()
+
+    def save() -> None:
+        results_file.write_text(json.dumps(results, indent=1) + "\n")
+
+    def late() -> bool:
+        return time.perf_counter() - begin > args.deadline_s
+
+    for config in args.configs:
+        if late():
+            results["runs"].append({"config": config, "skipped": "deadline"})
+            continue
+        run = pretrain(config, args.data, args.steps, args.workers,
+                       args.runs_dir / config.replace("/", "_"), args.accelerator,
+                       args.batch_size)  # fmt: skip
+        print(json.dumps(run), flush=True)
+        results["runs"].append(run)
+        save()
+    for task, extra in (("knn", []), ("probe", ["--epochs", str(args.probe_epochs)])):
+        for run in results["runs"]:
+            if "run_dir" not in run or late():
+                continue
+            result, seconds = selfsup(task, "--ckpt", run["run_dir"], "--data", str(args.data),
+                                      *extra)  # fmt: skip
+            run[task] = result["top1"] if result else None
+            run[f"{task}_s"] = seconds
+            save()
+    run = next((r for r in results["runs"] if r["config"] == ATTENTION and "run_dir" in r), None)
+    if run is not None and not late():
+        from PIL import Image
+
+        with np.load(args.data) as d:
+            images = d["x_test"][:4]
+        folder = args.runs_dir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, image in enumerate(images):
+            paths.append(str(folder / f"test_{i}.png"))
+            Image.fromarray(image).save(paths[-1])
+        maps = args.runs_dir / "attention"
+        _, seconds = selfsup("attention", "--ckpt", run["run_dir"], "--image", *paths,
+                             "--out", str(maps))  # fmt: skip
+        run["attention_s"] = seconds
+        shutil.copy(maps / "overview.png", args.out / "attention_overview.png")
+        save()
+    results["total_s"] = time.perf_counter() - begin
+    save()
+
+
+def render(results_file: Path) -> None:
+    results = json.loads(results_file.read_text())
+    rows = ["| config | steps x batch | precision | img/s | step ms | run s | peak GPU GiB | "
+            "kNN top-1 % | probe top-1 % | kNN s | probe s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    def num(value: float | None, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for r in results["runs"]:
+        if "skipped" in r:
+            rows.append(f"| `{r['config']}` | skipped ({r['skipped']}) | | | | | | | | | |")
+            continue
+        rows.append(f"| `{r['config']}` | {r['steps']} x {r['batch']} | {r['precision']} | "
+                    f"{r['images_per_s']:,.0f} | {1000 * r['step_s']:.1f} | {r['wall_s']:.0f} | "
+                    f"{num(r['peak_gib'], 1)} | {pct(r.get('knn'))} | {pct(r.get('probe'))} | "
+                    f"{num(r.get('knn_s'))} | {num(r.get('probe_s'))} |")  # fmt: skip
+    figure = results_file.parent / "attention_overview.png"
+    body = [
+        f"`benchmarks/gpu_check.py --data {results['data']} --steps {results['steps']} "
+        f"--workers {results['workers']}"
+        + (f" --batch-size {results['batch_size']}" if results.get("batch_size") else "")
+        + f"` on {results['device']}. Each config of "
+        "`configs/*/*_cifar.yaml` as `selfsup pretrain` builds it (bf16-mixed on CUDA), "
+        f"{results['steps']} steps with its schedule compressed to them; then `selfsup knn` "
+        "and `selfsup probe` (test split) on its checkpoint. img/s: batch over the median "
+        "step time after step 10, data loading included. The whole check took "
+        f"{results.get('total_s', 0) / 60:.1f} min.",
+        "",
+        *rows,
+        "",
+    ]
+    if figure.is_file():
+        shutil.copy(figure, REPO / "benchmarks/gpu_attention.png")
+        body += ["`selfsup attention` on the DINO ViT-Tiny run, four test images:", "",
+                 "![DINO ViT-Tiny attention after the GPU check](gpu_attention.png)", ""]  # fmt: skip
+    write_section(HEADING, "\n".join(body))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="an npz of selfsup's format (CIFAR-like, 32 px)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=12, help="DataLoader workers of a run")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="per-step batch (default: each config's)")  # fmt: skip
+    parser.add_argument("--probe-epochs", type=int, default=100)
+    parser.add_argument("--configs", nargs="+", default=CONFIGS)
+    parser.add_argument("--accelerator", default="gpu", help="cpu: a check of the script")
+    parser.add_argument("--deadline-s", type=float, default=420.0,
+                        help="start no stage after this many seconds")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=Path("gpu_check"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/selfsup_gpu_check"))
+    parser.add_argument("--render", type=Path, metavar="JSON", help="only write RESULTS.md")
+    args = parser.parse_args()
+    if args.render:
+        render(args.render)
+        return 0
+    if args.data is None or not args.data.is_file():
+        print(f"gpu_check: --data {args.data}: no such npz", file=sys.stderr)
+        return 2
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        print(
+            "gpu_check: no CUDA device here; --accelerator cpu checks the script", file=sys.stderr
+        )
+        return 2
+    check(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
