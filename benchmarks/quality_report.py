@@ -673,7 +673,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     runs = [r for r in records if r["side"] != "baseline"]
     base = [r for r in records if r["side"] == "baseline"]
     groups = groups_of(runs) or [(10.0, None)]
-    fig = plt.figure(figsize=(14, 10.5))
+    fig = plt.figure(figsize=(max(14, 5.5 * len(groups)), 10.5))  # a panel per group
     grid = fig.add_gridspec(2, len(groups), height_ratios=(1, 1), hspace=0.75)
     left = fig.add_subplot(grid[0, :])
     colours = _colours(records, order, plt.rcParams["axes.prop_cycle"].by_key()["color"])
@@ -742,10 +742,10 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
         mine = [r for r in runs if group_of(r) == group]
         cpus = ", ".join(sorted({r["machine"].split(", ")[1] for r in mine}))
         selfsup = sorted({r["precision"] for r in mine if r["side"] == "selfsup"})
-        ax.set_title(f"{_group_name(group).replace('`', '')} ({cpus}; selfsup in "
-                     f"{', '.join(selfsup)}, lightly in 32-true)\nselfsup solid (its @REV and "
+        ax.set_title(f"{_group_name(group).replace('`', '')}\n{cpus}; selfsup in "
+                     f"{', '.join(selfsup)}, lightly in 32-true\nselfsup solid (its @REV and "
                      "[set] variants dotted), lightly dashed",
-                     fontsize=9)  # fmt: skip
+                     fontsize=8)  # fmt: skip
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
         ax.grid(alpha=0.3)
     fig.suptitle("PneumoniaMNIST (28 px, 1 channel)", fontsize=10)
