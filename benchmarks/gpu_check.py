@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from common import REPO, write_section
-from quality import compress_schedule
+from quality import StepClock, compress_schedule
 
 CONFIGS = [
     "simclr/resnet18_cifar", "triplet/resnet18_cifar", "byol/resnet18_cifar",
@@ -41,14 +41,6 @@ CONFIGS = [
 ]  # fmt: skip
 ATTENTION = "dino/vit_tiny_cifar"
 HEADING = "GPU: every method on one CUDA device (`gpu_check`)"
-
-
-class StepClock(pl.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
 
 
 def device_line() -> str:
@@ -101,7 +93,9 @@ def pretrain(config: str, data: Path, steps: int, workers: int, run_dir: Path,
 
 
 def selfsup(*args: str) -> tuple[dict | None, float]:
-    """A selfsup command in this process -> (its JSON line or None, seconds)."""
+    """A selfsup command in this process -> (its JSON line or None, seconds). In-process
+    rather than common.run_selfsup's subprocess: fourteen evaluations would each import
+    torch, Lightning and timm again on a machine whose minutes are counted."""
     from selfsup.cli import main
 
     out = io.StringIO()
