@@ -57,15 +57,27 @@ def device_line() -> str:
             f"{pl.__version__}, timm {timm.__version__}, lightly {lightly.__version__}")  # fmt: skip
 
 
-def pretrain(config: str, data: Path, steps: int, workers: int, run_dir: Path,
+def read_data(path: Path) -> tuple[int, np.ndarray]:
+    """selfsup's own reading of the npz -> (training images, four test images); raises
+    DataError, before any GPU minute is spent, for a file that knn and probe could not use."""
+    from selfsup.data.arrays import load_npz
+    from selfsup.data.pixels import DataError
+
+    train, test = load_npz(path, "train"), load_npz(path, "test")
+    if train.labels is None or test.labels is None:
+        raise DataError(
+            f"{path} lacks the labels of a split (y_train, y_test): kNN and the probe need both."
+        )
+    return len(train), test.images[:4]
+
+
+def pretrain(config: str, data: Path, n_train: int, steps: int, workers: int, run_dir: Path,
              accelerator: str, batch: int | None = None) -> dict:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
     path = REPO / "configs" / f"{config}.yaml"
     cfg = yaml.safe_load(path.read_text())
     batch, config_epochs = batch or cfg["data"]["batch_size"], cfg["trainer"]["max_epochs"]
-    with np.load(data) as d:
-        n_train = len(d["y_train"])
     shutil.rmtree(run_dir, ignore_errors=True)
     argv = ["--config", str(path), "--data.path", str(data), "--data.num_workers", str(workers),
             "--trainer.max_steps", str(steps), "--trainer.accelerator", accelerator,
@@ -110,7 +122,7 @@ def selfsup(*args: str) -> tuple[dict | None, float]:
     return (json.loads(last) if last.startswith("{") else None), seconds
 
 
-def check(args: argparse.Namespace) -> None:
+def check(args: argparse.Namespace, n_train: int, test_images: np.ndarray) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "gpu_check.json"
     results = {"device": device_line(), "data": args.data.name, "steps": args.steps,
@@ -127,7 +139,7 @@ def check(args: argparse.Namespace) -> None:
         if late():
             results["runs"].append({"config": config, "skipped": "deadline"})
             continue
-        run = pretrain(config, args.data, args.steps, args.workers,
+        run = pretrain(config, args.data, n_train, args.steps, args.workers,
                        args.runs_dir / config.replace("/", "_"), args.accelerator,
                        args.batch_size)  # fmt: skip
         print(json.dumps(run), flush=True)
@@ -146,14 +158,12 @@ def check(args: argparse.Namespace) -> None:
     if run is not None and not late():
         from PIL import Image
 
-        with np.load(args.data) as d:
-            images = d["x_test"][:4]
         folder = args.runs_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, image in enumerate(images):
+        for i, image in enumerate(test_images):
             paths.append(str(folder / f"test_{i}.png"))
-            Image.fromarray(image).save(paths[-1])
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(paths[-1])
         maps = args.runs_dir / "attention"
         _, seconds = selfsup("attention", "--ckpt", run["run_dir"], "--image", *paths,
                              "--out", str(maps))  # fmt: skip
@@ -228,12 +238,19 @@ def main() -> int:
     if args.data is None or not args.data.is_file():
         print(f"gpu_check: --data {args.data}: no such npz", file=sys.stderr)
         return 2
+    from selfsup.data.pixels import DataError
+
+    try:
+        n_train, test_images = read_data(args.data)
+    except DataError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         print(
             "gpu_check: no CUDA device here; --accelerator cpu checks the script", file=sys.stderr
         )
         return 2
-    check(args)
+    check(args, n_train, test_images)
     return 0
 
 
