@@ -60,8 +60,7 @@ def device_line() -> str:
 def read_data(path: Path) -> tuple[int, np.ndarray]:
     """selfsup's own reading of the npz -> (training images, four test images); raises
     DataError, before any GPU minute is spent, for a file that knn and probe could not use."""
-    from selfsup.data.arrays import load_npz
-    from selfsup.data.pixels import DataError
+    from selfsup.data.datasets import DataError, load_npz
 
     train, test = load_npz(path, "train"), load_npz(path, "test")
     if train.labels is None or test.labels is None:
@@ -238,7 +237,7 @@ def main() -> int:
     if args.data is None or not args.data.is_file():
         print(f"gpu_check: --data {args.data}: no such npz", file=sys.stderr)
         return 2
-    from selfsup.data.pixels import DataError
+    from selfsup.data.datasets import DataError
 
     try:
         n_train, test_images = read_data(args.data)
