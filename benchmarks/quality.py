@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/quality.py --runs selfsup/simclr lightly/simclr
         [--data cifar|pneumonia] [--budget-min 10] [--seeds 2] [--points 3] [--workers 1]
         [--baselines] [--tag TAG] [--threads N] [--before REV] [--set KEY=VALUE ...]
-        [--match-steps]
+        [--match-steps] [--eval-backbone student|teacher]
     .venv/bin/python benchmarks/quality.py --render      # table and PNG from the records
 
 Each run pretrains on ../shared/data/cifar10_jpeg.npz (15,000 training images) for
@@ -47,7 +47,11 @@ so that a tag's table holds the configs before and after a change, run on one ma
 ``selfsup/METHOD[lars_clip=false]``: one factor at a time, beside today's config.
 ``--match-steps`` gives each such run (``--before``, ``--set`` or both) the step count of
 today's config's recorded run (same budget, seed and tag) instead of its own
-calibration's.
+calibration's. ``--eval-backbone student`` (or ``teacher``) evaluates that backbone of
+selfsup's runs rather than the method's own choice (DINO and I-JEPA: the teacher), as
+``selfsup probe --backbone`` does, recorded as ``selfsup/dino[backbone=student]``: with
+``--match-steps`` the same seed trains the same steps, so the two records differ in the
+backbone read and nothing else.
 A selfsup record keeps its config's fingerprint (the config's text and ``--set``); a
 recorded run whose config has changed since is not rerun under the same tag, and says
 so: a new ``--tag`` (or ``--force``) runs the config as it is now.
@@ -132,6 +136,8 @@ SMALL = {
     f"{method}_small": (f"configs/{method}/resnet18_small.yaml", METHODS[method][1])
     for method in ("simclr", "triplet", "byol")
 }
+#: selfsup's methods with an EMA teacher, whose runs --eval-backbone teacher can read
+TEACHER_RECIPES = {"byol", "dino", "ijepa"}
 PROBED = {"mae", "ijepa"}  # kNN is weak by design on reconstruction / latent prediction
 LIGHTLY_BATCH = {"mae": 256, "ijepa": 256}
 K, T = 20, 0.07
@@ -334,8 +340,19 @@ def compress_schedule(model: pl.LightningModule, scale: float) -> None:
             model.hparams[key] = type(model.hparams[key])(model.hparams[key] * scale)
 
 
+def eval_features(eval_backbone: str | None) -> Callable[[Any], Callable]:
+    """What a selfsup run is evaluated on: the method's own choice
+    (``extract_features``: DINO's and I-JEPA's teacher, the others' student), or the
+    ``student``'s or the ``teacher``'s backbone, as ``selfsup probe --backbone`` loads it."""
+    if eval_backbone is None:
+        return lambda m: m.extract_features
+    attribute = {"student": "backbone", "teacher": "teacher_backbone"}[eval_backbone]
+    return lambda m: getattr(m, attribute)
+
+
 def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
-                 rev: str | None = None, sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+                 rev: str | None = None, sets: dict[str, str] | None = None,
+                 eval_backbone: str | None = None) -> dict[str, Any]:  # fmt: skip
     from selfsup.train.run import build_pretrain_cli
 
     rel = {**METHODS, **SMALL}[method][0]
@@ -363,7 +380,7 @@ def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: Qual
     return {
         "build": build, "precision": precision, "batch": batch, "config_epochs": epochs,
         "config": rel + (f" at {rev}" if rev else ""), "overrides": overrides,
-        "features": lambda m: m.extract_features, "mean": mean, "std": std,
+        "features": eval_features(eval_backbone), "mean": mean, "std": std,
     }  # fmt: skip
 
 
@@ -439,13 +456,17 @@ def lightly_side(method: str, seed: int, workers: int, data: dict,
     }  # fmt: skip
 
 
-def run_name(side: str, method: str, rev: str | None, sets: dict[str, str] | None = None) -> str:
+def run_name(side: str, method: str, rev: str | None, sets: dict[str, str] | None = None,
+             eval_backbone: str | None = None) -> str:
     """``selfsup/simclr``; ``selfsup/simclr@REV`` for its config as committed at REV;
-    ``selfsup/simclr[lars_clip=false]`` with options set (each named by its last part)."""
+    ``selfsup/simclr[lars_clip=false]`` with options set (each named by its last part);
+    ``selfsup/dino[backbone=student]`` evaluated on its student."""
     if side != "selfsup":
         return f"{side}/{method}"
-    settings = ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (sets or {}).items())
-    return f"{side}/{method}" + (f"@{rev}" if rev else "") + (f"[{settings}]" if sets else "")
+    settings = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in (sets or {}).items()]
+    settings += [f"backbone={eval_backbone}"] if eval_backbone else []
+    brackets = f"[{','.join(settings)}]" if settings else ""
+    return f"{side}/{method}" + (f"@{rev}" if rev else "") + brackets
 
 
 def check_sets(sets: list[str], names: list[str], rev: str | None) -> dict[str, str] | str:
@@ -471,13 +492,14 @@ def check_sets(sets: list[str], names: list[str], rev: str | None) -> dict[str, 
 def run(side: str, method: str, seed: int, budget_min: float, points: int, workers: int,
         data: dict, dataset: QualityData, tag: str | None = None,
         rev: str | None = None, matched_steps: int | None = None,
-        sets: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        sets: dict[str, str] | None = None,
+        eval_backbone: str | None = None) -> dict[str, Any]:  # fmt: skip
     """One run; ``matched_steps`` trains exactly that many steps (the budget's clock then
     places the marks but does not stop the run) instead of the calibrated count."""
     if side == "selfsup":
         # taken before training: the config as it was when the run read it
         fingerprint = {"config_sha": config_fingerprint(method, rev, sets)}
-        spec = selfsup_side(method, seed, workers, data, dataset, rev, sets)
+        spec = selfsup_side(method, seed, workers, data, dataset, rev, sets, eval_backbone)
     else:
         fingerprint, spec = {}, lightly_side(method, seed, workers, data, dataset)
     budget_s = budget_min * 60
@@ -488,7 +510,8 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         steps, how = max(1, int(budget_s / step_s)), f"{step_s:.2f} s/step"
     budget_epochs = steps * spec["batch"] / len(data["x_train"])
     scale = budget_epochs / spec["config_epochs"] if spec["config_epochs"] else 1.0
-    print(f"  {run_name(side, method, rev, sets)} seed {seed}: {how} -> {steps} steps "
+    name = run_name(side, method, rev, sets, eval_backbone if side == "selfsup" else None)
+    print(f"  {name} seed {seed}: {how} -> {steps} steps "
           f"({budget_epochs:.2f} epochs) in {budget_min} min", flush=True)  # fmt: skip
     module, loader, precision = spec["build"](scale, steps)
     probe = method in PROBED or dataset.probe_all
@@ -502,7 +525,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
     budget.point(trainer, module, final=True)
     images_per_s = trainer.global_step * spec["batch"] / budget.train_s
     return {
-        "run": run_name(side, method, rev, sets), "side": side, "method": method, "seed": seed,
+        "run": name, "side": side, "method": method, "seed": seed,
         "budget_min": budget_min, "config": spec["config"],
         "precision": str(trainer.precision),
         "batch": spec["batch"], "steps": trainer.global_step, "planned_steps": steps,
@@ -515,6 +538,7 @@ def run(side: str, method: str, seed: int, budget_min: float, points: int, worke
         **({"overrides": spec["overrides"]} if spec["overrides"] else {}),
         **({"config_rev": rev} if rev and side == "selfsup" else {}),
         **({"set": sets} if sets and side == "selfsup" else {}),
+        **({"eval_backbone": eval_backbone} if eval_backbone and side == "selfsup" else {}),
         **fingerprint,
         **({"matched_steps": True} if matched_steps else {}),
     }  # fmt: skip
@@ -655,6 +679,11 @@ def main() -> int:
                         "count a few calibration steps give (on a shared host their noise "
                         "gave the two sides of a before/after 20-30 %% different step "
                         "counts for the same step time)")  # fmt: skip
+    parser.add_argument("--eval-backbone", choices=["student", "teacher"], default=None,
+                        help="selfsup's runs are evaluated on this backbone rather than the "
+                        "method's own choice (DINO, I-JEPA: teacher), recorded as "
+                        "selfsup/dino[backbone=student]; with --match-steps beside the "
+                        "method's own run of the same seed and steps")  # fmt: skip
     parser.add_argument("--render", action="store_true", help="only redraw from the records")
     parser.add_argument("--force", action="store_true", help="rerun recorded runs")
     parser.add_argument("--limit-data", type=int, default=0,
@@ -698,13 +727,25 @@ def main() -> int:
             print(f"quality: {checked}", file=sys.stderr)
             return 2
         sets = checked
+    if args.eval_backbone and not any(n.startswith("selfsup/") for n in args.runs):
+        print("quality: --eval-backbone picks the backbone selfsup's runs are evaluated on, and "
+              "no selfsup/ run is given: add one to --runs (lightly's recipes read their "
+              "student)", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.eval_backbone == "teacher":
+        no_teacher = [n for n in args.runs if n.startswith("selfsup/")
+                      and {**METHODS, **SMALL}[n.split("/")[1]][1] not in TEACHER_RECIPES]  # fmt: skip
+        if no_teacher:
+            print(f"quality: {no_teacher[0]} has no teacher to evaluate: --eval-backbone teacher "
+                  f"is for {', '.join(sorted(TEACHER_RECIPES))}", file=sys.stderr)  # fmt: skip
+            return 2
     tag = args.tag or None
     records = load_records()
     matched: dict[tuple[str, int], int] = {}
     if args.match_steps:  # stops here, before the data loads, when there is nothing to match
-        if not (args.before or sets):
+        if not (args.before or sets or args.eval_backbone):
             print("quality: --match-steps matches a variant's runs to today's config's: add "
-                  "--before REV or --set KEY=VALUE", file=sys.stderr)  # fmt: skip
+                  "--before REV, --set KEY=VALUE or --eval-backbone", file=sys.stderr)  # fmt: skip
             return 2
         for name in (n for n in args.runs if n.startswith("selfsup/")):
             for seed in range(args.seeds):
@@ -728,7 +769,8 @@ def main() -> int:
     for seed in range(args.seeds):
         for name in args.runs:
             side, method = name.split("/")
-            key = (run_name(side, method, args.before, sets), seed, args.budget_min, tag)
+            key = (run_name(side, method, args.before, sets, args.eval_backbone), seed,
+                   args.budget_min, tag)  # fmt: skip
             recorded = [r for r in load_records() if _key(r) == key]
             if recorded and not args.force:
                 sha = recorded[0].get("config_sha")
@@ -742,7 +784,8 @@ def main() -> int:
                           "--force to replace the record", file=sys.stderr)  # fmt: skip
                 continue
             record = run(side, method, seed, args.budget_min, args.points, args.workers, data,
-                         dataset, tag, args.before, matched.get((name, seed)), sets)  # fmt: skip
+                         dataset, tag, args.before, matched.get((name, seed)), sets,
+                         args.eval_backbone)  # fmt: skip
             save_record(records, record)
             show(records, WANTED_SEEDS)
     show(load_records(), WANTED_SEEDS)

@@ -85,7 +85,8 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
     threads they ran with, where that is recorded but differs between runs. Runs of a
     variant get their own command: a config as committed at a revision
     (``selfsup/simclr@REV``) with ``--before REV``, options set
-    (``selfsup/simclr[lars_clip=false]``) with ``--set``."""
+    (``selfsup/simclr[lars_clip=false]``) with ``--set``, another backbone evaluated
+    (``selfsup/dino[backbone=student]``) with ``--eval-backbone``."""
     budget, tag = group_of(rs[0])
     seeds = max(len({r["seed"] for r in rs if r["run"] == run}) for run in {r["run"] for r in rs})
     parts = ["benchmarks/quality.py"] + (["--data", data] if data else [])
@@ -115,6 +116,8 @@ def command(rs: list[dict], order: list[str], data: str | None = None) -> str:
             if sets
             else []
         )
+        backbone = own[0].get("eval_backbone")
+        flags += ["--eval-backbone", backbone] if backbone else []
         flags += ["--match-steps"] if variant and all(r.get("matched_steps") for r in own) else []
         lines.append("`" + " ".join([*parts, *flags, "--runs", *by_variant[variant]]) + "`")
     line = ", ".join(lines)

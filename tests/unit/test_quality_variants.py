@@ -359,3 +359,53 @@ def test_batchnorm_statistics_of_the_data_are_its_activations_mean_and_variance(
                                rtol=1e-4, atol=1e-5)  # fmt: skip
     after = net.state_dict()  # the weights and affine parameters are left as they were
     assert all(torch.equal(after[k], v) for k, v in weights.items() if "num_batches" not in k)
+
+
+def test_an_eval_backbone_variant_reads_that_backbone_and_its_command_reruns_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import torch
+
+    from quality import eval_features, run_name
+    from selfsup.methods import DINO
+
+    assert run_name("selfsup", "dino", None, None, "student") == "selfsup/dino[backbone=student]"
+    assert run_name("selfsup", "dino", "abc", {"model.init_args.base_lr": "0.1"}, "student") == (
+        "selfsup/dino@abc[base_lr=0.1,backbone=student]")  # fmt: skip
+    assert run_name("lightly", "dino", None, None, "student") == "lightly/dino"
+    torch.manual_seed(0)
+    model = DINO(backbone="vit_tiny", backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 1},
+                 projection_hidden_dim=32, bottleneck_dim=16, out_dim=64).eval()  # fmt: skip
+    with torch.no_grad():  # the student moves away from its teacher, as in training
+        for p in model.backbone.parameters():
+            p.add_(torch.randn_like(p))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        student, teacher = model.backbone(x), model.teacher_backbone(x)
+        assert not torch.allclose(student, teacher)
+        assert torch.equal(eval_features(None)(model)(x), teacher)  # DINO's own choice
+        assert torch.equal(eval_features("teacher")(model)(x), teacher)
+        assert torch.equal(eval_features("student")(model)(x), student)
+    q = report()
+    name = "selfsup/dino[backbone=student]"
+    rs = [record("selfsup/dino", 0, 0.80, 96),
+          record(name, 0, 0.85, 96, eval_backbone="student", matched_steps=True)]  # fmt: skip
+    today, variant = q.command(rs, ["dino"]).split("`, `")
+    assert "--eval-backbone" not in today
+    assert variant.endswith("--eval-backbone student --match-steps --runs selfsup/dino`")
+    row = next(line for line in q.before_after(rs, ["dino"]) if line.startswith(f"| {name} |"))
+    assert row.startswith(f"| {name} | selfsup/dino | 80.0 (n=1) | 85.0 (n=1) | **-5.0**")
+
+
+def test_an_eval_backbone_a_run_lacks_stops_with_one_line(tmp_path):
+    records = tmp_path / "runs.json"
+    no_teacher = quality("--runs", "selfsup/simclr", "--eval-backbone", "teacher",
+                         "--records", str(records))  # fmt: skip
+    assert no_teacher.returncode == 2
+    assert no_teacher.stderr.strip() == (
+        "quality: selfsup/simclr has no teacher to evaluate: --eval-backbone teacher is for "
+        "byol, dino, ijepa"
+    )
+    lightly_only = quality("--runs", "lightly/dino", "--eval-backbone", "student",
+                           "--records", str(records))  # fmt: skip
+    assert lightly_only.returncode == 2 and "no selfsup/ run is given" in lightly_only.stderr
+    assert not records.exists()
