@@ -456,8 +456,13 @@ def lightly_side(method: str, seed: int, workers: int, data: dict,
     }  # fmt: skip
 
 
-def run_name(side: str, method: str, rev: str | None, sets: dict[str, str] | None = None,
-             eval_backbone: str | None = None) -> str:
+def run_name(
+    side: str,
+    method: str,
+    rev: str | None,
+    sets: dict[str, str] | None = None,
+    eval_backbone: str | None = None,
+) -> str:
     """``selfsup/simclr``; ``selfsup/simclr@REV`` for its config as committed at REV;
     ``selfsup/simclr[lars_clip=false]`` with options set (each named by its last part);
     ``selfsup/dino[backbone=student]`` evaluated on its student."""
