@@ -409,3 +409,15 @@ def test_an_eval_backbone_a_run_lacks_stops_with_one_line(tmp_path):
                            "--records", str(records))  # fmt: skip
     assert lightly_only.returncode == 2 and "no selfsup/ run is given" in lightly_only.stderr
     assert not records.exists()
+
+
+def test_seeds_count_within_one_machine_and_tag_not_across_them():
+    q = report()
+    rs = [record("selfsup/dino", 0, 0.8, 96), record("selfsup/dino", 1, 0.8, 96),
+          {**record("selfsup/mae", 0, 0.8, 500), "tag": "a"},
+          {**record("selfsup/mae", 1, 0.8, 500), "tag": "b"},
+          {**record("selfsup/mae", 1, 0.8, 500), "tag": "b", "budget_min": 30.0}]  # fmt: skip
+    assert q.seeds_in_one_group(rs, "selfsup/dino", 10.0) == 2
+    assert q.seeds_in_one_group(rs, "selfsup/mae", 10.0) == 1  # seed 0 and 1 on two tags
+    assert q.seeds_in_one_group(rs, "selfsup/mae", 30.0) == 1
+    assert q.seeds_in_one_group(rs, "selfsup/byol", 10.0) == 0
