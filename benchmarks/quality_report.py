@@ -40,6 +40,12 @@ def variant_of(run: str) -> tuple[str, str]:
     return run[:cut], run[cut:]
 
 
+def plot_name(run: str, limit: int = 44) -> str:
+    """``run`` as a figure labels it: a long list of ``--set`` options cut to ``limit``
+    characters, so that it does not run over the next panel (tables keep the whole name)."""
+    return run if len(run) <= limit else run[: limit - 2] + "…]"
+
+
 def mean_sd(values: list[float], scale: float = 100, digits: int = 1) -> str:
     if not values:
         return "-"
@@ -256,7 +262,7 @@ def plot_cifar(records: list[dict], reference: Group, order: list[str], figure: 
         ax.plot([p["minutes"] for p in r["curve"]], [p["knn"] * 100 for p in r["curve"]],
                 marker=markers[r["seed"] % len(markers)], color=colours[r["method"]],
                 linestyle="-" if r["side"] == "selfsup" else "--",
-                label=f"{r['run']} seed {r['seed']}")  # fmt: skip
+                label=f"{plot_name(r['run'])} seed {r['seed']}")  # fmt: skip
     draw_baselines(ax, records)
     ax.set_xlim(0, budget_min * 1.05)
     ax.set_xlabel("training minutes (2-core CPU)")
@@ -494,7 +500,7 @@ def plot_budgets(records: list[dict], reference: Group, groups: list[Group], ord
                 marker="os"[r["seed"] % 2], markersize=3 if faint else 5, color=colour,
                 markerfacecolor="white" if before else colour, alpha=0.35 if faint else 1.0,
                 linestyle=":" if faint else dashes[variant] if before else styles[group],
-                label=f"{r['run']} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
+                label=f"{plot_name(r['run'])} seed {r['seed']} ({_group_name(group)})")  # fmt: skip
     draw_baselines(ax, records)
     # a run with --match-steps may train past its budget: its last point stays in view
     ends = [r["curve"][-1]["minutes"] for r in records if r["side"] != "baseline"
@@ -730,7 +736,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
     if shown:
         left.set_ylim(min(shown) - 0.02, min(1.0, max(shown) + 0.01))
     left.set_xlim(-0.6, len(columns) - 0.4)
-    left.set_xticks(range(len(columns)), [n for n, _ in columns], rotation=45, ha="right",
+    left.set_xticks(range(len(columns)), [plot_name(n) for n, _ in columns], rotation=45, ha="right",
                     fontsize=7)  # fmt: skip
     left.set_ylabel("AUROC on the test split\n(pneumonia vs normal)")
     left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -745,7 +751,7 @@ def plot_pneumonia(records: list[dict], order: list[str], figure: Path) -> None:
                     marker="os"[r["seed"] % 2], color=colours.get(r["method"], "black"),
                     linestyle=(":" if variant_of(r["run"])[1] else "-")
                     if r["side"] == "selfsup" else "--", markersize=4,
-                    label=f"{r['run']} seed {r['seed']}")  # fmt: skip
+                    label=f"{plot_name(r['run'])} seed {r['seed']}")  # fmt: skip
         if raw:
             ax.axhline(statistics.mean(raw), color="grey", linewidth=1, linestyle=":",
                        label=f"kNN on raw pixels ({statistics.mean(raw):.3f})")  # fmt: skip

@@ -421,3 +421,11 @@ def test_seeds_count_within_one_machine_and_tag_not_across_them():
     assert q.seeds_in_one_group(rs, "selfsup/mae", 10.0) == 1  # seed 0 and 1 on two tags
     assert q.seeds_in_one_group(rs, "selfsup/mae", 30.0) == 1
     assert q.seeds_in_one_group(rs, "selfsup/byol", 10.0) == 0
+
+
+def test_a_long_variant_name_is_cut_in_figures_only():
+    q = report()
+    assert q.plot_name("selfsup/dino[backbone=student]") == "selfsup/dino[backbone=student]"
+    long = "selfsup/dino[optimizer=lars,base_lr=0.3,weight_decay=1e-6,backbone=student]"
+    assert len(q.plot_name(long)) == 44 and q.plot_name(long).endswith("…]")
+    assert q.plot_name(long).startswith("selfsup/dino[optimizer=lars,base_lr=0.3")
