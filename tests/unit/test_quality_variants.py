@@ -396,19 +396,27 @@ def test_an_eval_backbone_variant_reads_that_backbone_and_its_command_reruns_it(
     assert row.startswith(f"| {name} | selfsup/dino | 80.0 (n=1) | 85.0 (n=1) | **-5.0**")
 
 
+def refusal(*args: str) -> str:
+    """The one line ``quality.py args`` stops with (exit status 2)."""
+    result = quality(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def test_an_eval_backbone_a_run_lacks_stops_with_one_line(tmp_path):
-    records = tmp_path / "runs.json"
-    no_teacher = quality("--runs", "selfsup/simclr", "--eval-backbone", "teacher",
-                         "--records", str(records))  # fmt: skip
-    assert no_teacher.returncode == 2
-    assert no_teacher.stderr.strip() == (
+    records = str(tmp_path / "runs.json")
+    assert refusal(
+        "--runs", "selfsup/simclr", "--eval-backbone", "teacher", "--records", records
+    ) == (
         "quality: selfsup/simclr has no teacher to evaluate: --eval-backbone teacher is for "
         "byol, dino, ijepa"
     )
-    lightly_only = quality("--runs", "lightly/dino", "--eval-backbone", "student",
-                           "--records", str(records))  # fmt: skip
-    assert lightly_only.returncode == 2 and "no selfsup/ run is given" in lightly_only.stderr
-    assert not records.exists()
+    lightly_only = refusal(
+        "--runs", "lightly/dino", "--eval-backbone", "student", "--records", records
+    )
+    assert "no selfsup/ run is given" in lightly_only
+    assert not (tmp_path / "runs.json").exists()
 
 
 def test_seeds_count_within_one_machine_and_tag_not_across_them():
