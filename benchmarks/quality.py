@@ -136,8 +136,6 @@ SMALL = {
     f"{method}_small": (f"configs/{method}/resnet18_small.yaml", METHODS[method][1])
     for method in ("simclr", "triplet", "byol")
 }
-#: selfsup's methods with an EMA teacher, whose runs --eval-backbone teacher can read
-TEACHER_RECIPES = {"byol", "dino", "ijepa"}
 PROBED = {"mae", "ijepa"}  # kNN is weak by design on reconstruction / latent prediction
 LIGHTLY_BATCH = {"mae": 256, "ijepa": 256}
 K, T = 20, 0.07
@@ -341,13 +339,19 @@ def compress_schedule(model: pl.LightningModule, scale: float) -> None:
 
 
 def eval_features(eval_backbone: str | None) -> Callable[[Any], Callable]:
-    """What a selfsup run is evaluated on: the method's own choice
-    (``extract_features``: DINO's and I-JEPA's teacher, the others' student), or the
-    ``student``'s or the ``teacher``'s backbone, as ``selfsup probe --backbone`` loads it."""
-    if eval_backbone is None:
-        return lambda m: m.extract_features
-    attribute = {"student": "backbone", "teacher": "teacher_backbone"}[eval_backbone]
-    return lambda m: getattr(m, attribute)
+    """What a selfsup run is evaluated on: the method's own choice (DINO's and I-JEPA's
+    teacher, the others' student), or the ``student``'s or the ``teacher``'s backbone, as
+    ``selfsup probe --backbone`` loads it (``SelfSupervisedMethod.eval_module``)."""
+    return lambda m: m.eval_module(eval_backbone)
+
+
+def has_teacher(method: str, rev: str | None = None) -> bool:
+    """Whether ``method``'s config (at ``rev``) trains a method with an EMA teacher."""
+    from selfsup.methods import TeacherStudentMethod
+    from selfsup.methods.registry import method_class
+
+    class_path = yaml.safe_load(config_text(method, rev))["model"]["class_path"]
+    return issubclass(method_class(class_path), TeacherStudentMethod)
 
 
 def selfsup_side(method: str, seed: int, workers: int, data: dict, dataset: QualityData,
@@ -739,10 +743,11 @@ def main() -> int:
         return 2
     if args.eval_backbone == "teacher":
         no_teacher = [n for n in args.runs if n.startswith("selfsup/")
-                      and {**METHODS, **SMALL}[n.split("/")[1]][1] not in TEACHER_RECIPES]  # fmt: skip
+                      and not has_teacher(n.split("/")[1], args.before)]  # fmt: skip
         if no_teacher:
+            teachers = ", ".join(m for m in sorted(METHODS) if has_teacher(m))
             print(f"quality: {no_teacher[0]} has no teacher to evaluate: --eval-backbone teacher "
-                  f"is for {', '.join(sorted(TEACHER_RECIPES))}", file=sys.stderr)  # fmt: skip
+                  f"is for {teachers}", file=sys.stderr)  # fmt: skip
             return 2
     tag = args.tag or None
     records = load_records()

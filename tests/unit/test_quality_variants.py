@@ -437,3 +437,17 @@ def test_a_long_variant_name_is_cut_in_figures_only():
     long = "selfsup/dino[optimizer=lars,base_lr=0.3,weight_decay=1e-6,backbone=student]"
     assert len(q.plot_name(long)) == 44 and q.plot_name(long).endswith("…]")
     assert q.plot_name(long).startswith("selfsup/dino[optimizer=lars,base_lr=0.3")
+
+
+def test_a_method_without_a_teacher_refuses_to_be_read_on_one():
+    import pytest
+
+    from selfsup.errors import ConfigError
+    from selfsup.methods import SimCLR
+
+    model = SimCLR(
+        backbone="vit_tiny", backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 1}
+    )
+    assert model.eval_module("student") is model.backbone is model.eval_module()
+    with pytest.raises(ConfigError, match="SimCLR has no teacher"):
+        model.eval_module("teacher")

@@ -159,13 +159,22 @@ class SelfSupervisedMethod(pl.LightningModule):
             self.backbone.train()
 
     # -- features for evaluators and monitors --------------------------------------------
-    def eval_module(self) -> Backbone:
-        """The backbone evaluators read: the student's unless the method says teacher."""
-        return (
-            getattr(self, "teacher_backbone", self.backbone)
-            if self.eval_backbone == "teacher"
-            else self.backbone
-        )
+    def eval_module(self, which: Literal["student", "teacher"] | None = None) -> Backbone:
+        """The backbone evaluators read: ``which`` one, else the method's own choice (the
+        student's unless the method says teacher).
+
+        Raises:
+            ConfigError: ``which`` is ``teacher`` and the method has none.
+        """
+        if which is None:
+            return (
+                getattr(self, "teacher_backbone", self.backbone)
+                if self.eval_backbone == "teacher"
+                else self.backbone
+            )
+        if which == "teacher" and not hasattr(self, "teacher_backbone"):
+            raise ConfigError(f"{type(self).__name__} has no teacher: read its student.")
+        return self.teacher_backbone if which == "teacher" else self.backbone
 
     @torch.no_grad()
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
