@@ -1,6 +1,7 @@
 """DICOM through pydicom's own test files: pixel values against the standard's formulas
 computed by hand (and pydicom's modality LUT), every transfer syntax the same image,
-colour, frames, and what is skipped and why."""
+headless files (no preamble, no file meta) the same image, colour, frames, and what is
+skipped and why."""
 
 from __future__ import annotations
 
@@ -106,12 +107,110 @@ def test_files_without_the_preamble_read(tmp_path):
     assert torch.equal(read_dicom_frame(stripped, 0, Reading()), reference)
 
 
+def write_headless(source: Path, path: Path, implicit_vr: bool | None = None, **changes) -> Path:
+    """``source``'s data set alone, as old scanners and PACS exports write it: no preamble,
+    no file meta group; re-encoded as implicit VR little endian where ``implicit_vr``."""
+    ds = pydicom.dcmread(source)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    del ds.file_meta
+    ds.preamble = None
+    encoding = {"implicit_vr": True, "little_endian": True, "force_encoding": True}
+    pydicom.dcmwrite(path, ds, enforce_file_format=False, **(encoding if implicit_vr else {}))
+    return path
+
+
+def assert_headless(path: Path, encoding: tuple[bool, bool]) -> None:
+    """No ``DICM`` after a preamble and no group 0002: the data set's first element (the
+    lowest tag, as written in order) opens the file, and pydicom finds no meta."""
+    raw = path.read_bytes()
+    assert raw[128:132] != b"DICM"
+    assert int.from_bytes(raw[:2], "little" if encoding[1] else "big") == 0x0008
+    ds = pydicom.dcmread(path, force=True)
+    assert ds.original_encoding == encoding and len(ds.file_meta) == 0
+    assert not any(elem.tag.group == 0x0002 for elem in ds)
+
+
+@pytest.mark.parametrize(
+    "source,implicit_vr,encoding",
+    [("CT_small.dcm", False, (False, True)), ("CT_small.dcm", True, (True, True)),
+     ("MR_small.dcm", False, (False, True)), ("MR_small_implicit.dcm", False, (True, True)),
+     ("MR_small_bigendian.dcm", False, (False, False))],
+)  # fmt: skip
+def test_headless_files_read_as_their_originals(tmp_path, source, implicit_vr, encoding):
+    # Without a file meta group there is no transfer syntax; the data set's own encoding
+    # names it (pydicom refuses to decode the pixels without one).
+    headless = write_headless(FILES / source, tmp_path / "IM0001", implicit_vr)
+    assert_headless(headless, encoding)
+    reference = read_dicom_frame(FILES / source, 0, Reading())
+    assert torch.equal(read_dicom_frame(headless, 0, Reading()), reference)
+
+
+def test_pydicoms_no_meta_file_is_ct_small_cut_one_byte_early(tmp_path):
+    # pydicom's no_meta.dcm opens with the last byte of the meta group it was cut from
+    # ("CLUNIE1 "'s space), so its first "element" is (0820,0500) and pydicom reads one
+    # unknown element: no pixels, rightly skipped. From its second byte on it is CT_small's
+    # data set, headless, and reads as pydicom decodes it given the transfer syntax.
+    raw = (FILES / "no_meta.dcm").read_bytes()
+    ct = (FILES / "CT_small.dcm").read_bytes()
+    assert ct[-len(raw) :] == raw and raw[:1] == b" "
+    with pytest.raises(DicomUnreadable):
+        read_header(FILES / "no_meta.dcm")
+    headless = tmp_path / "no_meta.dcm"
+    headless.write_bytes(raw[1:])
+    assert_headless(headless, (False, True))
+    by_pydicom = pydicom.dcmread(headless, force=True)
+    by_pydicom.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    assert np.array_equal(read_header(headless).pixel_array, by_pydicom.pixel_array)
+    reference = read_dicom_frame(FILES / "CT_small.dcm", 0, Reading(window="lung"))
+    assert torch.equal(read_dicom_frame(headless, 0, Reading(window="lung")), reference)
+
+
+def test_a_folder_of_headless_files_skips_none(tmp_path):
+    (tmp_path / "no_meta.dcm").write_bytes((FILES / "no_meta.dcm").read_bytes()[1:])
+    write_headless(FILES / "MR_small.dcm", tmp_path / "IM0001", implicit_vr=True)
+    write_headless(FILES / "MR_small_bigendian.dcm", tmp_path / "IM0002")
+    ds = ImageFolderDataset(tmp_path, labelled=False)
+    images = [ds[i][0] for i in range(len(ds))]
+    assert len(images) == 3 and ds.skipped() == []
+    assert ds.summary()["dicom_files"] == 3 and ds.summary()["unreadable"] == 0
+
+
+def test_a_missing_photometric_interpretation_reads_as_monochrome2(tmp_path):
+    # One sample per pixel and no Photometric Interpretation (ACR-NEMA era files): the
+    # standard's default reading, where pydicom refuses to decode.
+    bare = write_headless(FILES / "MR_small.dcm", tmp_path / "bare", PhotometricInterpretation=None)
+    given = write_headless(FILES / "MR_small.dcm", tmp_path / "given",
+                           PhotometricInterpretation="MONOCHROME2")  # fmt: skip
+    by_pydicom = pydicom.dcmread(bare, force=True)
+    assert "PhotometricInterpretation" not in by_pydicom
+    by_pydicom.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    with pytest.raises(AttributeError, match="Photometric Interpretation"):
+        np.asarray(by_pydicom.pixel_array)
+    image = read_dicom_frame(bare, 0, Reading())
+    assert torch.equal(image, read_dicom_frame(given, 0, Reading()))
+    assert torch.equal(image, read_dicom_frame(FILES / "MR_small.dcm", 0, Reading()))
+
+
 def test_undecodable_and_non_image_objects_say_why():
     with pytest.raises(DicomUnreadable, match="JPEG Extended"):
         read_dicom_frame(FILES / "JPEG-lossy.dcm", 0, Reading())  # 12-bit lossy JPEG
     for name, modality in (("rtdose.dcm", "RTDOSE"), ("liver_1frame.dcm", "SEG")):
         with pytest.raises(NotAnImage, match=modality):
             read_header(FILES / name)
+
+
+def test_a_file_cut_inside_its_compressed_pixels_is_unreadable_not_an_object(tmp_path):
+    # pydicom drops every element it had read when encapsulated pixel data runs past the
+    # end of the file, leaving only the file meta's SOP class: a broken image, not a
+    # "Multi-frame Image Storage without pixel data".
+    cut = tmp_path / "us.dcm"
+    cut.write_bytes((FILES / "examples_ybr_color.dcm").read_bytes()[:-100])
+    with pytest.raises(DicomUnreadable, match="truncated"):
+        read_header(cut)
 
 
 @pytest.fixture

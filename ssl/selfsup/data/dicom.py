@@ -15,7 +15,9 @@ pydicom decodes compressed transfer syntaxes with the installed plugins (pylibjp
 with libjpeg and openjpeg: JPEG baseline/extended/lossless, JPEG 2000, RLE); a syntax
 no plugin decodes raises :class:`DicomUnreadable` naming the syntax, which the
 datasets report like a broken file. Objects without images (RTSTRUCT, SR, SEG,
-presentation states, ...) raise :class:`NotAnImage` and are skipped and counted.
+presentation states, ...) raise :class:`NotAnImage` and are skipped and counted. Files
+written without the preamble and file meta group (old scanners, PACS exports) read
+too: their transfer syntax is the one the data set is encoded in.
 
 Own code: only the normalisation of a window's output to [0, 1]; pydicom's
 ``apply_windowing`` / ``apply_voi`` return values in the output range the standard
@@ -64,7 +66,8 @@ def could_be_dicom(path: Path) -> bool:
 
 def read_header(path: str | Path) -> Any:
     """The dataset without its pixel values (deferred): frame count, modality, window.
-    Files without the 128-byte preamble read too (``force``)."""
+    Files without the 128-byte preamble or without a file meta group read too
+    (``force``; see :func:`complete_for_decoding` for what such a file lacks)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -72,6 +75,9 @@ def read_header(path: str | Path) -> Any:
         ds = pydicom.dcmread(str(path), force=True, defer_size="1 KB")
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as e:
         raise DicomUnreadable(f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+    if len(ds) == 0:  # pydicom drops every element read so far when the file ends early
+        raise DicomUnreadable("no data set elements read: the file is truncated or not DICOM")
+    complete_for_decoding(ds)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         meta = getattr(ds, "file_meta", None)
         sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
@@ -83,6 +89,34 @@ def read_header(path: str | Path) -> Any:
     if modality in NON_IMAGE_MODALITIES:
         raise NotAnImage(f"{modality} object, not an image")
     return ds
+
+
+def complete_for_decoding(ds: Any) -> None:
+    """Fill in, in place, what pydicom's pixel decoding needs and a headless file lacks.
+
+    Old scanners and PACS exports write the data set alone: no preamble and no file
+    meta group, so no Transfer Syntax UID, without which pydicom refuses to decode the
+    pixels. Such a file can only be uncompressed (an encapsulated syntax cannot be told
+    from the bytes), and pydicom's forced read has already found how the elements were
+    encoded (``original_encoding``: implicit VR or not, little endian or not), which
+    names the syntax. A missing Photometric Interpretation with one sample per pixel is
+    MONOCHROME2, the reading the standard gives such images (ACR-NEMA files lack it)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        syntax = {
+            (True, True): ImplicitVRLittleEndian,
+            (False, True): ExplicitVRLittleEndian,
+            (False, False): ExplicitVRBigEndian,
+        }.get(tuple(ds.original_encoding))  # implicit big endian is no syntax: left unset
+        if syntax is not None:
+            if meta is None:
+                ds.file_meta = meta = FileMetaDataset()
+            meta.TransferSyntaxUID = syntax
+    if "PhotometricInterpretation" not in ds and int(ds.get("SamplesPerPixel", 1) or 1) == 1:
+        ds.PhotometricInterpretation = "MONOCHROME2"
 
 
 def frame_count(ds: Any) -> int:
