@@ -105,9 +105,12 @@ class ImageFiles(Labelled, Dataset):
 
     def summary(self) -> dict[str, object]:
         """What the files hold: readable images (so far), DICOM files and frames, and how
-        many files are skipped."""
-        good = [(f, frame) for i, (f, frame) in enumerate(zip(self.files, self.frames, strict=True))
-                if not self.bad[i]]  # fmt: skip
+        many files are skipped. A file found unreadable counts as that alone, with every
+        frame of it: its frames are one decode, so one that fails says the rest will, and
+        the counts then agree with :meth:`skipped`."""
+        broken = set(self.skipped())
+        good = [(f, frame) for f, frame in zip(self.files, self.frames, strict=True)
+                if str(f) not in broken]  # fmt: skip
         dicom = [f for f, frame in good if frame is not None]
         return {
             "images": len(good),

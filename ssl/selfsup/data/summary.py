@@ -21,14 +21,18 @@ def base_dataset(ds: Dataset) -> Dataset:
 
 def describe(ds: Dataset, samples: int = 16) -> dict[str, Any]:
     """A dict of what ``ds`` holds; ``samples`` evenly spaced images are read for their
-    shapes, dtype and value range (as the model will see them: after the window)."""
+    shapes, dtype and value range (as the model will see them: after the window).
+
+    The counts and the lists of skipped files say the same: both are what is known once
+    the samples are read (a file whose header reads but whose pixels do not is found
+    only when read; ``scan()``, which ``--data.strict`` runs, reads every file)."""
     base = base_dataset(ds)
     info: dict[str, Any] = {"source": getattr(base, "source", ""), "reader": type(base).__name__,
                             "items": len(ds)}  # fmt: skip
-    if hasattr(base, "summary"):
-        info.update(base.summary())
     picks = np.unique(np.linspace(0, len(ds) - 1, min(samples, len(ds))).round().astype(int))
     images = [torch.as_tensor(ds[int(i)][0]) for i in picks]
+    if hasattr(base, "summary"):  # after the reads, which may find more files unreadable
+        info.update(base.summary())
     info["sample_shapes"] = dict(Counter("x".join(map(str, im.shape)) for im in images))
     info["sample_dtype"] = str(images[0].dtype).replace("torch.", "")
     scale = 255.0 if images[0].dtype == torch.uint8 else 1.0

@@ -15,8 +15,8 @@ from selfsup.data.summary import base_dataset
 def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> dict:
     """``n`` images of ``ds`` (a seeded random choice, in index order) as one PNG grid,
     4 per row, each titled with its index and label (multi-label: its findings, joined
-    by ``|``); returns the PNG's path and the
-    indices shown."""
+    by ``|``); returns the path written (``out``, with ``.png`` added where it has no
+    suffix matplotlib writes) and the indices shown."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,6 +48,10 @@ def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> d
         ax.set_title(f"#{i} {name}".strip(), fontsize=8)
     fig.tight_layout()
     out = Path(out)
+    if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+        # matplotlib would append .png to a bare NAME unseen (the path reported then
+        # names no file) and refuse run.v2; added here, both are the PNG reported
+        out = out.with_name(out.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
