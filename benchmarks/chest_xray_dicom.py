@@ -117,7 +117,7 @@ def main() -> None:
             "--knn_monitor.every_n_epochs", "0", "--trainer.default_root_dir", str(run))  # fmt: skip
     results = {}
     for name, data in (("dicom manifest", manifest), ("npz", npz)):
-        results[name] = selfsup("probe", "--ckpt", str(run), "--data", str(data), "--no-cache",
+        results[name] = selfsup("probe", "--ckpt", str(run), "--data.path", str(data), "--cache", "false",
                                 "--out", str(out / f"probe-{name.split()[0]}"))  # fmt: skip
     for name, r in results.items():
         print(

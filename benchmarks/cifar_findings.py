@@ -74,8 +74,8 @@ def main() -> None:
                     "--trainer.max_steps", str(args.steps), "--trainer.precision", "bf16-mixed",
                     "--knn_monitor.every_n_epochs", "0", "--trainer.default_root_dir", str(run))  # fmt: skip
         ckpt = str(run)
-    knn = selfsup("knn", "--ckpt", ckpt, "--data", str(data), "--out", str(out / "knn"))
-    probe = selfsup("probe", "--ckpt", ckpt, "--data", str(data), "--out", str(out / "probe"))
+    knn = selfsup("knn", "--ckpt", ckpt, "--data.path", str(data), "--out", str(out / "knn"))
+    probe = selfsup("probe", "--ckpt", ckpt, "--data.path", str(data), "--out", str(out / "probe"))
     assert knn is not None and probe is not None
     names = list(probe["auroc"])
     lines = [

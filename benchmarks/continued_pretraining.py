@@ -73,7 +73,7 @@ def main() -> None:
         ours = load_backbone(simclr).backbone(x)
     timm_diff = float((torch.load(out / "y.pt") - ours).abs().max())
 
-    export_knn, _ = selfsup("knn", "--ckpt", str(simclr), "--data", str(PNEUMONIA), "--k", "20",
+    export_knn, _ = selfsup("knn", "--ckpt", str(simclr), "--data.path", str(PNEUMONIA), "--k", "[20]",
                             "--out", str(out / "knn-export"))  # fmt: skip
     common = ["--config", str(REPO / "configs/dino/vit_tiny_cifar.yaml"), "--data.path", str(PNEUMONIA),
               "--data.channels", "1", "--data.batch_size", "64", "--model.init_args.backbone_kwargs",
@@ -113,7 +113,7 @@ def main() -> None:
     init = next(float(r["val/knn_top1_init"]) for r in rows if r.get("val/knn_top1_init"))
     curve = [(int(r["step"]), float(r["val/knn_top1"])) for r in rows if r.get("val/knn_top1")]
     final_knn, _ = selfsup(
-        "knn", "--ckpt", str(dino), "--data", str(PNEUMONIA), "--out", str(out / "knn-dino")
+        "knn", "--ckpt", str(dino), "--data.path", str(PNEUMONIA), "--out", str(out / "knn-dino")
     )
 
     lines = "\n".join(f"    {ln}" for ln in init_lines)

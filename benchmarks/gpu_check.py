@@ -148,7 +148,7 @@ def check(args: argparse.Namespace, n_train: int, test_images: np.ndarray) -> No
         for run in results["runs"]:
             if "run_dir" not in run or late():
                 continue
-            result, seconds = selfsup(task, "--ckpt", run["run_dir"], "--data", str(args.data),
+            result, seconds = selfsup(task, "--ckpt", run["run_dir"], "--data.path", str(args.data),
                                       *extra)  # fmt: skip
             run[task] = result["top1"] if result else None
             run[f"{task}_s"] = seconds

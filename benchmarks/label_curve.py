@@ -8,7 +8,7 @@ same method and architecture built afresh from the run's own hyperparameters (se
 the run's metadata (normalisation, image size), so the two differ in their weights only.
 Both go through
 
-    selfsup probe --ckpt CKPT --data pneumoniamnist.npz --label_fraction 0.01 0.1 1.0
+    selfsup probe --ckpt CKPT --data.path pneumoniamnist.npz --label_fraction [0.01,0.1,1.0]
         --label_seeds 3
 
 and ``selfsup summary`` draws both curves in one PNG (benchmarks/label_curve.png). The
@@ -76,8 +76,8 @@ def main() -> None:
     dirs = []
     for name, ckpt in (("simclr", trained), ("random-init", rand)):
         d = out / "curves" / name
-        selfsup("probe", "--ckpt", str(ckpt), "--data", str(PNEUMONIA), "--out", str(d),
-                "--label_fraction", *fractions, "--label_seeds", str(args.seeds))  # fmt: skip
+        selfsup("probe", "--ckpt", str(ckpt), "--data.path", str(PNEUMONIA), "--out", str(d),
+                "--label_fraction", f"[{','.join(fractions)}]", "--label_seeds", str(args.seeds))  # fmt: skip
         dirs.append(d)
     proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "summary", *map(str, dirs),
                            "--out", str(out / "curves" / "summary.csv"), "--curve_metric", "auroc"],

@@ -16,20 +16,22 @@ USAGE = """usage: selfsup <command> [options]
 
 commands:
   pretrain     pretrain a backbone from a YAML config (selfsup pretrain --config FILE [--key value ...])
-  knn          weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data DATA)
-  probe        linear probe on frozen features (selfsup probe --ckpt CKPT --data DATA)
-  finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data DATA)
+  knn          weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data.path DATA)
+  probe        linear probe on frozen features (selfsup probe --ckpt CKPT --data.path DATA)
+  finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data.path DATA)
   export       write the backbone as .safetensors, or a timm hub folder (--format timm-hub --out DIR)
   reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
   attention    ViT attention maps of images (selfsup attention --ckpt CKPT --image IMG... --out DIR)
-  embed        2-D plot of test features by label (selfsup embed --ckpt CKPT --data DATA --out P.png)
-  launch       submit a SLURM job: launch pretrain --config FILE --nodes N --gpus-per-node G ...
-               or an array of probes: launch probe --ckpt CKPT [CKPT ...] --data DATA ...
+  embed        2-D plot of test features by label (selfsup embed --ckpt CKPT --data.path DATA)
+  launch       submit a SLURM job: launch pretrain --nodes N --gpus_per_node G ... -- --config FILE
+               or an array of probes: launch probe --ckpt [CKPT,...] --data.path DATA ...
   summary      one table of the metrics.json files under sweep directories (selfsup summary DIR)
-  data         what selfsup reads from DATA, and a preview grid (selfsup data inspect --data DATA)
+  data         what selfsup reads from DATA, and a preview grid (selfsup data inspect --data.path DATA)
 
-Run 'selfsup <command> --help' for a command's options; every command but launch
-also takes --config FILE (a YAML of its options) and --print_config.
+Run 'selfsup <command> --help' for a command's options. One grammar everywhere:
+--name value (underscores), --data.path/--data.window/... for the data, --config FILE
+(a YAML of the options), --print_config; yes/no options take a value (--augment true),
+lists one value in brackets (--k [20,200]).
 """
 
 #: command -> (module in selfsup.commands, function, how it takes its arguments).
@@ -57,7 +59,7 @@ def run(command: str, argv: list[str]) -> int:
         return fn(argv)
     from selfsup.commands.options import run_with_options
 
-    special = {"summary": {"positional": "dirs"}, "finetune": {"defaults": {"batch_size": 64}}}
+    special = {"summary": {"positional": "dirs"}, "finetune": {"defaults": {"data.batch_size": 64}}}
     return run_with_options(f"selfsup {command}", fn, argv, **special.get(command, {}))
 
 

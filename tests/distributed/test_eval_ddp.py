@@ -20,8 +20,8 @@ def evaluate(capsys):
     splits in two); the one JSON line it prints."""
 
     def run(task: str, ckpt, data, devices: int, *extra: str) -> dict:
-        argv = [task, "--ckpt", str(ckpt), "--data", str(data), "--devices", str(devices),
-                "--accelerator", "cpu", "--num-workers", "0", "--batch-size", "16", *extra]  # fmt: skip
+        argv = [task, "--ckpt", str(ckpt), "--data.path", str(data), "--devices", str(devices),
+                "--accelerator", "cpu", "--data.num_workers", "0", "--data.batch_size", "16", *extra]  # fmt: skip
         if devices == 1:
             capsys.readouterr()
             threads = torch.get_num_threads()
@@ -53,12 +53,12 @@ def test_one_and_two_processes_give_the_same_knn_and_probe(evaluate, tiny_npz, t
     torch.save({"state_dict": model.state_dict(), "selfsup": meta}, ckpt)
     # 96 train / 48 test images: with 2 processes and batches of 16 a DistributedSampler
     # would pad; every image must still count exactly once.
-    one = evaluate("knn", ckpt, tiny_npz, 1, "--no-cache")
-    two = evaluate("knn", ckpt, tiny_npz, 2, "--no-cache")
+    one = evaluate("knn", ckpt, tiny_npz, 1, "--cache", "false")
+    two = evaluate("knn", ckpt, tiny_npz, 2, "--cache", "false")
     assert (one["n_train"], one["n_test"]) == (two["n_train"], two["n_test"]) == (96, 48)
     assert one["top1"] == two["top1"] and one["top1_k200"] == two["top1_k200"]
     probe_args = ("--epochs", "5", "--out", str(tmp_path / "probe"))
-    p1 = evaluate("probe", ckpt, tiny_npz, 1, "--no-cache", *probe_args)
+    p1 = evaluate("probe", ckpt, tiny_npz, 1, "--cache", "false", *probe_args)
     p2 = evaluate("probe", ckpt, tiny_npz, 2, *probe_args)  # fills the cache
     p3 = evaluate("probe", ckpt, tiny_npz, 1, *probe_args)  # reads it
     assert p1["n_train"] + p1["n_val"] == 96 and p1["n_test"] == 48
@@ -69,7 +69,7 @@ def test_one_and_two_processes_give_the_same_knn_and_probe(evaluate, tiny_npz, t
     assert len(list((tmp_path / "selfsup-cache" / "features").glob("*.pt"))) == 2  # train, test
     # --augment: every process embeds its part of each batch and takes the same head
     # steps; the views are seeded per image, so the result does not depend on the count.
-    aug = ("--augment", "--epochs", "2", "--out", str(tmp_path / "aug"))
+    aug = ("--augment", "true", "--epochs", "2", "--out", str(tmp_path / "aug"))
     a1 = evaluate("probe", ckpt, tiny_npz, 1, *aug)
     a2 = evaluate("probe", ckpt, tiny_npz, 2, *aug)
     assert a1["augment"] and a1["n_train"] == p1["n_train"]
@@ -98,8 +98,12 @@ def test_one_and_two_processes_give_the_same_multilabel_figures(evaluate, tmp_pa
     np.savez(data, x_train=x_train, y_train=findings(c_train), x_test=x_test,
              y_test=findings(c_test), groups_train=np.arange(75) // 3)  # fmt: skip
     for task, extra in (("knn", ()), ("probe", ("--epochs", "3"))):
-        one = evaluate(task, ckpt, data, 1, "--no-cache", "--out", str(tmp_path / task), *extra)
-        two = evaluate(task, ckpt, data, 2, "--no-cache", "--out", str(tmp_path / task), *extra)
+        one = evaluate(
+            task, ckpt, data, 1, "--cache", "false", "--out", str(tmp_path / task), *extra
+        )
+        two = evaluate(
+            task, ckpt, data, 2, "--cache", "false", "--out", str(tmp_path / task), *extra
+        )
         assert one["headline"]["metric"] == "macro_auroc" and one["n_test"] == two["n_test"] == 37
         for key in ("auroc", "average_precision", "macro_auroc", "micro_auroc", "mAP"):
             assert one[key] == two[key], key

@@ -40,7 +40,7 @@ def test_two_process_pretraining_writes_one_run_and_its_checkpoint(tiny_npz, tmp
             str(run),
             "--data",
             str(tiny_npz),
-            "--num-workers",
+            "--data.num_workers",
             "0",
         ],
         cwd=tmp_path,

@@ -114,7 +114,18 @@ def test_knn_prints_json_last(simclr_run, tiny_npz, capsys):
                 for k in (20, 96)}  # fmt: skip
     for ckpt in (simclr_run, simclr_run / "checkpoints" / "last.ckpt"):
         assert (
-            main(["knn", "--ckpt", str(ckpt), "--data", str(tiny_npz), "--num-workers", "0"]) == 0
+            main(
+                [
+                    "knn",
+                    "--ckpt",
+                    str(ckpt),
+                    "--data.path",
+                    str(tiny_npz),
+                    "--data.num_workers",
+                    "0",
+                ]
+            )
+            == 0
         )
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["task"] == "knn" and result["k"] == 20
@@ -251,7 +262,7 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
     # DINO and I-JEPA evaluate their teacher (target encoder), as their papers do.
     evaluated = "teacher" if any(m in config for m in ("dino", "ijepa")) else "student"
     assert ckpt["selfsup"]["eval_backbone"] == evaluated
-    knn = ["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--num-workers", "0"]
+    knn = ["knn", "--ckpt", str(run), "--data.path", str(tiny_npz), "--data.num_workers", "0"]
     capsys.readouterr()
     assert main(knn) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -261,7 +272,7 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
         assert main([*knn, "--backbone", other]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == other
     if "dino/vit" in config:  # DINO's linear evaluation features: CLS of the last blocks + patches
-        probe = ["probe", "--ckpt", str(run), "--data", str(tiny_npz), "--num-workers", "0",
+        probe = ["probe", "--ckpt", str(run), "--data.path", str(tiny_npz), "--data.num_workers", "0",
                  "--epochs", "2", "--last-blocks", "2", "--avgpool-patches"]  # fmt: skip
         assert main(probe) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -305,8 +316,8 @@ def test_finetune_and_probe_print_top1_and_write_their_metrics(
 ):
     capsys.readouterr()
     out = tmp_path / "ft"
-    argv = ["finetune", "--ckpt", str(simclr_run), "--data", str(tiny_npz), "--epochs", "1",
-            "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "--out", str(out)]  # fmt: skip
+    argv = ["finetune", "--ckpt", str(simclr_run), "--data.path", str(tiny_npz), "--epochs", "1",
+            "--data.batch_size", "16", "--data.num_workers", "0", "--accelerator", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "finetune" and result["n_test"] == 48
@@ -315,8 +326,8 @@ def test_finetune_and_probe_print_top1_and_write_their_metrics(
     assert confusion.sum() == 48
     assert result["top1"] == pytest.approx(np.trace(confusion) / 48)
     assert (out / "confusion_matrix.png").is_file()
-    argv = ["probe", "--ckpt", str(simclr_run), "--data", str(tiny_npz), "--epochs", "5",
-            "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
+    argv = ["probe", "--ckpt", str(simclr_run), "--data.path", str(tiny_npz), "--epochs", "5",
+            "--data.num_workers", "0", "--accelerator", "cpu"]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "probe" and result["n_train"] + result["n_val"] == 96

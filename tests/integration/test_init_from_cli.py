@@ -60,7 +60,10 @@ def test_pretrain_from_released_weights_says_the_adaptations(released, tiny_npz,
     record = ckpt["selfsup"]["init_from"]
     assert record["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
     assert record["source"] == str(released) and record["not_loaded"] == 0
-    assert main(["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--num_workers", "0"]) == 0
+    assert (
+        main(["knn", "--ckpt", str(run), "--data.path", str(tiny_npz), "--data.num_workers", "0"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["init_from"]["sha256"] == record["sha256"]  # the evaluator says where it began
 

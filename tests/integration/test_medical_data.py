@@ -97,8 +97,8 @@ def test_data_inspect_prints_the_summary_and_writes_the_grid(dicom_tree, volumes
     for data, expect in ((dicom_tree, {"dicom_files": 6, "not_images": 1, "unreadable": 1}),
                          (volumes, {"volumes": 4, "items": 32})):  # fmt: skip
         out = tmp_path / f"{data.name}.png"
-        assert main(["data", "inspect", "--data", str(data), "--out", str(out),
-                     "--window", "percentile"]) == 0  # fmt: skip
+        assert main(["data", "inspect", "--data.path", str(data), "--out", str(out),
+                     "--data.window", "percentile"]) == 0  # fmt: skip
         info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert all(info[k] == v for k, v in expect.items()), info
         assert 0.0 <= info["sample_range"][0] < info["sample_range"][1] <= 1.0
@@ -127,8 +127,8 @@ def test_chest_xrays_give_the_same_probe_from_dicom_as_from_the_npz(chest_xrays,
     for data in (manifest, npz):
         for task in ("knn", "probe"):
             extra = ["--epochs", "10"] if task == "probe" else []
-            assert main([task, "--ckpt", str(run), "--data", str(data), "--num_workers", "0",
-                         "--no-cache", "--out", str(tmp_path / f"{task}-{data.suffix}"), *extra]) == 0  # fmt: skip
+            assert main([task, "--ckpt", str(run), "--data.path", str(data), "--data.num_workers", "0",
+                         "--cache", "false", "--out", str(tmp_path / f"{task}-{data.suffix}"), *extra]) == 0  # fmt: skip
             results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
     dicom_knn, dicom_probe, npz_knn, npz_probe = results
     for a, b in ((dicom_knn, npz_knn), (dicom_probe, npz_probe)):

@@ -48,21 +48,21 @@ def multilabel_npz(tmp_path_factory) -> Path:
 
 
 def run(capsys, *args: str) -> tuple[int, dict | None, str]:
-    code = main([*args, "--num_workers", "0", "--batch_size", "32"])
+    code = main([*args, "--data.num_workers", "0", "--data.batch_size", "32"])
     captured = capsys.readouterr()
     lines = [ln for ln in captured.out.splitlines() if ln.startswith("{")]
     return code, json.loads(lines[-1]) if lines else None, captured.err
 
 
 def test_probe_and_knn_report_every_finding(ckpt, multilabel_npz, tmp_path, capsys):
-    code, knn, _ = run(capsys, "knn", "--ckpt", str(ckpt), "--data", str(multilabel_npz),
-                       "--out", str(tmp_path / "knn"), "--k", "5", "20")  # fmt: skip
+    code, knn, _ = run(capsys, "knn", "--ckpt", str(ckpt), "--data.path", str(multilabel_npz),
+                       "--out", str(tmp_path / "knn"), "--k", "[5,20]")  # fmt: skip
     assert code == 0 and knn["headline"]["metric"] == "macro_auroc"
     assert set(knn["auroc"]) == set(knn["average_precision"]) == set(FINDINGS)
     assert knn["macro_auroc"] == pytest.approx(np.mean(list(knn["auroc"].values())))
     assert "macro_auroc_k20" in knn and "top1" not in knn
     assert set(knn["prevalence"]) == {"train", "test"}
-    code, probe, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data", str(multilabel_npz),
+    code, probe, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data.path", str(multilabel_npz),
                          "--out", str(tmp_path / "probe"), "--epochs", "20")  # fmt: skip
     assert code == 0 and probe["headline"] == {"metric": "macro_auroc",
                                                "value": probe["macro_auroc"]}  # fmt: skip
@@ -107,19 +107,19 @@ def write_manifest(root: Path, patients_of_test: list[str]) -> Path:
 def test_patients_on_both_sides_are_refused_and_confined_ones_evaluated(ckpt, tmp_path, capsys):
     (tmp_path / "spread").mkdir()
     spread = write_manifest(tmp_path / "spread", ["p3", "p7", "q1", "q2"])
-    code, result, err = run(capsys, "probe", "--ckpt", str(ckpt), "--data", str(spread),
+    code, result, err = run(capsys, "probe", "--ckpt", str(ckpt), "--data.path", str(spread),
                             "--epochs", "2", "--out", str(tmp_path / "spread-out"))  # fmt: skip
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and result is None and len(lines) == 1
     assert "2 group(s)" in lines[0] and "p3, p7" in lines[0] and "--allow_group_overlap" in lines[0]
     assert "Traceback" not in err and not (tmp_path / "spread-out").exists()
-    code, result, err = run(capsys, "knn", "--ckpt", str(ckpt), "--data", str(spread),
-                            "--allow_group_overlap", "--out", str(tmp_path / "k"))  # fmt: skip
+    code, result, err = run(capsys, "knn", "--ckpt", str(ckpt), "--data.path", str(spread),
+                            "--allow_group_overlap", "true", "--out", str(tmp_path / "k"))  # fmt: skip
     assert code == 0 and result["group_overlap"] == {"shared_groups": 2, "allowed": True}
     assert any("evaluated anyway" in w for w in result["warnings"])
     (tmp_path / "confined").mkdir()
     confined = write_manifest(tmp_path / "confined", ["q1", "q2", "q3"])
-    code, result, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data", str(confined),
+    code, result, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data.path", str(confined),
                           "--epochs", "2", "--val_fraction", "0.25",
                           "--out", str(tmp_path / "confined-out"))  # fmt: skip
     assert code == 0 and result["headline"]["metric"] == "macro_auroc"
@@ -139,8 +139,8 @@ def test_label_fractions_give_a_curve_and_summary_draws_several(ckpt, tmp_path, 
     dirs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        code, result, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data", str(path),
-                              "--epochs", "3", "--label-fraction", "0.05", "0.5", "1.0",
+        code, result, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data.path", str(path),
+                              "--epochs", "3", "--label_fraction", "[0.05,0.5,1.0]",
                               "--label-seeds", "2", "--seed", str(ord(name)),
                               "--out", str(out))  # fmt: skip
         assert code == 0 and [r["fraction"] for r in result["label_curve"]] == [0.05, 0.5, 1.0]
@@ -158,7 +158,7 @@ def test_label_fractions_give_a_curve_and_summary_draws_several(ckpt, tmp_path, 
 def test_finetune_trains_findings_with_bce_on_a_label_fraction(ckpt, multilabel_npz, tmp_path,
                                                                capsys):  # fmt: skip
     code, result, err = run(capsys, "finetune", "--ckpt", str(ckpt), "--data",
-                            str(multilabel_npz), "--epochs", "1", "--label-fraction", "0.5",
+                            str(multilabel_npz), "--epochs", "1", "--label_fraction", "[0.5]",
                             "1.0", "--out", str(tmp_path / "ft"))  # fmt: skip
     assert code == 0, err
     assert [r["fraction"] for r in result["label_curve"]] == [0.5, 1.0]

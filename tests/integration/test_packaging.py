@@ -86,8 +86,8 @@ def test_wheel_in_a_fresh_venv_runs_and_renders_packaged_templates(tmp_path):
     selfsup = fresh / "bin" / "selfsup"
     assert "launch" in run(selfsup, "--help", cwd=elsewhere, env=env).stdout
     config = REPO / "configs" / "simclr" / "resnet18_cifar.yaml"
-    proc = run(selfsup, "launch", "pretrain", "--config", config, "--nodes", "2",
-               "--gpus-per-node", "4", "--time", "01:00:00", "--dry-run", cwd=elsewhere,
+    proc = run(selfsup, "launch", "pretrain", "--nodes", "2", "--gpus_per_node", "4",
+               "--time", "01:00:00", "--dry_run", "true", "--", "--config", config, cwd=elsewhere,
                env=env)  # fmt: skip
     script = proc.stdout.splitlines()
     for line in ("#!/bin/bash", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",

@@ -39,8 +39,8 @@ def test_dino_run_logs_attention_to_offline_wandb_then_attention_and_embed(
     assert (out / "square" / "mean.png").is_file() and (out / "overview.png").is_file()
 
     plot = tmp_path / "embed.png"
-    assert main(["embed", "--ckpt", str(run), "--data", str(tiny_npz), "--out", str(plot),
-                 "--num-workers", "0"]) == 0  # fmt: skip
+    assert main(["embed", "--ckpt", str(run), "--data.path", str(tiny_npz), "--out", str(plot),
+                 "--data.num_workers", "0"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n_points"] == 48 and result["n_classes"] == 4 and plot.is_file()
 

@@ -76,9 +76,9 @@ def test_image_folder_with_5_percent_broken_files_trains_and_reports(tmp_path, c
     assert ckpt["global_step"] == 2 * (60 // 16) and ckpt["epoch"] == 1  # full batches, to the end
     # Evaluation leaves the broken files out (features and labels) instead of counting the
     # images that stand in for them: 57 training images, and the JSON names the 3 files.
-    for task, extra in (("knn", ["--k", "20"]), ("probe", ["--epochs", "2"]),
+    for task, extra in (("knn", ["--k", "[20]"]), ("probe", ["--epochs", "2"]),
                         ("probe", ["--epochs", "1", "--augment", "true"])):  # fmt: skip
-        assert main([task, "--ckpt", str(run), "--data", str(data), "--num-workers", "0",
+        assert main([task, "--ckpt", str(run), "--data.path", str(data), "--data.num_workers", "0",
                      *extra]) == 0  # fmt: skip
         out, err = capsys.readouterr()
         result = json.loads(out.strip().splitlines()[-1])
@@ -95,7 +95,9 @@ def test_image_folder_with_5_percent_broken_files_trains_and_reports(tmp_path, c
     # A split where no file can be read: one line, exit status 2.
     for f in (data / "test").rglob("*.*"):
         f.write_bytes(b"")
-    assert main(["knn", "--ckpt", str(run), "--data", str(data), "--num-workers", "0"]) == 2
+    assert (
+        main(["knn", "--ckpt", str(run), "--data.path", str(data), "--data.num_workers", "0"]) == 2
+    )
     err = capsys.readouterr().err
     assert "None of the 20 image files" in err and "Traceback" not in err
 
@@ -109,7 +111,9 @@ def test_class_names_one_class_and_a_large_k_reach_the_json(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(pretrain_argv(data, run, "--trainer.max_steps", "2")) == 0
     capsys.readouterr()
-    assert main(["knn", "--ckpt", str(run), "--data", str(data), "--num-workers", "0"]) == 0
+    assert (
+        main(["knn", "--ckpt", str(run), "--data.path", str(data), "--data.num_workers", "0"]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["classes"] == list(names) and sorted(result["per_class_accuracy"]) == list(names)
     metrics = json.loads((run / "eval" / "knn-named" / "metrics.json").read_text())
@@ -118,8 +122,8 @@ def test_class_names_one_class_and_a_large_k_reach_the_json(tmp_path, capsys):
     one = tmp_path / "one.npz"
     np.savez(one, x_train=x_train[:12], y_train=np.array(["cat"] * 12), x_test=x_test[:6],
              y_test=np.array(["cat"] * 6))  # fmt: skip
-    for task, extra in (("knn", ["--k", "20"]), ("probe", ["--epochs", "1"])):
-        assert main([task, "--ckpt", str(run), "--data", str(one), "--num-workers", "0",
+    for task, extra in (("knn", ["--k", "[20]"]), ("probe", ["--epochs", "1"])):
+        assert main([task, "--ckpt", str(run), "--data.path", str(one), "--data.num_workers", "0",
                      *extra]) == 0  # fmt: skip
         out, err = capsys.readouterr()
         result = json.loads(out.strip().splitlines()[-1])
@@ -136,7 +140,9 @@ def test_class_names_one_class_and_a_large_k_reach_the_json(tmp_path, capsys):
     findings[3, 2] = -1
     np.savez(multi, x_train=x_train, y_train=findings, x_test=x_test,
              y_test=np.zeros((24, 5), np.int8))  # fmt: skip
-    assert main(["knn", "--ckpt", str(run), "--data", str(multi), "--num-workers", "0"]) == 2
+    assert (
+        main(["knn", "--ckpt", str(run), "--data.path", str(multi), "--data.num_workers", "0"]) == 2
+    )
     err = capsys.readouterr().err
     assert "values other than 0 and 1" in err and "-1 for 'uncertain'" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -154,7 +160,7 @@ def test_no_command_writes_into_the_data_directory(tmp_path, capsys):
     assert main(pretrain_argv(data, run, "--trainer.max_steps", "2")) == 0
     for task in ("knn", "probe"):
         extra = ["--epochs", "2"] if task == "probe" else []
-        assert main([task, "--ckpt", str(run), "--data", str(data), "--num-workers", "0",
+        assert main([task, "--ckpt", str(run), "--data.path", str(data), "--data.num_workers", "0",
                      *extra]) == 0  # fmt: skip
     assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "b.safetensors")]) == 0
     assert snapshot() == before

@@ -36,9 +36,9 @@ def selfsup(cluster, *args: str) -> dict:
 
 def launch_pretrain(cluster, run: Path, data: Path) -> str:
     result = selfsup(
-        cluster, "launch", "pretrain", "--config", CONFIG, "--run-dir", str(run),
-        "--accelerator", "cpu", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "20",
-        "--signal-seconds", "60", "--",
+        cluster, "launch", "pretrain", "--run_dir", str(run),
+        "--accelerator", "cpu", "--tasks_per_node", "2", "--cpus_per_task", "1", "--time", "20",
+        "--signal_seconds", "60", "--", "--config", CONFIG,
         "--data.path", str(data), "--data.batch_size", "8", "--data.num_workers", "0",
         "--trainer.precision", "32", "--trainer.max_steps", str(MAX_STEPS),
         "--trainer.enable_progress_bar", "false", "--knn_monitor.every_n_epochs", "0",
@@ -155,9 +155,9 @@ def test_probe_array_over_two_checkpoints_and_summary(slurm, reference_run, tiny
     second.write_bytes(first.read_bytes())
     sweep = tmp_path / "sweep"
     result = selfsup(
-        slurm, "launch", "probe", "--ckpt", str(first), str(second), "--data", str(tiny_npz),
-        "--out", str(sweep), "--accelerator", "cpu", "--tasks-per-node", "1",
-        "--cpus-per-task", "1", "--time", "20", "--", "--epochs", "5", "--batch-size", "32",
+        slurm, "launch", "probe", "--ckpt", f"[{first},{second}]", "--data.path", str(tiny_npz),
+        "--out", str(sweep), "--accelerator", "cpu", "--tasks_per_node", "1",
+        "--cpus_per_task", "1", "--time", "20", "--", "--epochs", "5", "--data.batch_size", "32",
     )  # fmt: skip
     assert result["n_tasks"] == 2
     slurm.wait(result["job_id"])

@@ -45,14 +45,17 @@ def test_eval_config_parses_for_its_command(config, capsys):
 
     command = Path(config).stem.split("_")[0]  # knn, probe, finetune(_vit|_resnet)
     with pytest.raises(SystemExit) as done:
-        main([command, "--config", str(REPO / config), "--ckpt", "C", "--data", "D",
+        main([command, "--config", str(REPO / config), "--ckpt", "C", "--data.path", "D",
               "--print_config"])  # fmt: skip
     assert done.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     file = yaml.safe_load((REPO / config).read_text())
     for key, value in file.items():
-        assert printed[key] == value, key
-    assert printed["ckpt"] == "C" and printed["data"] == "D"
+        if key == "data":
+            assert all(printed["data"][k] == v for k, v in value.items()), value
+        else:
+            assert printed[key] == value, key
+    assert printed["ckpt"] == "C" and printed["data"]["path"] == "D"
 
 
 def test_eval_config_with_an_unknown_key_is_refused(tmp_path, capsys):
@@ -60,7 +63,7 @@ def test_eval_config_with_an_unknown_key_is_refused(tmp_path, capsys):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 3\nlearning_rate: 0.1\n")
-    assert main(["probe", "--config", str(bad), "--ckpt", "C", "--data", "D"]) == 2
+    assert main(["probe", "--config", str(bad), "--ckpt", "C", "--data.path", "D"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "learning_rate" in err
 

@@ -23,9 +23,9 @@ def sbatch_option(script: str, name: str) -> str:
 
 def test_dry_run_for_2_nodes_x_4_gpus_matches_trainer_and_job(tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["launch", "pretrain", "--config", CONFIG, "--nodes", "2", "--gpus-per-node", "4",
-            "--cpus-per-task", "8", "--time", "2-00:00:00", "--partition", "gpu", "--account",
-            "lab", "--run-dir", str(run), "--dry-run", "--", "--data.batch_size", "64"]  # fmt: skip
+    argv = ["launch", "pretrain", "--nodes", "2", "--gpus_per_node", "4", "--cpus_per_task", "8",
+            "--time", "2-00:00:00", "--partition", "gpu", "--account", "lab", "--run_dir", str(run),
+            "--dry_run", "true", "--", "--config", CONFIG, "--data.batch_size", "64"]  # fmt: skip
     assert main(argv) == 0
     script = capsys.readouterr().out
     assert sbatch_option(script, "nodes") == "2" and sbatch_option(script, "ntasks-per-node") == "4"
@@ -43,37 +43,40 @@ def test_dry_run_for_2_nodes_x_4_gpus_matches_trainer_and_job(tmp_path, capsys):
 
 
 def test_cpu_jobs_have_no_gpu_request_and_bad_shapes_fail_early(tmp_path, capsys):
-    base = ["launch", "pretrain", "--config", CONFIG, "--run-dir", str(tmp_path / "r"), "--dry-run"]
-    assert main([*base, "--accelerator", "cpu", "--tasks-per-node", "2", "--time", "30"]) == 0
+    base = ["launch", "pretrain", "--run_dir", str(tmp_path / "r"), "--dry_run", "true"]
+    config = ["--", "--config", CONFIG]
+    assert (
+        main([*base, "--accelerator", "cpu", "--tasks_per_node", "2", "--time", "30", *config]) == 0
+    )
     script = capsys.readouterr().out
     assert "--gpus-per-node" not in script and sbatch_option(script, "ntasks-per-node") == "2"
     assert "--trainer.accelerator cpu" in script
     cases = [
-        (["--time", "10", "--signal-seconds", "600"], "not shorter than --time"),
+        (["--time", "10", "--signal_seconds", "600"], "not shorter than --time"),
         (["--time", "tomorrow"], "SLURM's format"),
-        (["--gpus-per-node", "4", "--tasks-per-node", "2"], "one task per GPU"),
+        (["--gpus_per_node", "4", "--tasks_per_node", "2"], "one task per GPU"),
         (["--nodes", "0"], "--nodes 0"),
     ]
     for extra, message in cases:
-        assert main([*base, *extra]) == 2
+        assert main([*base, *extra, *config]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     (tmp_path / "r" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert main(base) == 2 and "already holds a run" in capsys.readouterr().err
+    assert main([*base, *config]) == 2 and "already holds a run" in capsys.readouterr().err
 
 
 def test_probe_sweep_dry_run_lists_one_task_per_checkpoint(tmp_path, capsys):
     ckpts = [tmp_path / f"c{i}.ckpt" for i in range(3)]
     for c in ckpts:
         c.write_bytes(b"x")
-    argv = ["launch", "probe", "--ckpt", str(tmp_path / "c*.ckpt"), "--data", "cifar10",
-            "--out", str(tmp_path / "sweep"), "--dry-run", "--", "--epochs", "50"]  # fmt: skip
+    argv = ["launch", "probe", "--ckpt", str(tmp_path / "c*.ckpt"), "--data.path", "cifar10",
+            "--out", str(tmp_path / "sweep"), "--dry_run", "true", "--", "--epochs", "50"]  # fmt: skip
     assert main(argv) == 0
     script = capsys.readouterr().out
     assert sbatch_option(script, "array") == "0-2" and "--epochs 50" in script
     assert all(f"# task {i}: {c}" in script for i, c in enumerate(ckpts))
-    assert main(["launch", "probe", "--ckpt", str(tmp_path / "none.ckpt"), "--data", "x",
-                 "--dry-run"]) == 2  # fmt: skip
+    assert main(["launch", "probe", "--ckpt", str(tmp_path / "none.ckpt"), "--data.path", "x",
+                 "--dry_run", "true"]) == 2  # fmt: skip
 
 
 def test_time_limits_and_templates():
@@ -89,8 +92,8 @@ def test_time_limits_and_templates():
 def test_template_option_overrides_the_packaged_one(tmp_path, capsys):
     own = tmp_path / "own.sbatch"
     own.write_text("#!/bin/bash\n#SBATCH --nodes={{nodes}}\n# mine: {{job_name}}\n")
-    argv = ["launch", "pretrain", "--config", CONFIG, "--nodes", "3", "--template", str(own),
-            "--run-dir", str(tmp_path / "run"), "--dry-run"]  # fmt: skip
+    argv = ["launch", "pretrain", "--nodes", "3", "--template", str(own),
+            "--run_dir", str(tmp_path / "run"), "--dry_run", "true", "--", "--config", CONFIG]  # fmt: skip
     assert main(argv) == 0
     script = capsys.readouterr().out
     assert "# mine: selfsup-vit_small_imagenet" in script and sbatch_option(script, "nodes") == "3"

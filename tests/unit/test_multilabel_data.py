@@ -110,7 +110,7 @@ def test_bad_findings_and_groups_are_one_line_naming_the_fix(tmp_path, arrays, w
 
 def test_the_cli_refuses_uncertain_findings_in_one_line_with_status_2(tmp_path):
     path = npz(tmp_path / "chexpert.npz", x_train=X6, y_train=np.where(Y6 == 1, -1, Y6))
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "data", "inspect", "--data", path,
+    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "data", "inspect", "--data.path", path,
                            "--out", str(tmp_path / "p.png")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -273,7 +273,7 @@ def test_the_pretraining_data_module_passes_label_columns_on(pngs):
 
 def test_data_inspect_shows_positives_per_finding_and_groups(pngs, capsys):
     path = table(pngs / "t.csv", LABELS)
-    assert main(["data", "inspect", "--data", path, "--out", str(pngs / "p.png")]) == 0
+    assert main(["data", "inspect", "--data.path", path, "--out", str(pngs / "p.png")]) == 0
     out, err = capsys.readouterr()
     info = json.loads(out.strip().splitlines()[-1])
     assert info["findings"] == {"cardiomegaly": {"positives": 0, "share": 0.0},
@@ -282,8 +282,8 @@ def test_data_inspect_shows_positives_per_finding_and_groups(pngs, capsys):
                                 "nodule": {"positives": 2, "share": 0.5}}  # fmt: skip
     assert info["groups"] == 3 and "labels" not in info and "findings" in err
     columns = table(pngs / "c.csv", COLUMNS)
-    assert main(["data", "inspect", "--data", columns, "--out", str(pngs / "q.png"),
-                 "--label_columns", "effusion", "nodule"]) == 0  # fmt: skip
+    assert main(["data", "inspect", "--data.path", columns, "--out", str(pngs / "q.png"),
+                 "--data.label_columns", "[effusion,nodule]"]) == 0  # fmt: skip
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["findings"]["effusion"] == {"positives": 2, "share": round(2 / 3, 4)}
 

@@ -181,8 +181,10 @@ def test_probe_refuses_label_fractions_with_augmentation():
 def test_label_fractions_out_of_range_are_one_line_before_any_work(tmp_path, capsys):
     from selfsup.cli import main
 
-    for extra in (["--label_fraction", "0", "0.5"], ["--label_fraction", "1.5"],
-                  ["--label_fraction", "0.1", "--label_seeds", "0"]):  # fmt: skip
-        code = main(["probe", "--ckpt", str(tmp_path / "missing.ckpt"), "--data", "x.npz", *extra])
+    for extra in (["--label_fraction", "[0,0.5]"], ["--label_fraction", "[1.5]"],
+                  ["--label_fraction", "[0.1]", "--label_seeds", "0"]):  # fmt: skip
+        code = main(
+            ["probe", "--ckpt", str(tmp_path / "missing.ckpt"), "--data.path", "x.npz", *extra]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "fractions in (0, 1]" in err[0], err

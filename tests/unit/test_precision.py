@@ -89,8 +89,8 @@ def test_finetune_without_native_bf16_runs_and_reports_fp32(fallback_run, tiny_n
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     run, _ = fallback_run
     argv = ["finetune", "--config", str(REPO / "configs" / "eval" / "finetune_resnet.yaml"),
-            "--ckpt", str(run), "--data", str(tiny_npz), "--epochs", "1", "--batch-size", "16",
-            "--num-workers", "0", "--accelerator", "cpu", "--out", str(tmp_path / "ft")]  # fmt: skip
+            "--ckpt", str(run), "--data.path", str(tiny_npz), "--epochs", "1", "--data.batch_size", "16",
+            "--data.num_workers", "0", "--accelerator", "cpu", "--out", str(tmp_path / "ft")]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out.strip().splitlines()[-1])["precision"] == "32-true"

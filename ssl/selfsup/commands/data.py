@@ -1,14 +1,14 @@
-"""``selfsup data inspect --data PATH``: what selfsup will read, before a run spends a GPU-day."""
+"""``selfsup data inspect --data.path DATA``: what selfsup will read, before a run spends a GPU-day."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from selfsup.data.pixels import Reading
+from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
 
-USAGE = """usage: selfsup data inspect --data PATH [--split train] [--out PREVIEW.png] [--window ...]
+USAGE = """usage: selfsup data inspect --data.path DATA [--split train] [--out PREVIEW.png] [--data.window ...]
 
 inspect: counts, shapes, value ranges after the window, channels, labels and groups,
          files skipped and why; and a PNG grid of images as the model will see them.
@@ -17,35 +17,29 @@ Run 'selfsup data inspect --help' for the options.
 
 
 def inspect(
-    reading: Reading,
-    data: str,
+    data: PretrainDataModule,
     split: str = "train",
     out: str | None = None,
     n: int = 16,
-    root: str | None = None,
     seed: int = 0,
 ) -> int:
-    """Say what selfsup reads from DATA (as `selfsup pretrain --data.path DATA` and the
-    evaluators would), and write a grid of images as the model sees them.
+    """Say what selfsup reads from --data.path (as `selfsup pretrain` and the evaluators
+    would, with the same --data.* options), and write a grid of images as the model sees them.
 
     Args:
-        data: an .npz, a manifest (.csv, .tsv), a folder of images, DICOM files or
-            volumes, or a named set
         split: train, val or test
         out: the preview PNG (default: data-preview.png in the current folder)
         n: images in the preview
-        root: where named datasets are stored
         seed: which images the preview shows
     """
-    from selfsup.data.datasets import open_dataset
     from selfsup.data.summary import describe
     from selfsup.viz.preview import write_preview
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split}: give train, val or test.")
-    ds = open_dataset(data, split, root, reading=reading)  # type: ignore[arg-type]
+    ds = data.open(split)  # type: ignore[arg-type]
     info = describe(ds)
-    info["reading"] = {k: v for k, v in vars(reading).items()}
+    info["reading"] = {k: v for k, v in vars(data.reading).items()}
     info.update(write_preview(ds, out or "data-preview.png", n, seed))
     for key, value in info.items():
         shown = value if not isinstance(value, list) or len(value) <= 8 else [*value[:8], "..."]

@@ -9,32 +9,29 @@ line of stdout is one JSON object, printed once by rank 0.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from selfsup.commands.options import print_result
-from selfsup.data.pixels import Reading
+from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
 from selfsup.eval.finetune import FinetuneRecipe
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSource(Reading):
-    """What is evaluated, on which data, with how many processes; and how DICOM files and
-    volumes become pixels (the fields of :class:`selfsup.data.pixels.Reading`:
-    ``--window``, ``--frames``, ``--slice_axis``, ``--slice_context``, ...).
+class EvalSource:
+    """The checkpoint evaluated, and the processes that evaluate it.
+
+    The data it is evaluated on is the ``--data.*`` group
+    (:class:`selfsup.data.module.PretrainDataModule`, as in pretraining).
 
     Args:
-        ckpt: checkpoint file, run directory or .safetensors export (or a timm weights file
-            with timm_model)
-        data: an .npz, an image folder with train/ and test/, or a named set
+        ckpt: checkpoint file, run directory, .safetensors export, timm hub folder (or a
+            timm weights file with timm_model)
         backbone: student or teacher weights (default: the method's choice)
         pool: ViTs: cls or avg pooling (default: the method's choice)
         timm_model: ckpt is a weights file of this timm ResNet/ViT (e.g. vit_small_patch16_224)
-        batch_size: images per process and batch for feature extraction
-        num_workers: DataLoader workers (default: half the cores, 1 to 8)
-        root: where named datasets are stored
         devices: processes (GPUs, or CPU processes) for extraction
         accelerator: auto, cpu or gpu
         out: evaluation directory (default: RUN/eval/<task>-<data>)
@@ -43,31 +40,31 @@ class EvalSource(Reading):
     """
 
     ckpt: str
-    data: str
     backbone: Literal["student", "teacher"] | None = None
     pool: Literal["cls", "avg"] | None = None
     timm_model: str | None = None
-    batch_size: int = 256
-    num_workers: int | None = None
-    root: str | None = None
     devices: int = 1
     accelerator: str = "auto"
     out: str | None = None
     allow_group_overlap: bool = False
-
-    @property
-    def reading(self) -> Reading:
-        return Reading(**{f.name: getattr(self, f.name) for f in fields(Reading)})
 
     def load(self, overrides: dict[str, Any] | None = None) -> Any:
         from selfsup.checkpoints import load_backbone
 
         return load_backbone(self.ckpt, self.backbone, self.pool, overrides, self.timm_model)
 
-    def eval_dir(self, task: str) -> Path:
+    def eval_dir(self, task: str, data: PretrainDataModule) -> Path:
         from selfsup.eval.report import eval_dir
 
-        return eval_dir(self.ckpt, task, self.data, self.out)
+        return eval_dir(self.ckpt, task, require_path(data), self.out)
+
+
+def require_path(data: PretrainDataModule) -> str:
+    """The evaluators' data has no default: ``--data.path`` names it."""
+    if data.path is None:
+        raise ConfigError("--data.path is not set: give the labelled data to evaluate on "
+                          "(an .npz, a manifest, an image folder with train/ and test/, ...).")  # fmt: skip
+    return data.path
 
 
 def start_processes(devices: int, accelerator: str) -> tuple[Any, Any]:
@@ -101,6 +98,7 @@ def _report(result: dict[str, Any], classes: list[str], out: Path) -> None:
 
 def knn(
     source: EvalSource,
+    data: PretrainDataModule,
     k: tuple[int, ...] = (20, 200),
     temperature: float = 0.07,
     cache: bool = True,
@@ -111,23 +109,24 @@ def knn(
     Args:
         k: neighbours; the first is the headline (top1), the others add top1_k<K>
         temperature: the neighbours' vote weight is exp(similarity / temperature)
-        cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
+        cache: read and store features in $SELFSUP_CACHE (false extracts them again)
     """
     from selfsup.eval.knn import run_knn
 
     loaded = source.load()
     fabric, device = start_processes(source.devices, source.accelerator)
-    result, classes = run_knn(loaded, source.data, tuple(k), temperature, source.batch_size,
-                              source.num_workers, source.root, cache, device,
-                              reading=source.reading,
+    result, classes = run_knn(loaded, require_path(data), tuple(k), temperature, data.batch_size,
+                              data.num_workers, data.root, cache, device,
+                              reading=data.reading,
                               allow_group_overlap=source.allow_group_overlap)  # fmt: skip
     if fabric is None or fabric.is_global_zero:
-        _report(result, classes, source.eval_dir("knn"))
+        _report(result, classes, source.eval_dir("knn", data))
     return 0
 
 
 def probe(
     source: EvalSource,
+    data: PretrainDataModule,
     epochs: int = 100,
     val_fraction: float = 0.1,
     augment: bool = False,
@@ -151,8 +150,8 @@ def probe(
         last_blocks: ViTs: concatenate the pooled tokens of the last K blocks (DINO: 4 for ViT-S)
         avgpool_patches: ViTs with CLS pooling: append the last block's mean patch token
         seed: seed of the split, the heads and the augmentations
-        cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
-        label_fraction: train on these fractions of the training labels (e.g. 0.01 0.1 1.0):
+        cache: read and store features in $SELFSUP_CACHE (false extracts them again)
+        label_fraction: train on these fractions of the training labels (e.g. [0.01,0.1,1.0]):
             nested subsets stratified per class, by group; one row per fraction and a
             curve (label_curve.png)
         label_seeds: subsets drawn per fraction (rows give mean and std over them)
@@ -168,21 +167,19 @@ def probe(
     loaded = block_features(source.load(), last_blocks, avgpool_patches)
     fabric, device = start_processes(source.devices, source.accelerator)
     train_f, train_y, test_f, test_y, classes = labelled_features(
-        loaded, source.data, "the linear probe", source.batch_size, source.num_workers,
-        source.root, cache, device, reading=source.reading,
+        loaded, require_path(data), "the linear probe", data.batch_size, data.num_workers,
+        data.root, cache, device, reading=data.reading,
         allow_group_overlap=source.allow_group_overlap,
     )  # fmt: skip
     if augment:
-        from selfsup.data.datasets import open_dataset
         from selfsup.eval.finetune import train_transform
         from selfsup.eval.probe import SeededViews
 
-        views = SeededViews(open_dataset(source.data, "train", source.root, reading=source.reading),
-                            train_transform(loaded), seed)  # fmt: skip
+        views = SeededViews(data.open("train"), train_transform(loaded), seed)
         # Every process takes part in the backbone passes and takes the same head steps.
         result = run_probe_augmented(
             loaded.backbone, views, train_f, train_y, test_f, test_y, classes, val_fraction,
-            epochs, source.batch_size, seed=seed, num_workers=source.num_workers, device=device,
+            epochs, data.batch_size, seed=seed, num_workers=data.num_workers, device=device,
         )  # fmt: skip
     elif fabric is None or fabric.is_global_zero:
         result = run_probe(train_f, train_y, test_f, test_y, classes, val_fraction, epochs,
@@ -194,12 +191,13 @@ def probe(
                   features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path)  # fmt: skip
     if loaded.meta.get("init_from"):  # where the checkpoint's weights began
         result["init_from"] = loaded.meta["init_from"]
-    _report(result, classes, source.eval_dir("probe"))
+    _report(result, classes, source.eval_dir("probe", data))
     return 0
 
 
 def finetune(
     source: EvalSource,
+    data: PretrainDataModule,
     recipe: FinetuneRecipe,
     label_fraction: list[float] | None = None,
     label_seeds: int = 1,
@@ -209,8 +207,8 @@ def finetune(
     multi-label sets) and measure it on the test split.
 
     Args:
-        label_fraction: fine-tune on these fractions of the training labels (e.g. 0.01 0.1
-            1.0): nested subsets stratified per class, by group; one row per fraction
+        label_fraction: fine-tune on these fractions of the training labels (e.g.
+            [0.01,0.1,1.0]): nested subsets stratified per class, by group; one row per fraction
         label_seeds: subsets drawn per fraction (rows give mean and std over them)
     """
     from selfsup.eval.finetune import run_finetune
@@ -221,9 +219,9 @@ def finetune(
     def load() -> Any:  # afresh for every run of a label-efficiency curve
         return source.load({"drop_path_rate": recipe.drop_path})
 
-    out = source.eval_dir("finetune")
-    done = run_finetune(load, source.data, recipe, out, source.root, source.batch_size,
-                        source.num_workers, source.devices, source.accelerator, source.reading,
+    out = source.eval_dir("finetune", data)
+    done = run_finetune(load, require_path(data), recipe, out, data.root, data.batch_size,
+                        data.num_workers, source.devices, source.accelerator, data.reading,
                         source.allow_group_overlap, label_fraction, label_seeds)  # fmt: skip
     if done is not None:
         _report(*done, out)

@@ -1,9 +1,14 @@
 """``selfsup launch``: SLURM jobs from the sbatch templates shipped in the package.
 
-    selfsup launch pretrain --config FILE --nodes N --gpus-per-node G --cpus-per-task C --time T
-                            [--partition P] [--account A] [--qos Q] [--run-dir RUN]
-                            [--accelerator cpu --tasks-per-node K] [--dry-run] [-- overrides]
-    selfsup launch probe    --ckpt CKPT [CKPT ...] --data DATA [--out SWEEP] ... [-- probe options]
+    selfsup launch pretrain --nodes N --gpus_per_node G --cpus_per_task C --time T
+                            [--partition P] [--account A] [--qos Q] [--run_dir RUN]
+                            [--accelerator cpu --tasks_per_node K] [--dry_run true]
+                            -- --config FILE [pretrain options]
+    selfsup launch probe    --ckpt [CKPT,...] --data.path DATA [--out SWEEP] ... [-- probe options]
+
+Options follow every command's grammar (selfsup.commands.options); ``launch probe``
+writes its ``--data.*`` options to ``SWEEP/data.yaml``, which each task reads as
+``--data SWEEP/data.yaml``.
 
 (``selfsup summary SWEEP`` tabulates a probe sweep's results: selfsup.commands.evaluate.)
 
@@ -21,7 +26,6 @@ copying (a test keeps them equal). ``--template FILE`` renders your own copy ins
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import re
@@ -29,10 +33,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import yaml
+
+from selfsup.commands.options import check_yaml, config_files, run_with_options
+from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -95,62 +104,71 @@ def _plain_path(path: Path, what: str) -> str:
     return text
 
 
-def _add_job_options(parser: argparse.ArgumentParser, default_time: str) -> None:
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, default=1, help="one task per GPU")
-    parser.add_argument("--cpus-per-task", type=int, default=8)
-    parser.add_argument("--time", default=default_time, help="SLURM time limit, e.g. 1-00:00:00")
-    parser.add_argument("--partition", default=None)
-    parser.add_argument("--account", default=None)
-    parser.add_argument("--qos", default=None)
-    parser.add_argument("--mem", default=None, help="memory per node, e.g. 64G")
-    parser.add_argument(
-        "--accelerator",
-        choices=["gpu", "cpu"],
-        default="gpu",
-        help="cpu: --tasks-per-node CPU processes (gloo) instead of GPUs",
-    )
-    parser.add_argument("--tasks-per-node", type=int, default=None, help="with --accelerator cpu")
-    parser.add_argument(
-        "--template",
-        default=None,
-        help="your own job template (default: the packaged one; launch/ in the repository has copies)",
-    )
-    parser.add_argument("--python", default=sys.executable, help="the job's Python")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the job script instead of submitting it"
-    )
+@dataclass(frozen=True, kw_only=True)
+class SlurmJob:
+    """The job's shape and SLURM's options.
+
+    Args:
+        nodes: nodes (pretrain: Lightning DDP across them; probe: 1)
+        gpus_per_node: GPUs per node, one task each
+        cpus_per_task: CPU cores per task (data loading; srun is given them)
+        time: SLURM time limit, e.g. 1-00:00:00 or 4:00:00
+        partition: SLURM partition
+        account: SLURM account
+        qos: SLURM quality of service
+        mem: memory per node, e.g. 64G
+        accelerator: gpu, or cpu: tasks_per_node CPU processes (gloo) instead of GPUs
+        tasks_per_node: with accelerator cpu
+        template: your own job template (default: the packaged one; launch/ in the
+            repository has copies)
+        python: the job's Python
+        dry_run: print the job script instead of submitting it
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    time: str = "1-00:00:00"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    mem: str | None = None
+    accelerator: Literal["gpu", "cpu"] = "gpu"
+    tasks_per_node: int | None = None
+    template: str | None = None
+    python: str = sys.executable
+    dry_run: bool = False
 
 
-def _job_shape(args: argparse.Namespace) -> tuple[int, list[str]]:
+def _job_shape(job: SlurmJob) -> tuple[int, list[str]]:
     """Tasks per node and the optional #SBATCH lines."""
-    if args.accelerator == "cpu":
-        tasks = args.tasks_per_node or 1
+    if job.accelerator == "cpu":
+        tasks = job.tasks_per_node or 1
         lines = []
     else:
-        if args.tasks_per_node not in (None, args.gpus_per_node):
+        if job.tasks_per_node not in (None, job.gpus_per_node):
             raise ConfigError(
-                "--tasks-per-node is for --accelerator cpu; on GPUs there is one task per GPU "
-                "(--gpus-per-node)."
+                "--tasks_per_node is for --accelerator cpu; on GPUs there is one task per GPU "
+                "(--gpus_per_node)."
             )
-        tasks = args.gpus_per_node
-        lines = [f"#SBATCH --gpus-per-node={args.gpus_per_node}"]
-    for name, value in (("nodes", args.nodes), ("cpus-per-task", args.cpus_per_task)):
+        tasks = job.gpus_per_node
+        lines = [f"#SBATCH --gpus-per-node={job.gpus_per_node}"]
+    for name, value in (("nodes", job.nodes), ("cpus_per_task", job.cpus_per_task)):
         if value < 1:
             raise ConfigError(f"--{name} {value}: give 1 or more.")
     if tasks < 1:
         raise ConfigError(f"{tasks} tasks per node: give 1 or more GPUs or CPU tasks.")
-    if time_seconds(args.time) is None and args.time.strip().upper() not in (
+    if time_seconds(job.time) is None and job.time.strip().upper() not in (
         "0",
         "UNLIMITED",
         "INFINITE",
     ):
         raise ConfigError(
-            f"--time {args.time!r}: use SLURM's format, e.g. 30, 4:00:00 or 2-00:00:00."
+            f"--time {job.time!r}: use SLURM's format, e.g. 30, 4:00:00 or 2-00:00:00."
         )
     for option in ("partition", "account", "qos", "mem"):
-        if getattr(args, option):
-            lines.append(f"#SBATCH --{option}={getattr(args, option)}")
+        if getattr(job, option):
+            lines.append(f"#SBATCH --{option}={getattr(job, option)}")
     return tasks, lines
 
 
@@ -158,7 +176,7 @@ def submit(script: Path) -> str:
     """``sbatch`` the script; the job id."""
     if shutil.which("sbatch") is None:
         raise ConfigError(
-            "sbatch not found: run selfsup launch on a SLURM login node, or use --dry-run."
+            "sbatch not found: run selfsup launch on a SLURM login node, or use --dry_run true."
         )
     proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -167,106 +185,112 @@ def submit(script: Path) -> str:
 
 
 # --------------------------------------------------------------------------- pretrain
-def launch_pretrain(argv: list[str]) -> int:
-    options, overrides = split_overrides(argv)
-    parser = argparse.ArgumentParser(
-        prog="selfsup launch pretrain",
-        description="Submit a pretraining run as a SLURM job (Lightning DDP, one task per GPU) "
-        "that checkpoints, requeues and resumes by itself.",
-    )
-    parser.add_argument("--config", required=True, help="configs/<method>/<name>.yaml")
-    parser.add_argument("--run-dir", default=None, help="default: runs/<method>/<config name>")
-    parser.add_argument(
-        "--signal-seconds",
-        type=int,
-        default=300,
-        help="USR1 this many seconds before the time limit: time to write a checkpoint",
-    )
-    _add_job_options(parser, default_time="1-00:00:00")
-    args = parser.parse_args(options)
-    tasks, sbatch_lines = _job_shape(args)
-    limit = time_seconds(args.time)
-    if limit is not None and args.signal_seconds >= limit:
+def launch_pretrain(
+    job: SlurmJob,
+    run_dir: str | None = None,
+    signal_seconds: int = 300,
+    overrides: tuple[str, ...] = (),
+) -> int:
+    """Submit a pretraining run as a SLURM job (Lightning DDP, one task per GPU) that
+    checkpoints, requeues and resumes by itself. What follows -- is selfsup pretrain's
+    own command line: -- --config configs/<method>/<name>.yaml [--data.path DATA ...].
+
+    Args:
+        run_dir: the run directory (default: runs/<method>/<config name>)
+        signal_seconds: USR1 this many seconds before the time limit: time to write a
+            checkpoint
+    """
+    configs = config_files(list(overrides))
+    if not configs:
+        raise ConfigError("launch pretrain: give the pretraining config after --: "
+                          "selfsup launch pretrain --nodes N ... -- --config CONFIG.yaml")  # fmt: skip
+    config = configs[0]
+    tasks, sbatch_lines = _job_shape(job)
+    limit = time_seconds(job.time)
+    if limit is not None and signal_seconds >= limit:
         raise ConfigError(
-            f"--signal-seconds {args.signal_seconds} is not shorter than --time {args.time}: "
+            f"--signal_seconds {signal_seconds} is not shorter than --time {job.time}: "
             "the job would be signalled before it starts training."
         )
-    run_dir = Path(args.run_dir or Path("runs") / _run_name(args.config)).resolve()
-    _plain_path(run_dir, "--run-dir")
-    if any(run_dir.glob("checkpoints/*.ckpt")) or any(run_dir.glob("hpc_ckpt_*.ckpt")):
+    run_path = Path(run_dir or Path("runs") / _run_name(config)).resolve()
+    _plain_path(run_path, "--run_dir")
+    if any(run_path.glob("checkpoints/*.ckpt")) or any(run_path.glob("hpc_ckpt_*.ckpt")):
         raise ConfigError(
-            f"{run_dir} already holds a run: continue it with `sbatch {run_dir}/pretrain.sbatch` "
-            "(it resumes), or choose another --run-dir."
+            f"{run_path} already holds a run: continue it with `sbatch {run_path}/pretrain.sbatch` "
+            "(it resumes), or choose another --run_dir."
         )
-    accelerator = "cpu" if args.accelerator == "cpu" else "gpu"
-    strategy = "ddp" if args.nodes * tasks > 1 else "auto"
-    trainer = ["--trainer.default_root_dir", str(run_dir), "--trainer.num_nodes", str(args.nodes),
+    accelerator = "cpu" if job.accelerator == "cpu" else "gpu"
+    strategy = "ddp" if job.nodes * tasks > 1 else "auto"
+    trainer = ["--trainer.default_root_dir", str(run_path), "--trainer.num_nodes", str(job.nodes),
                "--trainer.devices", str(tasks), "--trainer.accelerator", accelerator,
                "--trainer.strategy", strategy]  # fmt: skip
     from selfsup.commands.pretrain import resolve_pretrain_config
 
-    config, batch = resolve_pretrain_config(["--config", args.config, *overrides, *trainer])
+    resolved, batch = resolve_pretrain_config([*overrides, *trainer])
     values = {
-        "job_name": f"selfsup-{Path(args.config).stem}",
-        "nodes": args.nodes,
+        "job_name": f"selfsup-{Path(config).stem}",
+        "nodes": job.nodes,
         "tasks_per_node": tasks,
-        "cpus_per_task": args.cpus_per_task,
-        "time": args.time,
-        "signal_seconds": args.signal_seconds,
-        "run_dir": run_dir,
+        "cpus_per_task": job.cpus_per_task,
+        "time": job.time,
+        "signal_seconds": signal_seconds,
+        "run_dir": run_path,
         "sbatch_options": "\n".join(sbatch_lines),
-        "python": shlex.quote(args.python),
+        "python": shlex.quote(job.python),
         "accelerator": accelerator,
         "strategy": strategy,
     }
-    template = Path(args.template) if args.template else packaged_template("pretrain.sbatch")
+    template = Path(job.template) if job.template else packaged_template("pretrain.sbatch")
     script = render(template, values)
-    global_batch = batch * args.nodes * tasks
+    global_batch = batch * job.nodes * tasks
     header = (
-        f"# global batch {global_batch} = data.batch_size {batch} x {args.nodes} node(s) x "
+        f"# global batch {global_batch} = data.batch_size {batch} x {job.nodes} node(s) x "
         f"{tasks} task(s); learning rates scale with it (base_lr x {global_batch} / 256)"
     )
-    if args.dry_run:
+    if job.dry_run:
         print(header)
         print(script, end="")
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)  # SLURM writes its logs here from the start
-    (run_dir / "config.yaml").write_text(config)
-    path = run_dir / "pretrain.sbatch"
+    run_path.mkdir(parents=True, exist_ok=True)  # SLURM writes its logs here from the start
+    (run_path / "config.yaml").write_text(resolved)
+    path = run_path / "pretrain.sbatch"
     path.write_text(script)
     job_id = submit(path)
     print(header, file=sys.stderr)
-    print(json.dumps({"task": "launch", "job_id": job_id, "run_dir": str(run_dir),
+    print(json.dumps({"task": "launch", "job_id": job_id, "run_dir": str(run_path),
                       "script": str(path)}))  # fmt: skip
     return 0
 
 
 # --------------------------------------------------------------------------- probe sweeps
-def launch_probe(argv: list[str]) -> int:
-    options, probe_args = split_overrides(argv)
-    parser = argparse.ArgumentParser(
-        prog="selfsup launch probe",
-        description="Submit one SLURM array job that linear-probes each checkpoint (a task each).",
-    )
-    parser.add_argument(
-        "--ckpt", required=True, nargs="+", help="checkpoints, run directories or globs"
-    )
-    parser.add_argument("--data", required=True, help="as for selfsup probe")
-    parser.add_argument("--out", default=None, help="sweep directory (default runs/probe-sweep)")
-    _add_job_options(parser, default_time="4:00:00")
-    parser.set_defaults(cpus_per_task=4)
-    args = parser.parse_args(options)
-    tasks, sbatch_lines = _job_shape(args)
-    if args.nodes != 1:
+def launch_probe(
+    job: SlurmJob,
+    ckpt: str | list[str],
+    data: PretrainDataModule,
+    out: str | None = None,
+    overrides: tuple[str, ...] = (),
+) -> int:
+    """Submit one SLURM array job that linear-probes each checkpoint (a task each).
+    Options after -- are selfsup probe's.
+
+    Args:
+        ckpt: a checkpoint, run directory or glob ('runs/*/checkpoints/last.ckpt'), or a list
+            of them: [runs/a,runs/b]
+        out: sweep directory (default runs/probe-sweep)
+    """
+    if data.path is None:
+        raise ConfigError("--data.path is not set: give the labelled data every task probes on.")
+    tasks, sbatch_lines = _job_shape(job)
+    if job.nodes != 1:
         raise ConfigError("--nodes: each probe task runs on one node; leave --nodes at 1.")
 
     from selfsup.checkpoints import resolve_checkpoint
 
     ckpts: list[Path] = []
-    for pattern in args.ckpt:
+    for pattern in [ckpt] if isinstance(ckpt, str) else ckpt:
         matches = sorted(glob.glob(pattern)) or [pattern]
         ckpts.extend(resolve_checkpoint(m).resolve() for m in matches)
-    sweep = Path(args.out or "runs/probe-sweep").resolve()
+    sweep = Path(out or "runs/probe-sweep").resolve()
     _plain_path(sweep, "--out")
     for ckpt in ckpts:
         _plain_path(ckpt, "checkpoint")
@@ -274,23 +298,24 @@ def launch_probe(argv: list[str]) -> int:
         "job_name": "selfsup-probe",
         "last_task": len(ckpts) - 1,
         "tasks_per_node": tasks,
-        "cpus_per_task": args.cpus_per_task,
-        "time": args.time,
+        "cpus_per_task": job.cpus_per_task,
+        "time": job.time,
         "sweep_dir": sweep,
         "sbatch_options": "\n".join(sbatch_lines),
-        "python": shlex.quote(args.python),
-        "data": shlex.quote(args.data),
-        "accelerator": "cpu" if args.accelerator == "cpu" else "gpu",
-        "num_workers": max(0, args.cpus_per_task - 1),
-        "probe_args": " ".join(shlex.quote(a) for a in probe_args),
+        "python": shlex.quote(job.python),
+        "data": shlex.quote(str(sweep / "data.yaml")),
+        "accelerator": "cpu" if job.accelerator == "cpu" else "gpu",
+        "num_workers": max(0, job.cpus_per_task - 1),
+        "probe_args": " ".join(shlex.quote(a) for a in overrides),
     }
-    template = Path(args.template) if args.template else packaged_template("probe_array.sbatch")
+    template = Path(job.template) if job.template else packaged_template("probe_array.sbatch")
     script = render(template, values)
-    if args.dry_run:
+    if job.dry_run:
         print("\n".join(f"# task {i}: {c}" for i, c in enumerate(ckpts)))
         print(script, end="")
         return 0
     sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "data.yaml").write_text(yaml.safe_dump(data.options, sort_keys=False))
     (sweep / "checkpoints.txt").write_text("".join(f"{c}\n" for c in ckpts))
     path = sweep / "probe_array.sbatch"
     path.write_text(script)
@@ -302,7 +327,6 @@ def launch_probe(argv: list[str]) -> int:
 
 def _run_name(config: str) -> str:
     """The default run name of ``selfsup pretrain --config CONFIG``."""
-    from selfsup.commands.options import check_yaml
     from selfsup.train.run import default_run_name
 
     model = check_yaml(config).get("model")
@@ -310,8 +334,8 @@ def _run_name(config: str) -> str:
     return default_run_name(config, class_path or "pretrain")
 
 
-USAGE = """usage: selfsup launch pretrain --config FILE --nodes N --gpus-per-node G ... [-- overrides]
-       selfsup launch probe --ckpt CKPT [CKPT ...] --data DATA ... [-- probe options]
+USAGE = """usage: selfsup launch pretrain --nodes N --gpus_per_node G ... -- --config FILE [pretrain options]
+       selfsup launch probe --ckpt [CKPT,...] --data.path DATA ... [-- probe options]
 
 pretrain: one pretraining run as a SLURM job that checkpoints, requeues and resumes itself.
 probe:    one array job of linear probes, a task per checkpoint (selfsup summary SWEEP
@@ -329,4 +353,14 @@ def launch(argv: list[str]) -> int:
         raise ConfigError(
             "selfsup launch pretrain|probe ...: say which kind of job (see --help of each)."
         )
-    return kinds[argv[0]](argv[1:])
+    options, overrides = split_overrides(argv[1:])
+    for path in config_files(options):
+        if {"model", "trainer"} & set(check_yaml(path)):
+            raise ConfigError(
+                f"--config {path} is a pretraining config: launch's --config is a YAML of its "
+                f"own options; the pretraining command goes after --: selfsup launch "
+                f"{argv[0]} --nodes N ... -- --config {path}"
+            )
+    defaults = {"time": "4:00:00", "cpus_per_task": 4} if argv[0] == "probe" else None
+    return run_with_options(f"selfsup launch {argv[0]}", kinds[argv[0]], options, defaults,
+                            overrides=tuple(overrides))  # fmt: skip

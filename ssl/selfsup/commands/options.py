@@ -1,14 +1,19 @@
-"""Options of the commands, read by jsonargparse from function signatures.
+"""One option grammar for every command: jsonargparse's, as LightningCLI reads ``selfsup pretrain``.
 
-Every command takes ``--config FILE`` (a YAML of its options), ``--print_config`` and
-flag overrides, as ``selfsup pretrain`` does; the schema is the signature of the
-function that declares the options (types, defaults, and the docstring's ``Args:`` as
-help), so nothing is declared twice.
+- ``--name value``, names written with underscores (``--label_fraction``);
+- a group's options behind its name and a dot: ``--data.path``, ``--data.window``,
+  ``--data.batch_size``. The data group is the signature of
+  :class:`selfsup.data.module.PretrainDataModule` for ``pretrain`` and every evaluator alike, so
+  one YAML ``data:`` block serves both, and ``--data FILE.yaml`` reads such a block;
+- ``--config FILE``: a YAML of the command's options; flags after it override it;
+- yes/no options take a value (``--augment true``); list options take one value in
+  brackets (``--k [20,200]``), and ``--k+ 500`` appends to the default;
+- ``--print_config`` prints every value and exits; ``--help`` lists the options.
 
-Flags are written ``--batch_size`` or ``--batch-size``, and list options take their
-values space-separated (``--k 20 200``) as well as jsonargparse's ``--k [20,200]``:
-jsonargparse has neither dashes nor ``nargs`` for typed lists, and the commands'
-users have always written both.
+The schema of a command is the signature of the function that runs it (types, defaults,
+and the docstring's ``Args:`` as help), so nothing is declared twice. Nothing in argv is
+rewritten: a spelling of another grammar (``--data X.npz``, ``--window lung``,
+``--batch-size 64``, ``--no-cache``, ``--k 20 200``) is one line that names this one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.errors import ConfigError
+
+#: Config files jsonargparse reads for a group (``--data FILE``).
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def check_yaml(path: str | Path, what: str = "--config") -> dict[str, Any]:
@@ -52,54 +60,67 @@ def config_files(argv: list[str]) -> list[str]:
     return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
+def check_spelling(argv: list[str], options: dict[str, Any], prog: str) -> None:
+    """Refuse, with the spelling of this grammar, what another grammar would have meant.
+
+    ``options`` maps every option name (dotted for groups: ``data.path``) to its type.
+    Only names are looked at; values pass through as they are."""
+    groups = {name.split(".", 1)[0] for name in options if "." in name}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if not arg.startswith("--") or arg.startswith("---"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        name = name.rstrip("+")
+        if name in options or name in ("config", "print_config", "help"):
+            continue
+        if "-" in name:
+            fixed = name.replace("-", "_")
+            flag = fixed[3:] if fixed.startswith("no_") else None
+            if flag in options and options[flag] is bool:
+                raise ConfigError(f"--{name}: write --{flag} false. See {prog} --help.")
+            if fixed in options or any(f"{g}.{fixed}" in options for g in groups):
+                raise ConfigError(
+                    f"--{name}: option names are written with underscores: "
+                    f"--{_where(fixed, options, groups)}. See {prog} --help."
+                )
+        if name.startswith("no_") and options.get(name[3:]) is bool:
+            raise ConfigError(f"--{name}: write --{name[3:]} false. See {prog} --help.")
+        if f"{name}.path" in options and not value.endswith(CONFIG_SUFFIXES):
+            raise ConfigError(
+                f"--{name} {value}: --{name} reads a YAML of {name} options; the path is "
+                f"--{name}.path {value}. See {prog} --help."
+            )
+        moved = [g for g in groups if f"{g}.{name}" in options]
+        if moved:
+            raise ConfigError(
+                f"--{name} is a {moved[0]} option: write --{moved[0]}.{name}, as in a config's "
+                f"{moved[0]}: block. See {prog} --help."
+            )
+
+
+def _where(name: str, options: dict[str, Any], groups: set[str]) -> str:
+    if name in options:
+        return name
+    return next(f"{g}.{name}" for g in sorted(groups) if f"{g}.{name}" in options)
+
+
 def _is_list(annotation: Any) -> bool:
-    types = typing.get_args(annotation) if typing.get_origin(annotation) is not None else ()
     origin = typing.get_origin(annotation)
-    return origin in (list, tuple) or any(_is_list(t) for t in types if t is not type(None))
+    if origin in (list, tuple):
+        return True
+    return any(_is_list(t) for t in typing.get_args(annotation) if t is not type(None))
 
 
-def normalise_argv(argv: list[str], list_options: set[str], bool_options: set[str]) -> list[str]:
-    """``--a-b`` -> ``--a_b``; ``--k 20 200`` -> ``--k [20, 200]`` for list options;
-    ``--augment`` alone -> ``--augment true`` for bool options."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--") and not arg.startswith("---"):
-            name, eq, value = arg[2:].partition("=")
-            name = name.replace("-", "_")
-            if name == "no_cache" and not eq:  # the flag users know, as jsonargparse's bool
-                out += ["--cache", "false"]
-                i += 1
-                continue
-            arg = f"--{name}{eq}{value}"
-            if name in bool_options and not eq:
-                following = argv[i + 1] if i + 1 < len(argv) else "--"
-                if following.startswith("--") or following.lower() not in ("true", "false"):
-                    out += [arg, "true"]
-                    i += 1
-                    continue
-            if name in list_options and not eq:
-                values = []
-                while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                    values.append(argv[i + 1])
-                    i += 1
-                if len(values) == 1 and values[0].startswith("["):
-                    out += [arg, values[0]]
-                else:
-                    out += [arg, json.dumps([_scalar(v) for v in values])]
-                i += 1
-                continue
-        out.append(arg)
-        i += 1
-    return out
-
-
-def _scalar(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def _nested_class(annotation: Any) -> type | None:
+    """A class (not a dataclass) whose signature is a group of options: ``data: PretrainDataModule``."""
+    plain = inspect.isclass(annotation) and not dataclasses.is_dataclass(annotation)
+    if plain and annotation.__module__ not in ("builtins", "pathlib", "typing"):
+        return annotation
+    return None
 
 
 def run_with_options(
@@ -108,55 +129,94 @@ def run_with_options(
     argv: list[str],
     defaults: dict[str, Any] | None = None,
     positional: str | None = None,
+    config_file: bool = True,
+    **fixed: Any,
 ) -> int:
-    """Parse ``argv`` against ``fn``'s signature and call it. A parameter typed with a
-    dataclass (:class:`~selfsup.commands.evaluate.EvalSource`) contributes its fields as
-    top-level options and receives an instance. ``defaults`` overrides signature
-    defaults for this command; ``positional`` names the list parameter that leading
-    arguments without a flag fill (``selfsup summary DIR ...``). ``--print_config``
-    prints the resolved options and exits 0; errors are one line (ConfigError)."""
+    """Parse ``argv`` against ``fn``'s signature and call it.
+
+    A parameter typed with a dataclass (:class:`~selfsup.commands.evaluate.EvalSource`)
+    contributes its fields as top-level options and receives an instance; a parameter
+    typed with another class (``data: PretrainDataModule``) is the group ``--data.*`` and
+    receives that class built from the group. ``defaults`` overrides signature defaults
+    for this command (``{"data.batch_size": 64}``); ``positional`` names the list
+    parameter that arguments without a flag fill (``selfsup summary DIR ...``);
+    ``config_file`` False leaves ``--config`` to a parameter of that name; ``fixed``
+    are passed as they are. Errors are one line (ConfigError)."""
     from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
     description = (inspect.getdoc(fn) or "").split("\n\n")[0]
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML of these options")
-    hints = typing.get_type_hints(fn)
-    groups = {n: t for n, t in hints.items() if dataclasses.is_dataclass(t)}
-    for cls in groups.values():
+    if config_file:
+        parser.add_argument("--config", action=ActionConfigFile, help="a YAML of these options")
+    hints = {n: t for n, t in typing.get_type_hints(fn).items() if n not in fixed}
+    hints.pop("return", None)
+    flat = {n: t for n, t in hints.items() if dataclasses.is_dataclass(t)}
+    nested = {n: c for n, t in hints.items() if (c := _nested_class(t)) is not None}
+    for cls in flat.values():
         parser.add_class_arguments(cls, nested_key=None)
-    parser.add_function_arguments(fn, nested_key=None, skip=set(groups))
+    for name, cls in nested.items():
+        parser.add_class_arguments(cls, name, sub_configs=True)
+    if positional:
+        doc = re.search(rf"{positional}: (.+)", inspect.getdoc(fn) or "")
+        parser.add_argument(positional, nargs="+", type=str, help=doc.group(1) if doc else None)
+    parser.add_function_arguments(
+        fn, nested_key=None, skip={*flat, *nested, *fixed, *([positional] if positional else [])}
+    )
     if defaults:
         parser.set_defaults(**defaults)
-    all_hints = {n: t for n, t in hints.items() if n not in groups and n != "return"}
-    for cls in groups.values():
-        all_hints.update(typing.get_type_hints(cls))
-    for path in config_files(argv):
-        check_yaml(path)
-    if positional and argv and not argv[0].startswith("-"):
-        argv = [f"--{positional}", *argv]
-    argv = normalise_argv(
-        argv,
-        {n for n, t in all_hints.items() if _is_list(t)},
-        {n for n, t in all_hints.items() if t is bool},
-    )
+
+    options: dict[str, Any] = {n: t for n, t in hints.items() if n not in flat and n not in nested}
+    for cls in flat.values():
+        options.update(typing.get_type_hints(cls))
+    for name, cls in nested.items():
+        params = inspect.signature(cls).parameters
+        options.update({f"{name}.{p}": params[p].annotation for p in params})
+    options = {n: (bool if t in (bool, "bool") else t) for n, t in options.items()}
+    if config_file:
+        for path in config_files(argv):
+            check_yaml(path)
+    check_spelling(argv, options, prog)
     try:
-        config = parser.parse_args(argv).as_dict()
+        config = parser.parse_args(argv)
     except ArgumentError as e:
-        raise ConfigError(_explain(str(e), sorted(all_hints), prog)) from None
-    config.pop("config", None)
-    for name, cls in groups.items():
-        config[name] = cls(**{f.name: config.pop(f.name) for f in dataclasses.fields(cls)})
-    return fn(**config)
+        raise ConfigError(explain(str(e), options, prog)) from None
+    values = config.as_dict()
+    values.pop("config", None)
+    for name, cls in flat.items():
+        values[name] = cls(**{f.name: values.pop(f.name) for f in dataclasses.fields(cls)})
+    for name, cls in nested.items():
+        group = values.pop(name)
+        # A pretraining block's view pipeline is kept as it was written (the evaluators
+        # read with the checkpoint's eval transform and do not build it).
+        values[name] = cls(**{k: v for k, v in group.items()})
+    return fn(**values, **fixed)
 
 
-def _explain(message: str, options: list[str], prog: str) -> str:
-    unknown = re.search(r"(?:unrecognized arguments|Key|Option):?\s*['\"]?-*([\w.]+)", message)
+def explain(message: str, options: dict[str, Any], prog: str) -> str:
+    """One line for jsonargparse's error, naming this grammar's spelling."""
+    names = sorted(options)
+    flat = " ".join(message.split())
+    key = re.search(r'(?:Parser key|argument) "?-*([\w.]+)"?', message)
+    name = key.group(1) if key else None
+    if name and "expected one argument" in flat and options.get(name) is bool:
+        return f"--{name} takes a value: --{name} true (or false). See {prog} --help."
+    if name and re.search(r"Expected a <class '(list|tuple)'>", flat):
+        return (
+            f"--{name} takes its values as one list: --{name} [A,B] (no spaces), or --{name}+ A "
+            f"to append. See {prog} --help."
+        )
+    unknown = re.search(r"(?:[Uu]nrecognized arguments|Key|Option):?\s*['\"]?-*([\w.]+)", message)
     if unknown and unknown.group(1) not in options:
-        name = unknown.group(1)
-        close = difflib.get_close_matches(name, options, n=2, cutoff=0.5)
+        bad = unknown.group(1)
+        if not unknown.group(0).split(":")[-1].strip().startswith("-"):
+            return (
+                f"{bad}: a value without an option; list options take one value in brackets "
+                f"(--k [20,200]). See {prog} --help."
+            )
+        close = difflib.get_close_matches(bad, names, n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join('--' + c for c in close)}?" if close else ""
-        return f"no option --{name}.{hint} See {prog} --help."
-    return f"{' '.join(message.split())[:300]} (see {prog} --help)."
+        return f"no option --{bad}.{hint} See {prog} --help."
+    return f"{flat[:300]} (see {prog} --help)."
 
 
 def print_result(result: dict[str, Any]) -> None:

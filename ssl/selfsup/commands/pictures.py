@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from selfsup.commands.evaluate import EvalSource, start_processes
+from selfsup.commands.evaluate import EvalSource, require_path, start_processes
 from selfsup.commands.options import print_result
+from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
 
 
@@ -78,6 +79,7 @@ def load_mae(ckpt: str) -> tuple[Any, dict[str, Any], Path]:
 
 def embed(
     source: EvalSource,
+    data: PretrainDataModule,
     method: Literal["auto", "tsne", "umap"] = "auto",
     max_points: int = 5000,
     seed: int = 0,
@@ -90,23 +92,23 @@ def embed(
         method: the projection
         max_points: at most this many test images (a seeded, stratified choice)
         seed: seed of the projection and the choice
-        cache: read and store features in $SELFSUP_CACHE (--no-cache extracts again)
+        cache: read and store features in $SELFSUP_CACHE (false extracts them again)
     """
-    from selfsup.data.datasets import open_dataset
     from selfsup.eval.features import cached_features
     from selfsup.viz.embed import plot_embedding
 
     loaded = source.load()
     fabric, device = start_processes(source.devices, source.accelerator)
-    test = open_dataset(source.data, "test", source.root, reading=source.reading)
+    path = require_path(data)
+    test = data.open("test")
     if test.targets is None:
-        raise ConfigError(f"{source.data} has no test labels: the plot colours points by label.")
-    feats, labels, _ = cached_features(loaded, source.data, "test", test, source.batch_size,
-                                       source.num_workers, cache, device)  # fmt: skip
+        raise ConfigError(f"{path} has no test labels: the plot colours points by label.")
+    feats, labels, _ = cached_features(loaded, path, "test", test, data.batch_size,
+                                       data.num_workers, cache, device)  # fmt: skip
     if fabric is not None and not fabric.is_global_zero:
         return 0
     title = f"{loaded.meta['method']} {loaded.meta['backbone']}"
-    plot = source.out or str(source.eval_dir("embed") / "embedding.png")
+    plot = source.out or str(source.eval_dir("embed", data) / "embedding.png")
     result = plot_embedding(feats, labels, list(test.classes), plot, method, max_points, seed,
                             title)  # fmt: skip
     print_result({**result, "checkpoint": loaded.path})

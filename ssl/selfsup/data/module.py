@@ -32,12 +32,19 @@ def default_num_workers() -> int:
 
 
 class PretrainDataModule(pl.LightningDataModule):
-    """Unlabelled views for pretraining, plus labelled eval views for the kNN monitor.
+    """The data of every command: the ``data:`` block of a config and the ``--data.*``
+    options, for ``selfsup pretrain`` and every evaluator alike, so one block serves both.
+
+    Pretraining draws unlabelled views from it (and labelled eval views for the kNN
+    monitor); the evaluators open its splits (:meth:`open`) with the checkpoint's own
+    eval transform and channel count, so ``transform`` and ``channels`` there are the
+    pretraining's and are not used.
 
     Args:
-        path: DATA: an ``.npz``, an image folder, or a named set (``patterns``,
-            ``cifar10``, ``cifar100``, ``stl10``, ``medmnist:<flag>``).
-        transform: the method's view pipeline (e.g. ``SimCLRTransform``).
+        path: DATA: an ``.npz``, a manifest (``.csv``/``.tsv``), an image folder, a
+            DICOM tree, a folder of volumes, or a named set (``patterns``, ``cifar10``,
+            ``cifar100``, ``stl10``, ``medmnist:<flag>``).
+        transform: pretraining: the method's view pipeline (e.g. ``SimCLRTransform``).
         batch_size: images per process and step; the global batch is
             ``batch_size x devices x num_nodes`` and learning rates scale with it.
         num_workers: DataLoader workers per process (default: half the cores, 1 to 8).
@@ -57,7 +64,7 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str = "patterns",
+        path: str | None = None,
         transform: ViewTransform | None = None,
         batch_size: int = 256,
         num_workers: int | None = None,
@@ -78,6 +85,9 @@ class PretrainDataModule(pl.LightningDataModule):
         label_columns: list[str] | None = None,
     ) -> None:
         super().__init__()
+        #: The options as given (the view pipeline aside): what a job passes on as a
+        #: ``data:`` block (``selfsup launch probe``).
+        self.options = {k: v for k, v in locals().items() if k not in ("self", "transform", "__class__")}  # fmt: skip
         self.reading = Reading(
             intensity, window, frames, slice_axis, slice_context, slices_per_volume,
             foreground_threshold, volumes_4d, square_pixels, volume_cache,
@@ -99,9 +109,16 @@ class PretrainDataModule(pl.LightningDataModule):
         self._train: Dataset | None = None
 
     # -- datasets -------------------------------------------------------------------
+    def open(self, split: Literal["train", "val", "test"]) -> Dataset:
+        """One split as the files give it (no view pipeline, no channel conversion)."""
+        if self.path is None:
+            raise DataError("data.path is not set: give --data.path DATA (an .npz, a manifest, "
+                            "an image folder, a DICOM tree, volumes, or a named set).")  # fmt: skip
+        return open_dataset(self.path, split, self.root, self.download, strict=self.strict,
+                            reading=self.reading)  # fmt: skip
+
     def _open(self, split: Literal["train", "test"]):
-        ds = open_dataset(self.path, split, self.root, self.download, strict=self.strict,
-                          reading=self.reading)  # fmt: skip
+        ds = self.open(split)
         if self.channels is not None:
             ds = TransformedDataset(ds, _ChannelConverter(self.channels))
         return ds
