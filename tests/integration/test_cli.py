@@ -273,7 +273,7 @@ def test_other_methods_pretrain_and_evaluate(config, tiny_npz, tmp_path, capsys)
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone"] == other
     if "dino/vit" in config:  # DINO's linear evaluation features: CLS of the last blocks + patches
         probe = ["probe", "--ckpt", str(run), "--data.path", str(tiny_npz), "--data.num_workers", "0",
-                 "--epochs", "2", "--last-blocks", "2", "--avgpool-patches"]  # fmt: skip
+                 "--epochs", "2", "--last_blocks", "2", "--avgpool_patches", "true"]  # fmt: skip
         assert main(probe) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["features"] == "last2+avgpatch" and result["backbone"] == "teacher"

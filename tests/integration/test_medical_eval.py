@@ -141,7 +141,7 @@ def test_label_fractions_give_a_curve_and_summary_draws_several(ckpt, tmp_path, 
         out = tmp_path / name
         code, result, _ = run(capsys, "probe", "--ckpt", str(ckpt), "--data.path", str(path),
                               "--epochs", "3", "--label_fraction", "[0.05,0.5,1.0]",
-                              "--label-seeds", "2", "--seed", str(ord(name)),
+                              "--label_seeds", "2", "--seed", str(ord(name)),
                               "--out", str(out))  # fmt: skip
         assert code == 0 and [r["fraction"] for r in result["label_curve"]] == [0.05, 0.5, 1.0]
         assert all(r["n_seeds"] == 2 and r["metric"] == "top1" for r in result["label_curve"])

@@ -105,10 +105,11 @@ def test_timm_weights_file_loads_by_model_name(tmp_path, name, suffix):
     assert loaded.meta["image_size"] == 224 and loaded.meta["mean"] == list(
         model.pretrained_cfg["mean"]
     )
-    # DDP's "module." prefix is stripped; any other prefix fails instead of loading nothing.
-    for prefix in ("module.", "backbone."):
+    # The prefixes init_from strips (DDP's "module.", "backbone.") are stripped here too;
+    # any other prefix fails instead of loading nothing.
+    for prefix in ("module.", "backbone.", "net."):
         torch.save({f"{prefix}{k}": v for k, v in model.state_dict().items()}, tmp_path / "p.pth")
-        if prefix == "module.":
+        if prefix != "net.":
             assert torch.equal(
                 load_backbone(tmp_path / "p.pth", timm_model=name).backbone(x), loaded.backbone(x)
             )

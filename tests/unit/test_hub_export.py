@@ -158,11 +158,11 @@ def test_refusals_are_one_line(tmp_path, capsys):
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
     err = cli_error(
-        capsys, "--ckpt", ckpt, "--out", tmp_path / "b.safetensors", "--push-to-hub", "o/n"
+        capsys, "--ckpt", ckpt, "--out", tmp_path / "b.safetensors", "--push_to_hub", "o/n"
     )
     assert "--format timm-hub" in err
     err = cli_error(capsys, "--ckpt", ckpt, "--out", tmp_path / "h", "--format", "timm-hub",
-                    "--push-to-hub", "not a repo")  # fmt: skip
+                    "--push_to_hub", "not a repo")  # fmt: skip
     assert "not a Hugging Face repo id" in err and not (tmp_path / "h").exists()
 
     # A previous export is overwritten; the JSON line names the format, folder and files.
@@ -183,11 +183,11 @@ def test_push_without_the_hub_fails_in_one_line_after_writing_the_folder(tmp_pat
     # huggingface_hub reads HF_HUB_OFFLINE when imported: a fresh process, refused at once.
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "selfsup.cli", "export", "--ckpt", str(ckpt),
-                           "--out", str(hub), "--format", "timm-hub", "--push-to-hub", "org/name"],
+                           "--out", str(hub), "--format", "timm-hub", "--push_to_hub", "org/name"],
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     err = done.stderr.strip()
     assert done.returncode == 2 and len(err.splitlines()) == 1, err
-    assert "--push-to-hub org/name: the upload failed" in err and "offline" in err
+    assert "--push_to_hub org/name: the upload failed" in err and "offline" in err
     assert (hub / "config.json").is_file() and "hf upload org/name" in err
 
 

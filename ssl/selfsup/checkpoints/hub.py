@@ -34,8 +34,10 @@ import yaml
 
 import selfsup
 from selfsup.backbones import Backbone
-from selfsup.checkpoints import CHECKPOINT_DIR, LoadedBackbone, load_backbone, read_checkpoint
+from selfsup.checkpoints.files import read_checkpoint
+from selfsup.checkpoints.loading import LoadedBackbone, load_backbone
 from selfsup.errors import ConfigError
+from selfsup.run_directory import RunDir
 
 HUB_FORMAT = "selfsup-timm-hub-1"
 #: What an export writes, all of it in the folder: timm's weights and config, the card.
@@ -170,19 +172,17 @@ def _is_hub_export(folder: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- model card
-def run_directory(checkpoint: str | os.PathLike) -> Path | None:
-    """The run directory a checkpoint file belongs to (``RUN/checkpoints/last.ckpt`` or
-    ``RUN/hpc_ckpt_N.ckpt``), if it looks like one (it has ``config.yaml`` or ``eval/``)."""
-    path = Path(checkpoint).resolve()
-    run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
-    return run if (run / "config.yaml").is_file() or (run / "eval").is_dir() else None
+def run_directory(checkpoint: str | os.PathLike) -> RunDir | None:
+    """The run directory a checkpoint file belongs to, if selfsup wrote it."""
+    run = RunDir.of_checkpoint(Path(checkpoint).resolve())
+    return run if run is not None and run.looks_like_run() else None
 
 
-def eval_figures(run: Path) -> list[dict[str, Any]]:
+def eval_figures(run: RunDir) -> list[dict[str, Any]]:
     """Each ``RUN/eval/*/metrics.json``: its folder, task, headline metric and value
     (``top1`` where the file names no headline) and the checkpoint it evaluated."""
     rows = []
-    for path in sorted(run.glob("eval/*/metrics.json")):
+    for path in sorted(run.evaluations.glob("*/metrics.json")):
         try:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -209,9 +209,7 @@ def model_card(loaded: LoadedBackbone, out: Path, repo_id: str | None = None) ->
     meta, backbone = loaded.meta, loaded.backbone
     method = str(meta.get("method"))
     run = None if loaded.path.endswith(".safetensors") else run_directory(loaded.path)
-    config_text = (
-        (run / "config.yaml").read_text() if run and (run / "config.yaml").is_file() else None
-    )
+    config_text = run.config.read_text() if run and run.config.is_file() else None
     details = [
         f"- **Method:** {method} (self-supervised), {meta.get('loaded')} weights"
         f"{' (the ones selfsup evaluates)' if meta.get('loaded') == meta.get('eval_backbone') else ''}",
@@ -300,7 +298,7 @@ def _training(path: str) -> list[str]:
     ]
 
 
-def _evaluation(run: Path | None) -> list[str]:
+def _evaluation(run: RunDir | None) -> list[str]:
     rows = eval_figures(run) if run is not None else []
     if not rows:
         return []
@@ -322,7 +320,7 @@ def _check_repo_id(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except ValueError as e:
         raise ConfigError(
-            f"--push-to-hub {repo_id!r} is not a Hugging Face repo id ({str(e).splitlines()[0]}): "
+            f"--push_to_hub {repo_id!r} is not a Hugging Face repo id ({str(e).splitlines()[0]}): "
             "give ORG/NAME."
         ) from None
 
@@ -345,7 +343,7 @@ def push_folder(folder: Path, repo_id: str, what: str) -> str:
     except _hub_errors() as e:
         detail = (str(e).splitlines() or ["no detail"])[0][:200]
         raise ConfigError(
-            f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {detail}); "
+            f"--push_to_hub {repo_id}: the upload failed ({type(e).__name__}: {detail}); "
             f"{folder} is written: with the network and a token (hf auth login, or HF_TOKEN), "
             f"upload it with `hf upload {repo_id} {folder}` or run the export again."
         ) from None

@@ -37,7 +37,7 @@ def export(
         print_result(export_hub(ckpt, out, backbone, pool, push_to_hub))
         return 0
     if push_to_hub is not None:
-        raise ConfigError("--push-to-hub uploads a timm hub folder: add --format timm-hub.")
+        raise ConfigError("--push_to_hub uploads a timm hub folder: add --format timm-hub.")
     from selfsup.checkpoints import export_backbone
 
     print_result(export_backbone(ckpt, out, backbone, pool))

@@ -43,6 +43,7 @@ import yaml
 from selfsup.commands.options import check_yaml, config_files, run_with_options
 from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
+from selfsup.run_directory import RunDir
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -214,9 +215,10 @@ def launch_pretrain(
         )
     run_path = Path(run_dir or Path("runs") / _run_name(config)).resolve()
     _plain_path(run_path, "--run_dir")
-    if any(run_path.glob("checkpoints/*.ckpt")) or any(run_path.glob("hpc_ckpt_*.ckpt")):
+    run = RunDir(run_path)
+    if run.holds_run():
         raise ConfigError(
-            f"{run_path} already holds a run: continue it with `sbatch {run_path}/pretrain.sbatch` "
+            f"{run_path} already holds a run: continue it with `sbatch {run.job_script}` "
             "(it resumes), or choose another --run_dir."
         )
     accelerator = "cpu" if job.accelerator == "cpu" else "gpu"
@@ -252,8 +254,8 @@ def launch_pretrain(
         print(script, end="")
         return 0
     run_path.mkdir(parents=True, exist_ok=True)  # SLURM writes its logs here from the start
-    (run_path / "config.yaml").write_text(resolved)
-    path = run_path / "pretrain.sbatch"
+    run.config.write_text(resolved)
+    path = run.job_script
     path.write_text(script)
     job_id = submit(path)
     print(header, file=sys.stderr)

@@ -102,6 +102,21 @@ def check_spelling(argv: list[str], options: dict[str, Any], prog: str) -> None:
             )
 
 
+def group_options(name: str, cls: type) -> dict[str, Any]:
+    """The options of the group ``name`` a class's signature makes: ``{"data.path": str, ...}``."""
+    params = inspect.signature(cls).parameters
+    return {f"{name}.{p}": (bool if params[p].annotation in (bool, "bool") else params[p].annotation)
+            for p in params}  # fmt: skip
+
+
+def check_data_spelling(argv: list[str], prog: str) -> None:
+    """:func:`check_spelling` for a command whose parser is LightningCLI's (``pretrain``):
+    the data options spelled as another grammar spells them."""
+    from selfsup.data.module import PretrainDataModule
+
+    check_spelling(argv, group_options("data", PretrainDataModule), prog)
+
+
 def _where(name: str, options: dict[str, Any], groups: set[str]) -> str:
     if name in options:
         return name
@@ -169,8 +184,7 @@ def run_with_options(
     for cls in flat.values():
         options.update(typing.get_type_hints(cls))
     for name, cls in nested.items():
-        params = inspect.signature(cls).parameters
-        options.update({f"{name}.{p}": params[p].annotation for p in params})
+        options.update(group_options(name, cls))
     options = {n: (bool if t in (bool, "bool") else t) for n, t in options.items()}
     if config_file:
         for path in config_files(argv):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from selfsup.run_directory import RunDir
 from selfsup.viz.attention import attention_maps, mass_mask, prepare_image, to_rgb, upsample
 
 
@@ -112,6 +112,6 @@ class PictureLogger(pl.Callback):
             else:
                 from PIL import Image
 
-                folder = Path(trainer.default_root_dir) / "pictures"
+                folder = RunDir(trainer.default_root_dir).pictures
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(folder / f"{name}-epoch{trainer.current_epoch:04d}.png")

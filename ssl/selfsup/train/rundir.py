@@ -1,15 +1,6 @@
-"""The run directory: one flat folder per run, which a restart resumes.
-
-RUN/config.yaml               resolved config of the run's first start (a resumed start with
-                              other values keeps it and appends the differences to
-                              RUN/config_changes.txt)
-RUN/checkpoints/last.ckpt     always the newest state (written atomically)
-RUN/hpc_ckpt_N.ckpt           Lightning's own pre-emption checkpoints, if some other setup
-                              wrote them (read on resume, removed once last.ckpt is newer)
-RUN/metrics.csv               every logged metric, kept across restarts
-RUN/status.json               where the run is: state, step, epoch, SLURM job and restarts
-RUN/wandb/                    the wandb run, when wandb is on
-"""
+"""The run directory's callbacks: atomic checkpoints, the status file, the config kept
+with the run, and the run's identity in every checkpoint. Where each file lives is
+:class:`selfsup.run_directory.RunDir`'s to say."""
 
 from __future__ import annotations
 
@@ -27,7 +18,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from selfsup.checkpoints import CHECKPOINT_DIR, LAST, _global_step
+from selfsup.checkpoints import global_step
+from selfsup.run_directory import RunDir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -70,13 +62,13 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, run_dir: str | os.PathLike, every_n_train_steps: int | None = None):
         super().__init__(
-            dirpath=os.path.join(run_dir, CHECKPOINT_DIR),
+            dirpath=str(RunDir(run_dir).checkpoints),
             save_last=True,
             save_top_k=0,
             every_n_train_steps=every_n_train_steps,
             enable_version_counter=False,
         )
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Why not Lightning's: with save_top_k=0 it writes last.ckpt at an epoch end only
@@ -86,9 +78,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero and Path(filepath).name == LAST:
-            for old in self.run_dir.glob("hpc_ckpt_*.ckpt"):
-                if _global_step(old) <= trainer.global_step:
+        if trainer.is_global_zero and Path(filepath) == self.run_dir.last:
+            for old in self.run_dir.hpc_checkpoints():
+                if global_step(old) <= trainer.global_step:
                     old.unlink(missing_ok=True)
 
 
@@ -106,7 +98,7 @@ class RunStatus(Callback):
     scripts wait on it instead of sleeping."""
 
     def __init__(self, run_dir: str | os.PathLike, interval: float = 10.0) -> None:
-        self.path, self.interval, self._written = Path(run_dir) / "status.json", interval, 0.0
+        self.path, self.interval, self._written = RunDir(run_dir).status, interval, 0.0
         self.start_step = 0
 
     def _write(self, trainer: pl.Trainer, state: str) -> None:
@@ -123,7 +115,7 @@ class RunStatus(Callback):
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name("status.json.tmp")
+        tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(status) + "\n")
         os.replace(tmp, self.path)
         self._written = time.monotonic()
@@ -156,7 +148,8 @@ class RunConfig(SaveConfigCallback):
     resumed_step: int | None = None
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        path = Path(trainer.default_root_dir) / "config.yaml"
+        run = RunDir(trainer.default_root_dir)
+        path = run.config
         text = self.parser.dump(self.config, skip_none=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.resumed_step is None or not path.is_file():
@@ -171,7 +164,7 @@ class RunConfig(SaveConfigCallback):
                                     "this start", lineterm="", n=0)  # fmt: skip
         lines = [ln for ln in diff if not ln.startswith("@@")]
         when = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with open(path.with_name("config_changes.txt"), "a") as f:
+        with open(run.config_changes, "a") as f:
             f.write(f"# resumed at step {self.resumed_step} on {when}\n" + "\n".join(lines) + "\n")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -13,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from selfsup.checkpoints import CHECKPOINT_DIR, LAST
+from selfsup.run_directory import RunDir
 
 
 def _state_is_finite(module: torch.nn.Module) -> bool:
@@ -55,7 +54,7 @@ class GracefulStop(Callback):
     STOP, REQUEUE = 1, 2
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.last = Path(run_dir) / CHECKPOINT_DIR / LAST
+        self.last = RunDir(run_dir).last
         self._previous: dict[int, Any] = {}
         self._flag = 0
         self._action = 0

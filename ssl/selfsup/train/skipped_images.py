@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 
 from selfsup.data.module import unwrap_dataset
 from selfsup.distributed import gather_object_list
+from selfsup.run_directory import RunDir
 
 
 class SkippedImagesReport(pl.Callback):
@@ -32,7 +33,7 @@ class SkippedImagesReport(pl.Callback):
         self.reported = len(files)
         source = unwrap_dataset(trainer.datamodule.train_dataset)
         lines = source.why_unreadable(files) if hasattr(source, "why_unreadable") else files
-        (Path(trainer.default_root_dir) / "skipped_images.txt").write_text("\n".join(lines) + "\n")
+        RunDir(trainer.default_root_dir).skipped_images.write_text("\n".join(lines) + "\n")
         for logger in trainer.loggers:
             logger.log_metrics({"data/skipped_images": len(files)}, step=trainer.global_step)
         names = ", ".join(Path(f).name for f in files[:3]) + (", ..." if len(files) > 3 else "")

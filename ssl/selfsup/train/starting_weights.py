@@ -7,8 +7,9 @@ that did not fit.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from selfsup.run_directory import RunDir
 
 
 def channel_stats(values: list[float], channels: int) -> list[float]:
@@ -43,10 +44,10 @@ def prepare_starting_weights(model: Any, datamodule: Any, run_dir: str, write: b
             )
             transform.renormalise(mean, std)
     if write:
-        out = Path(run_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = RunDir(run_dir)
+        out.root.mkdir(parents=True, exist_ok=True)
         text = "\n".join(lines) + "\n"
         if not plan.adapted.fits:
             text += "\nkeys not loaded:\n" + plan.mismatch_report()
-        (out / "init_from.txt").write_text(text)
+        out.init_from.write_text(text)
     return lines
