@@ -224,3 +224,43 @@ def test_model_card_reads_the_run_directory(tmp_path):
     assert "class_path: selfsup.methods.DINO" in card  # the run's config, in a collapsed block
     with pytest.raises(ConfigError, match="not a selfsup hub export"):
         export_hub(run, run)  # the run directory itself is no place for the folder
+
+
+def test_a_hub_folder_is_a_ckpt_for_every_command(tmp_path, capsys):
+    """What init_from takes, --ckpt takes: selfsup's own hub export rebuilds the backbone it
+    came from (same features, weights and normalisation), and a folder that timm's own
+    save_for_hf wrote loads as its architecture at its input size; kNN runs on it."""
+    import numpy as np
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    vit = DINO(backbone="vit_tiny", backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 2},
+               projection_hidden_dim=32, bottleneck_dim=16, out_dim=64)  # fmt: skip
+    ckpt = save_checkpoint(vit, tmp_path / "vit.ckpt", [0.4] * 3, [0.2] * 3)
+    export_hub(ckpt, tmp_path / "hub")
+    direct, from_hub = load_backbone(ckpt), load_backbone(tmp_path / "hub")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(direct.backbone(x), from_hub.backbone(x), atol=1e-6)
+    assert from_hub.mean == [0.4] * 3 and from_hub.meta["image_size"] == 32
+    assert from_hub.meta["loaded"] == direct.meta["loaded"] == "teacher"
+
+    plain = timm.create_model("resnet18", num_classes=0, in_chans=1).eval()
+    save_for_hf(plain, str(tmp_path / "timm_hub"), model_args={"in_chans": 1},
+                data_config={"input_size": (1, 48, 48), "mean": (0.5,), "std": (0.25,)})  # fmt: skip
+    loaded = load_backbone(f"local-dir:{tmp_path / 'timm_hub'}")
+    y = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(loaded.backbone(y), plain(y), atol=1e-5)
+    assert loaded.meta["image_size"] == 48 and loaded.mean == [0.5]
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=rng.integers(0, 255, (40, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 2, x_test=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(20) % 2)  # fmt: skip
+    argv = ["knn", "--ckpt", str(tmp_path / "hub"), "--data.path", str(data), "--k", "[5]",
+            "--data.num_workers", "0", "--cache", "false", "--out", str(tmp_path / "knn")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == "knn"
