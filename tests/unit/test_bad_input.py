@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import selfsup.data.patterns as patterns
+import selfsup.data.readers.patterns as patterns
 from selfsup.data.datasets import ArrayDataset, DataError, load_npz, open_dataset
 from selfsup.eval.metrics import label_warnings
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from selfsup.data.datasets import DataError, load_npz, open_dataset, to_tensor_image
-from selfsup.data.patterns import CLASSES, generate_patterns
+from selfsup.data.readers.patterns import CLASSES, generate_patterns
 from selfsup.transforms import EvalTransform, SimCLRTransform
 
 

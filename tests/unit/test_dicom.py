@@ -15,9 +15,9 @@ import pytest
 import torch
 from pydicom.pixels import apply_modality_lut
 
-from selfsup.data.dicom import DicomUnreadable, NotAnImage, read_dicom_frame, read_header
-from selfsup.data.folders import ImageFolderDataset
 from selfsup.data.pixels import DataError, Reading
+from selfsup.data.readers.dicom import DicomUnreadable, NotAnImage, read_dicom_frame, read_header
+from selfsup.data.readers.folders import ImageFolderDataset
 
 FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom
 CR_MONOCHROME1 = FILES / "dicomdirtests" / "77654033" / "CR1" / "6154"

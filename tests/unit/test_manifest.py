@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from selfsup.data.datasets import open_dataset
-from selfsup.data.dicom import read_dicom_frame
 from selfsup.data.pixels import DataError, Reading
-from selfsup.data.volumes import read_volume_slice
+from selfsup.data.readers.dicom import read_dicom_frame
+from selfsup.data.readers.volumes import read_volume_slice
 
 FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

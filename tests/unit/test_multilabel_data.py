@@ -21,11 +21,11 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from selfsup.cli import main
-from selfsup.data.arrays import ArrayDataset
 from selfsup.data.datasets import open_dataset
 from selfsup.data.module import PretrainDataModule
 from selfsup.data.pixels import DataError, Reading
-from selfsup.data.volumes import VolumeSliceDataset
+from selfsup.data.readers.arrays import ArrayDataset
+from selfsup.data.readers.volumes import VolumeSliceDataset
 from selfsup.train.knn_monitor import KNNMonitor
 
 RNG = np.random.default_rng(0)

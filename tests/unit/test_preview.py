@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfsup.data.arrays import ArrayDataset
+from selfsup.data.readers.arrays import ArrayDataset
 from selfsup.viz.preview import write_preview
 
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from selfsup.data.folders import ImageFolderDataset
+from selfsup.data.readers.folders import ImageFolderDataset
 from selfsup.data.summary import describe, one_line
 
 FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom

@@ -10,9 +10,9 @@ import pytest
 import torch
 from nibabel.testing import data_path
 
-from selfsup.data import volumes
 from selfsup.data.pixels import DataError, Reading
-from selfsup.data.volumes import (
+from selfsup.data.readers import volumes
+from selfsup.data.readers.volumes import (
     VolumeSliceDataset,
     is_volume,
     list_volumes,

@@ -20,9 +20,6 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from selfsup.data import patterns
-from selfsup.data.arrays import ArrayDataset, load_npz
-from selfsup.data.folders import ImageFolderDataset
 from selfsup.data.pixels import (  # noqa: F401 (the data layer's names, in one place)
     IMAGE_EXTENSIONS,
     UNREADABLE,
@@ -34,6 +31,9 @@ from selfsup.data.pixels import (  # noqa: F401 (the data layer's names, in one 
     read_image,
     to_tensor_image,
 )
+from selfsup.data.readers import patterns
+from selfsup.data.readers.arrays import ArrayDataset, load_npz
+from selfsup.data.readers.folders import ImageFolderDataset
 
 NAMED_DATASETS = ("patterns", "cifar10", "cifar100", "stl10", "medmnist:<flag>")
 
@@ -56,7 +56,7 @@ def open_dataset(
     ``test/<class>/``, or an unlabelled tree), or a named set. ``reading`` says how
     DICOM files and volumes become pixels (its intensity policy replaces ``intensity``);
     ``strict``: fail on unreadable files instead of skipping them."""
-    from selfsup.data.manifest import MANIFEST_SUFFIXES, ManifestDataset
+    from selfsup.data.readers.manifest import MANIFEST_SUFFIXES, ManifestDataset
 
     reading = reading or Reading(intensity=intensity)
     intensity = reading.intensity
@@ -87,7 +87,7 @@ def open_dataset(
             return ManifestDataset(path, split, reading, strict)
         if path.suffix == ".npz":
             return load_npz(path, split, intensity)
-        from selfsup.data.volumes import VolumeSliceDataset, is_volume
+        from selfsup.data.readers.volumes import VolumeSliceDataset, is_volume
 
         if is_volume(path):
             return VolumeSliceDataset([path], reading, source=str(path), strict=strict)
@@ -103,7 +103,7 @@ def open_dataset(
             f"{path} has no {split}/ folder: evaluation needs {path}/train/<class>/ and "
             f"{path}/test/<class>/, or a manifest with a split column."
         )
-    from selfsup.data.volumes import VolumeSliceDataset, list_volumes
+    from selfsup.data.readers.volumes import VolumeSliceDataset, list_volumes
 
     volumes = list_volumes(path)
     if volumes:

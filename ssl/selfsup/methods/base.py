@@ -322,16 +322,16 @@ class SelfSupervisedMethod(pl.LightningModule):
         return None
 
     # -- checkpoint metadata -------------------------------------------------------------
+    #: The training view pipeline (its size and normalisation are the evaluators'), set by
+    #: the run assembly (selfsup.train.run) rather than read from a DataModule.
+    data_view: Any = None
+
     def checkpoint_metadata(self) -> dict[str, Any]:
         """What an evaluator needs to rebuild the backbone without importing the method.
 
         Plain types only, so ``torch.load(weights_only=True)`` reads it.
         """
-        transform = (
-            getattr(getattr(self.trainer, "datamodule", None), "transform", None)
-            if self._trainer
-            else None
-        )
+        transform = self.data_view
         backbone = self.backbone
         pool: Pool = backbone.pool
         return {

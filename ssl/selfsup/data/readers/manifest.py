@@ -17,7 +17,7 @@ Columns (a header row names them; order free):
 
 Other columns are kept (:attr:`ManifestDataset.columns`) and not read here. Missing files
 stop before training with their row numbers; unreadable files are skipped like broken
-images (:class:`~selfsup.data.folders.ImageFiles`).
+images (:class:`~selfsup.data.readers.folders.ImageFiles`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.data.folders import ImageFiles
 from selfsup.data.labels import manifest_labels, refuse_rows
 from selfsup.data.pixels import DataError, Reading
+from selfsup.data.readers.folders import ImageFiles
 
 MANIFEST_SUFFIXES = (".csv", ".tsv")
 SPLITS = ("train", "val", "test")
@@ -66,7 +66,7 @@ class ManifestDataset(ImageFiles):
     def __init__(
         self, path: str | Path, split: str, reading: Reading | None = None, strict: bool = False
     ) -> None:
-        from selfsup.data.volumes import is_volume
+        from selfsup.data.readers.volumes import is_volume
 
         super().__init__(reading or Reading(), strict)
         path = Path(path)

@@ -10,14 +10,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from selfsup.data.dicom import (
-    DicomUnreadable,
-    NotAnImage,
-    could_be_dicom,
-    frames_to_read,
-    read_dicom_frame,
-    read_header,
-)
 from selfsup.data.labels import Labelled
 from selfsup.data.pixels import (
     IMAGE_EXTENSIONS,
@@ -27,6 +19,14 @@ from selfsup.data.pixels import (
     Reading,
     match_channels,
     read_image,
+)
+from selfsup.data.readers.dicom import (
+    DicomUnreadable,
+    NotAnImage,
+    could_be_dicom,
+    frames_to_read,
+    read_dicom_frame,
+    read_header,
 )
 
 #: Files a tree may hold beside its images, never tried as images.
@@ -132,7 +132,7 @@ class ImageFiles(Labelled, Dataset):
         f, frame = self.files[index], self.frames[index]
         if frame is None:
             return read_image(f, self.intensity)
-        from selfsup.data.volumes import is_volume, read_volume_slice
+        from selfsup.data.readers.volumes import is_volume, read_volume_slice
 
         if is_volume(f):
             return read_volume_slice(f, frame, self.reading)
