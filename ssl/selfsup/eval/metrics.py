@@ -21,7 +21,8 @@ from torchmetrics.functional.classification import (
 from selfsup.eval.multilabel import multilabel_report
 
 
-def _names(class_names: list[str] | None, c: int) -> list[str]:
+def class_names_for(class_names: list[str] | None, c: int) -> list[str]:
+    """The ``c`` names a report shows: the data's class names where they fit, else ``"0".."c-1"``."""
     return (
         [str(n) for n in class_names]
         if class_names and len(class_names) == c
@@ -52,7 +53,7 @@ def classification_metrics(
     recall = multiclass_recall(probs, labels, c, average="none")
     present = torch.bincount(labels, minlength=c) > 0
     out["balanced_accuracy"] = float(recall[present].mean())
-    names = _names(class_names, c)
+    names = class_names_for(class_names, c)
     out["per_class_accuracy"] = {
         names[i]: round(float(recall[i]), 6) for i in range(c) if present[i]
     }
@@ -74,7 +75,7 @@ def multilabel_metrics(
     """Multi-label figures of per-finding probabilities ``(N, K)`` for 0/1 ``targets``
     ``(N, K)``: :func:`multilabel_report` (per-finding AUROC and average precision, macro
     and micro AUROC, mAP, the test split's prevalence per finding) with the headline."""
-    report = multilabel_report(probs, targets, _names(names, probs.shape[1]))
+    report = multilabel_report(probs, targets, class_names_for(names, probs.shape[1]))
     report["prevalence"] = {"test": report.pop("prevalence")}
     return {**report, "headline": {"metric": "macro_auroc", "value": report["macro_auroc"]}}
 
@@ -100,7 +101,7 @@ def label_warnings(
     findings the test split holds on every image or on none (no AUROC: left out of the
     macro average)."""
     if is_multilabel(train_y):
-        return _finding_warnings(train_y, test_y, _names(class_names, train_y.shape[1]))
+        return _finding_warnings(train_y, test_y, class_names_for(class_names, train_y.shape[1]))
 
     def name(c: int) -> str:
         return str(class_names[c]) if class_names and 0 <= c < len(class_names) else str(c)

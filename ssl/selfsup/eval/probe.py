@@ -44,6 +44,7 @@ from selfsup.eval.linear_grid import (
     train_linear_grid,
 )
 from selfsup.eval.metrics import (
+    class_names_for,
     classification_metrics,
     is_multilabel,
     label_warnings,
@@ -68,14 +69,6 @@ def _num_outputs(class_names: list[str] | None, train_y: torch.Tensor, test_y: t
     if is_multilabel(train_y):
         return train_y.shape[1]
     return max(len(class_names or []), int(max(train_y.max(), test_y.max())) + 1)
-
-
-def _names(class_names: list[str] | None, n: int) -> list[str]:
-    return (
-        [str(c) for c in class_names]
-        if class_names and len(class_names) == n
-        else [str(i) for i in range(n)]
-    )
 
 
 def _standardiser(features: torch.Tensor):
@@ -171,7 +164,7 @@ def run_probe(
     notes = _notes(class_names, notes, train_y, test_y)
     groups = groups if groups is not None else groups_of(class_names)
     n_out = _num_outputs(class_names, train_y, test_y)
-    names = _names(class_names, n_out)
+    names = class_names_for(class_names, n_out)
     fit_idx, val_idx = group_split(train_y.numpy(), groups[0], val_fraction, seed)
     standardise = _standardiser(train_f[fit_idx])
     val_x, test_x = standardise(train_f[val_idx]), standardise(test_f)
@@ -260,7 +253,7 @@ def run_probe_augmented(
             "notes (or class names) that labelled_features returned with the features."
         )
     n_out = _num_outputs(class_names, train_y, test_y)
-    names = _names(class_names, n_out)
+    names = class_names_for(class_names, n_out)
     fit, val_idx = group_split(train_y.numpy(), groups[0], val_fraction, seed)
     fit_idx = torch.from_numpy(fit)
     standardise = _standardiser(train_f[fit_idx])
