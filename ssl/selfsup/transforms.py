@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
+from selfsup.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The milder colour jitter of BYOL (Table 6), which DINO reuses.
@@ -145,11 +147,28 @@ class SimCLRTransform(ViewTransform):
         self.pipelines = [pipeline, pipeline]
 
 
+def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(C, H, W)`` -> ``(channels, H, W)``: gray -> RGB by repetition, RGB -> gray by
+    ITU-R 601 luminance (a gray file in a colour folder, or the other way round)."""
+    c = image.shape[0]
+    if c == channels:
+        return image
+    if c == 1:
+        return image.expand(channels, -1, -1).contiguous()
+    if c == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        gray = (image.float() * weights).sum(0, keepdim=True)
+        return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
+    raise ConfigError(f"Cannot convert {c}-channel images to {channels} channels.")
+
+
 class EvalTransform:
     """Deterministic evaluation view: resize, centre crop, normalise.
 
     ``crop_ratio`` is the crop's share of the resized image: 0.875 is the
     ImageNet convention at 224 px; small images (<= 64 px) are used whole (1.0).
+    ``channels``: convert images to the backbone's channel count first
+    (:func:`match_channels`: a gray checkpoint read on RGB data, or the other way round).
     """
 
     def __init__(
@@ -158,11 +177,13 @@ class EvalTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         crop_ratio: float | None = None,
+        channels: int | None = None,
     ) -> None:
         if crop_ratio is None:
             crop_ratio = 1.0 if size <= 64 else 0.875
         self.size = size
         self.crop_ratio = crop_ratio
+        self.channels = channels
         self.pipeline = v2.Compose(
             [
                 v2.ToDtype(torch.float32, scale=True),
@@ -173,6 +194,8 @@ class EvalTransform:
         )
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None:
+            image = match_channels(image, self.channels)
         return self.pipeline(image)
 
 

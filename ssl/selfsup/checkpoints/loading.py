@@ -47,7 +47,9 @@ class LoadedBackbone:
         return list(self.meta.get("std") or IMAGENET_STD)
 
     def eval_transform(self) -> EvalTransform:
-        return EvalTransform(int(self.meta["image_size"]), self.mean, self.std)
+        channels = self.meta.get("in_chans")
+        return EvalTransform(int(self.meta["image_size"]), self.mean, self.std,
+                             channels=int(channels) if channels else None)  # fmt: skip
 
 
 def load_backbone(

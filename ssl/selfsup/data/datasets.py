@@ -27,7 +27,6 @@ from selfsup.data.pixels import (  # noqa: F401 (the data layer's names, in one 
     Intensity,
     Reading,
     Split,
-    match_channels,
     read_image,
     to_tensor_image,
 )

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from selfsup.data.datasets import DataError, Intensity, Reading, match_channels, open_dataset
+from selfsup.data.datasets import DataError, Intensity, Reading, open_dataset
 from selfsup.data.streams import (
     EpochSeededLoader,
     SeededTransforms,
@@ -23,7 +23,7 @@ from selfsup.data.streams import (
     resume_point,
     seed_step,
 )
-from selfsup.transforms import EvalTransform, ViewTransform
+from selfsup.transforms import EvalTransform, ViewTransform, match_channels
 
 
 def default_num_workers() -> int:

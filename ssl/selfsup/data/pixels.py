@@ -169,21 +169,6 @@ def read_image(path: str | Path, intensity: Intensity = "dtype") -> torch.Tensor
     return to_tensor_image(array, intensity)
 
 
-def match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    """``(C, H, W)`` -> ``(channels, H, W)``: gray -> RGB by repetition, RGB -> gray by
-    ITU-R 601 luminance (a gray file in a colour folder, or the other way round)."""
-    c = image.shape[0]
-    if c == channels:
-        return image
-    if c == 1:
-        return image.expand(channels, -1, -1).contiguous()
-    if c == 3 and channels == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-        gray = (image.float() * weights).sum(0, keepdim=True)
-        return gray.round().to(image.dtype) if image.dtype == torch.uint8 else gray
-    raise DataError(f"Cannot convert {c}-channel images to {channels} channels.")
-
-
 #: What reading a broken file raises: PIL's UnidentifiedImageError (not an image,
 #: zero bytes) and "image file is truncated" are OSErrors; damaged headers raise the others.
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)

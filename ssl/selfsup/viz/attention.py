@@ -93,7 +93,7 @@ def prepare_image(
     ``(1, C, H', W')`` and the displayed image ``(C, H', W')`` in [0, 1]: resized (to
     ``size``, or so that the shorter side is ``short_side``, keeping the aspect) and
     cropped to multiples of the patch size."""
-    from selfsup.data.datasets import match_channels
+    from selfsup.transforms import match_channels
 
     img = match_channels(image, in_chans)
     img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
-from selfsup.data.datasets import match_channels, read_image
+from selfsup.data.datasets import read_image
 from selfsup.errors import ConfigError
-from selfsup.transforms import EvalTransform
+from selfsup.transforms import EvalTransform, match_channels
 from selfsup.viz.names import output_names
 
 PADDING = 2

@@ -17,7 +17,6 @@ from selfsup.data.pixels import (
     DataError,
     Intensity,
     Reading,
-    match_channels,
     read_image,
 )
 from selfsup.data.readers.dicom import (
@@ -28,6 +27,7 @@ from selfsup.data.readers.dicom import (
     read_dicom_frame,
     read_header,
 )
+from selfsup.transforms import match_channels
 
 #: Files a tree may hold beside its images, never tried as images.
 IGNORED_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".md", ".xml", ".html",
