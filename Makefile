@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install quickstart test lint slurm-deps docs
+.PHONY: install quickstart test test-unit lint slurm-deps docs
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install
 # README's walk are included, not copied) or a page left out of the nav.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The fast loop while editing: tests/unit mirrors the package and starts no process
+# (about 2 minutes on 2 cores); `make test` runs everything.
+test-unit: install
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile tests/unit
 
 lint: install
 	$(BIN)/ruff check ssl tests benchmarks

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from pytorch_lightning import Callback
 
@@ -54,7 +53,6 @@ def last(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-@pytest.mark.slow
 def test_two_processes_killed_inside_an_epoch_resume_to_the_uninterrupted_weights(
     tiny_npz, tmp_path
 ):

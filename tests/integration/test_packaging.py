@@ -18,8 +18,6 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 TEMPLATES = ("pretrain.sbatch", "probe_array.sbatch")
@@ -50,7 +48,6 @@ def build_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
-@pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_and_renders_packaged_templates(tmp_path):
     wheel = build_wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()

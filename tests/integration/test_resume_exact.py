@@ -49,7 +49,6 @@ def stopped_then_resumed(run: Path, data: Path, method: str, stop: type[Callback
     return ckpt
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["DINO", "IJEPA"])
 def test_resume_at_an_epoch_end_gives_the_uninterrupted_weights(tiny_npz, tmp_path, method):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -70,7 +69,6 @@ class StopInsideFirstEpoch(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.slow
 def test_resume_inside_an_epoch_gives_the_uninterrupted_weights(tiny_npz, tmp_path):
     """The resumed run trains on the first epoch's last 2 batches (the same images, views
     and masks), then on the second epoch, as the straight run does; that one loads its
