@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,18 @@ def write_report(result: dict[str, Any], classes: list[str], out: Path) -> dict[
 
 
 def _curve_name(result: dict[str, Any]) -> str:
+    """The legend's name for an evaluation's curve: a run's checkpoint is named after its
+    run (every run's file is ``last.ckpt``, or Lightning's ``hpc_ckpt_N.ckpt``), any
+    other file (an export) after its stem."""
     ckpt = result.get("checkpoint")
-    return Path(ckpt).stem if ckpt else str(result.get("task", "evaluation"))
+    if not ckpt:
+        return str(result.get("task", "evaluation"))
+    path = Path(os.path.abspath(ckpt))  # not resolve(): a symlinked run keeps its own name
+    if path.parent.name == "checkpoints":
+        return path.parent.parent.name
+    if path.suffix == ".ckpt" and path.name.startswith("hpc_ckpt_"):
+        return path.parent.name
+    return path.stem
 
 
 def save_confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -> None:
