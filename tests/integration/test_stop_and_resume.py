@@ -36,6 +36,10 @@ def run_to_end(run: Path, data: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command(run, data), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Lightning's banners and tips are not printed; its other lines (the seed) still are.
+    for chatter in ("GPU available", "TPU available", "HPU available", "Tip:", "litlogger"):
+        assert chatter not in proc.stderr, proc.stderr[-3000:]
+    assert "Seed set to 7" in proc.stderr
     return proc
 
 

@@ -1,8 +1,10 @@
-"""The run's loggers: metrics.csv in the run directory, and wandb when asked for."""
+"""The run's loggers: metrics.csv in the run directory, and wandb when asked for; and
+what Lightning's own logging may print (:func:`quiet_lightning`)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +37,32 @@ class RunCSVLogger(CSVLogger):
             os.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+#: Lightning's info lines that every run printed and none needs: which accelerators
+#: exist (the run's own device is in its config), adverts for Lightning's cloud products,
+#: and the TF32 hint (selfsup's configs train in bf16).
+LIGHTNING_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
+                     "You are using a CUDA device")  # fmt: skip
+
+
+class _DropChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_CHATTER)
+
+
+def quiet_lightning() -> None:
+    """Drop :data:`LIGHTNING_CHATTER` from Lightning's console output. Its warnings, and
+    the info lines worth reading, pass: those include selfsup's kNN monitor figures, which
+    share the logger (``rank_zero_info``), so the logger keeps its level and a filter drops
+    the chatter by its words. Idempotent; a no-op on lines a Lightning version lacks."""
+    # rank_zero_info() logs through whichever of these two was imported last.
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropChatter) for f in logger.filters):
+            logger.addFilter(_DropChatter())
+    # Its one line, each process's "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]", is info.
+    logging.getLogger("pytorch_lightning.accelerators.cuda").setLevel(logging.WARNING)
 
 
 def wandb_logger(run_dir: str, project: str):

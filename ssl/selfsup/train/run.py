@@ -37,7 +37,7 @@ from selfsup.methods.base import SelfSupervisedMethod
 from selfsup.precision import cpu_precision
 from selfsup.train.collapse_monitor import CollapseMonitor
 from selfsup.train.knn_monitor import KNNMonitor
-from selfsup.train.loggers import RunCSVLogger, wandb_logger
+from selfsup.train.loggers import RunCSVLogger, quiet_lightning, wandb_logger
 from selfsup.train.pictures import PictureLogger
 from selfsup.train.rundir import (
     AtomicCheckpointIO,
@@ -203,6 +203,7 @@ def default_run_name(config_file: Any, class_path: str) -> str:
 def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> PretrainCLI:
     """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no
     training); with ``resolve_only``, parse and pin the seed without instantiating."""
+    quiet_lightning()
     cls = PretrainCLI
     if resolve_only:
 
