@@ -172,3 +172,36 @@ def test_probe_takes_its_config_file_and_flags(runs, tiny_npz, tmp_path, capsys)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["epochs"] == 3 and result["n_train"] + result["n_val"] == 96
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_a_bad_resume_file_is_one_line_before_lightning_or_the_data_say_anything(runs, tmp_path):
+    """`selfsup pretrain --resume PATH` with a missing, truncated or foreign file: stderr is
+    the one error line (no banner, no data summary), exit status 2, no run directory."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = (runs / "simclr" / "resnet18_cifar" / "checkpoints" / "last.ckpt").read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt[: len(ckpt) // 2])
+    foreign = tmp_path / "foreign.ckpt"  # loads, but selfsup pretrain did not write it
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    cases = {
+        str(tmp_path / "missing.ckpt"): "no such file or directory",
+        str(truncated): "it is truncated or not a checkpoint",
+        str(foreign): "is not a selfsup training checkpoint",
+    }
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for resume, problem in cases.items():
+        cmd = [sys.executable, "-m", "selfsup.cli", "pretrain",
+               "--config", str(REPO / "configs" / "quickstart.yaml"), "--resume", resume,
+               "--trainer.default_root_dir", str(run)]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+        assert lines[0].startswith("selfsup pretrain: error: ") and problem in lines[0], lines[0]
+        assert "run directory" in lines[0] or "--resume never" in lines[0]  # the way out
+        assert proc.stdout == ""
+        assert not run.exists()

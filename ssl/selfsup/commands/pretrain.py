@@ -1,10 +1,11 @@
 """``selfsup pretrain --config FILE [--key value ...]``: check, assemble, resume, fit.
 
 The order matters: the config files and the method's name are checked before
-LightningCLI parses (one line instead of a page of usage); the run is assembled and
-checked (:mod:`selfsup.train.run`); the checkpoint to resume is found and compared
-with the run (:mod:`selfsup.train.resume`); only then does training start, and with
-it the first write into the run directory.
+LightningCLI parses (one line instead of a page of usage); the checkpoint to resume is
+found and read as soon as the arguments are parsed, before Lightning prints anything
+(:mod:`selfsup.train.resume`); the run is assembled and checked
+(:mod:`selfsup.train.run`) and the checkpoint compared with it; only then does training
+start, and with it the first write into the run directory.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def pretrain(argv: list[str]) -> int:
     import pytorch_lightning as pl
 
     from selfsup.train.loggers import finish_wandb
-    from selfsup.train.resume import check_same_run, checkpoint_to_resume
+    from selfsup.train.resume import check_same_run
     from selfsup.train.run import build_pretrain_cli
 
     for path in config_files(argv):
@@ -49,7 +50,7 @@ def pretrain(argv: list[str]) -> int:
     cli = build_pretrain_cli(argv)
     cli.check_run()
     run_dir = cli.trainer.default_root_dir
-    ckpt_path = checkpoint_to_resume(cli.config.resume, run_dir)
+    ckpt_path = cli.ckpt_path
     if ckpt_path is not None:
         record, step = check_same_run(ckpt_path, cli.model, cli.config.run_name, run_dir)
         seed = record.get("seed")

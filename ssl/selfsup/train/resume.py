@@ -1,9 +1,13 @@
 """Which checkpoint a start resumes from, and whether it may.
 
-A run directory resumes only its own run: before anything is written, the checkpoint's
-metadata (method, backbone and its kwargs, the run's name) and its weights' shapes are
-compared with the run about to start. A mismatch is one line naming both sides and the
-two ways out (another run directory, or ``--resume never`` to start this one afresh).
+Two checks, both before anything is written. :func:`checkpoint_to_resume` needs only the
+arguments: the file must exist, load, and be a selfsup training checkpoint, so a bad
+``--resume`` is refused before Lightning builds a Trainer or the data is read.
+:func:`check_same_run` needs the built method: a run directory resumes only its own run,
+so the checkpoint's metadata (method, backbone and its kwargs, the run's name) and its
+weights' shapes are compared with the run about to start. A mismatch is one line naming
+both sides and the two ways out (another run directory, or ``--resume never`` to start
+this one afresh).
 """
 
 from __future__ import annotations
@@ -12,22 +16,41 @@ import os
 from pathlib import Path
 from typing import Any
 
-from selfsup.checkpoints import newest_checkpoint, read_checkpoint
+from selfsup.checkpoints import newest_checkpoint, read_checkpoint, resolve_checkpoint
 from selfsup.errors import ConfigError
 
 
 def checkpoint_to_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
-    """``--resume auto|never|PATH`` -> the checkpoint file to resume from, or None."""
-    if resume == "auto":
-        return newest_checkpoint(run_dir)
+    """``--resume auto|never|PATH`` -> the checkpoint file to resume from, or None. PATH is
+    a ``.ckpt`` file or a run directory (its newest checkpoint). A file that is missing,
+    does not load, or is not a selfsup training checkpoint is a ConfigError."""
     if resume == "never":
         return None
-    path = Path(resume).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"--resume {resume}: no such checkpoint (use auto, never or a .ckpt path)."
-        )
+    if resume == "auto":
+        path = newest_checkpoint(run_dir)
+        if path is None:
+            return None
+    else:
+        path = Path(resume).expanduser()
+        if not path.exists():
+            raise ConfigError(
+                f"--resume {resume}: no such file or directory: give a .ckpt file or a run "
+                "directory, auto (this run directory's newest checkpoint) or never."
+            )
+        path = resolve_checkpoint(path)
+    training_checkpoint(path)
     return path
+
+
+def training_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint file ``path`` (tensors memory-mapped), if selfsup pretrain wrote it."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    if checkpoint.get("selfsup") is None or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"{path} is not a selfsup training checkpoint: pass a run directory or a .ckpt "
+            "written by selfsup pretrain, or --resume never."
+        )
+    return checkpoint
 
 
 def check_same_run(
@@ -36,13 +59,8 @@ def check_same_run(
     """Raise a ConfigError unless checkpoint ``path`` holds a run that ``model`` (of the
     run named ``run_name``) can continue; returns the checkpoint's run record
     (``{"run_name", "seed"}``, empty for checkpoints older than it) and its global step."""
-    checkpoint = read_checkpoint(path, mmap=True)
-    meta = checkpoint.get("selfsup")
-    if meta is None or "state_dict" not in checkpoint:
-        raise ConfigError(
-            f"{path} is not a selfsup training checkpoint: pass a run directory or a .ckpt "
-            "written by selfsup pretrain, or --resume never."
-        )
+    checkpoint = training_checkpoint(path)
+    meta = checkpoint["selfsup"]
     record = checkpoint.get("selfsup_run") or {}
     mine = {
         "method": type(model).__name__,

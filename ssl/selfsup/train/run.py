@@ -6,7 +6,9 @@ command line) and instantiates the method, the DataModule and the Trainer with:
 the run directory's logger and atomic checkpoints, the stop signals, the status file,
 the kNN, collapse, picture and skipped-images callbacks, and the loader hook the
 method declares (:meth:`~selfsup.methods.base.SelfSupervisedMethod.train_collate_fn`).
-``check_run`` then checks everything that can be checked before training starts.
+What needs only the arguments is checked as soon as they are parsed, before Lightning
+says anything (the SLURM job's shape, the checkpoint to resume); ``check_run`` then
+checks everything else that can be checked before training starts.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from selfsup.train.collapse_monitor import CollapseMonitor
 from selfsup.train.knn_monitor import KNNMonitor
 from selfsup.train.loggers import RunCSVLogger, quiet_lightning, wandb_logger
 from selfsup.train.pictures import PictureLogger
+from selfsup.train.resume import checkpoint_to_resume
 from selfsup.train.rundir import (
     AtomicCheckpointIO,
     RunCheckpoint,
@@ -51,13 +54,20 @@ from selfsup.train.skipped_images import SkippedImagesReport
 
 
 class PretrainCLI(LightningCLI):
+    #: False where the config is only resolved, not run here (``selfsup launch``): what
+    #: depends on this machine (the checkpoint to resume) is then decided where the run
+    #: starts.
+    runs_here = True
+    #: The checkpoint this start resumes from (``--resume``), found and read at parse time.
+    ckpt_path: Path | None = None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--resume",
             type=str,
             default="auto",
             help="auto: continue from the run directory's newest checkpoint if there is one; "
-            "never: start from scratch; or a checkpoint path.",
+            "never: start from scratch; or a checkpoint path or run directory.",
         )
         parser.add_argument(
             "--run_name",
@@ -92,16 +102,21 @@ class PretrainCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as e:
             raise ConfigError(explain_parse_error(str(e), parser)) from None
-
-    def before_instantiate_classes(self) -> None:
         config = self.config
-        check_slurm_shape(config.trainer.devices, config.trainer.num_nodes)
         if config.run_name is None:
             configs = config.get("config") or []
             config.run_name = default_run_name(configs[0] if configs else None,
                                                str(config.model.class_path))  # fmt: skip
         if config.trainer.default_root_dir is None:
             config.trainer.default_root_dir = os.path.join("runs", config.run_name)
+        # What needs only the arguments fails here, as one line, before Lightning's first
+        # (the seed) and before the Trainer and the data are built.
+        check_slurm_shape(config.trainer.devices, config.trainer.num_nodes)
+        if self.runs_here:
+            self.ckpt_path = checkpoint_to_resume(config.resume, config.trainer.default_root_dir)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
         # Before the config is saved with the run: RUN/config.yaml says what ran. What
         # was asked is still checked (check_run), so a config fails the same everywhere.
         self.asked_precision = config.trainer.precision
@@ -202,12 +217,15 @@ def default_run_name(config_file: Any, class_path: str) -> str:
 
 def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> PretrainCLI:
     """Parse ``selfsup pretrain`` arguments and instantiate model, data and trainer (no
-    training); with ``resolve_only``, parse and pin the seed without instantiating."""
+    training); with ``resolve_only``, parse and pin the seed without instantiating, and
+    leave what depends on the machine to the one that runs it."""
     quiet_lightning()
     cls = PretrainCLI
     if resolve_only:
 
         class cls(PretrainCLI):  # the same CLI, minus instantiation
+            runs_here = False
+
             def instantiate_classes(self) -> None:
                 pass
 
