@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfsup.eval.label_curve import curve_table, save_label_curves
+from selfsup.eval.metrics import class_names_for
+from selfsup.run_directory import RunDir
 
 #: The columns ``selfsup summary`` shows when some row has them.
 COLUMNS = ("task", "headline", "top1", "top5", "balanced_accuracy", "auroc", "macro_auroc",
@@ -25,11 +26,8 @@ def eval_dir(ckpt: str, task: str, data: str, out: str | None) -> Path:
     """Where an evaluation writes: ``out``, else beside the run (``RUN/eval/<task>-<data>``)."""
     if out:
         return Path(out)
-    path = Path(ckpt)
-    run = path if path.is_dir() else path.parent
-    if run.name == "checkpoints":
-        run = run.parent
-    return run / "eval" / f"{task}-{Path(data).stem}"
+    run = RunDir.of_checkpoint(ckpt) or RunDir(Path(ckpt).parent)  # an export: beside it
+    return run.evaluation(task, data)
 
 
 def write_report(result: dict[str, Any], classes: list[str], out: Path) -> dict[str, Any]:
@@ -39,9 +37,7 @@ def write_report(result: dict[str, Any], classes: list[str], out: Path) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     confusion = result.get("confusion_matrix")
     if confusion is not None:
-        names = (
-            classes if len(classes) == len(confusion) else [str(i) for i in range(len(confusion))]
-        )
+        names = class_names_for(classes, len(confusion))
         save_confusion_matrix(confusion, names, out / "confusion_matrix.png")
     if "label_curve" in result:
         save_label_curves({_curve_name(result): result["label_curve"]}, out / "label_curve.png")
@@ -57,12 +53,8 @@ def _curve_name(result: dict[str, Any]) -> str:
     ckpt = result.get("checkpoint")
     if not ckpt:
         return str(result.get("task", "evaluation"))
-    path = Path(os.path.abspath(ckpt))  # not resolve(): a symlinked run keeps its own name
-    if path.parent.name == "checkpoints":
-        return path.parent.parent.name
-    if path.suffix == ".ckpt" and path.name.startswith("hpc_ckpt_"):
-        return path.parent.name
-    return path.stem
+    run = RunDir.of_checkpoint(ckpt)  # not resolved: a symlinked run keeps its own name
+    return run.root.name if run is not None else Path(ckpt).stem
 
 
 def save_confusion_matrix(confusion: list[list[int]], names: list[str], path: Path) -> None:

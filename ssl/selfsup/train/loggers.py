@@ -13,6 +13,8 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from selfsup.run_directory import RunDir
+
 
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv when it starts, which
@@ -80,7 +82,7 @@ def wandb_logger(run_dir: str, project: str):
                 file=sys.stderr,
             )
     # The run id lives in the run directory, so a restarted run continues the same curves.
-    id_file = Path(run_dir) / "wandb_id.txt"
+    id_file = RunDir(run_dir).wandb_id
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
