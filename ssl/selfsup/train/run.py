@@ -129,6 +129,8 @@ class PretrainCLI(LightningCLI):
         super().instantiate_classes()
         # What the method needs from the training loader (I-JEPA: its mask collator).
         self.datamodule.collate_fn = self.model.train_collate_fn()
+        # What the checkpoints record of the data: the size and normalisation evaluators use.
+        self.model.data_view = self.datamodule.transform
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         run_dir = config["default_root_dir"]
