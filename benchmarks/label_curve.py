@@ -90,7 +90,7 @@ def main() -> None:
         f"`{command}` ({machine()})\n\n"
         f"SimCLR pretrained {args.steps} steps on PneumoniaMNIST (1 channel, 28 px, batch 64, "
         "bf16) against the same ResNet-18 at random init; `selfsup probe --label_fraction "
-        f"{' '.join(fractions)} --label_seeds {args.seeds}` on each, then `selfsup summary "
+        f"[{','.join(fractions)}] --label_seeds {args.seeds}` on each, then `selfsup summary "
         "--curve_metric auroc` of both: test top-1 (the probe's headline, picked on "
         "validation top-1) and AUROC, mean ± std over the seeds' nested label subsets (the "
         "validation split is fixed). The figure shows AUROC.\n\n"

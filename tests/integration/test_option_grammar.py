@@ -107,6 +107,7 @@ def test_the_lung_window_is_one_option_for_pretrain_and_knn(ct_tree, tmp_path, c
         (["knn", "--ckpt", "C", "--data.path", "x.npz", "--no-cache"], "--cache false"),
         (["knn", "--ckpt", "C", "--data.path", "x.npz", "--k", "20", "200"], "--k [A,B]"),
         (["probe", "--ckpt", "C", "--data.path", "x.npz", "--augment"], "--augment true"),
+        (["probe", "--ckpt", "C", "--data.path", "x.npz", "--epoch", "3"], "--epochs?"),
         (["data", "inspect", "--data", "x.npz"], "--data.path x.npz"),
         (["pretrain", "--config", str(REPO / "configs/quickstart.yaml"), "--window", "lung"], "--data.window"),
         (["launch", "pretrain", "--gpus-per-node", "2", "--", "--config", "c.yaml"], "--gpus_per_node"),
@@ -117,3 +118,11 @@ def test_another_grammars_spelling_is_one_line_naming_this_one(argv, says, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
+
+
+def test_a_list_option_takes_one_bracketed_value_or_appends(capsys):
+    for extra, k in ((["--k", "[5,50]"], [5, 50]), (["--k+", "500"], [20, 200, 500])):
+        with pytest.raises(SystemExit) as done:
+            main(["knn", "--ckpt", "C", "--data.path", "x.npz", *extra, "--print_config"])
+        assert done.value.code == 0
+        assert yaml.safe_load(capsys.readouterr().out)["k"] == k

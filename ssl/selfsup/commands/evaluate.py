@@ -99,7 +99,7 @@ def _report(result: dict[str, Any], classes: list[str], out: Path) -> None:
 def knn(
     source: EvalSource,
     data: PretrainDataModule,
-    k: tuple[int, ...] = (20, 200),
+    k: list[int] = [20, 200],  # noqa: B006 (jsonargparse's schema; never mutated)
     temperature: float = 0.07,
     cache: bool = True,
 ) -> int:

@@ -160,7 +160,9 @@ def run_with_options(
     from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
     description = (inspect.getdoc(fn) or "").split("\n\n")[0]
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    # No abbreviations: --epoch must not quietly mean --epochs (argparse's default allows it).
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False,
+                            allow_abbrev=False)  # fmt: skip
     if config_file:
         parser.add_argument("--config", action=ActionConfigFile, help="a YAML of these options")
     hints = {n: t for n, t in typing.get_type_hints(fn).items() if n not in fixed}
