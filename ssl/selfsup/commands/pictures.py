@@ -13,7 +13,7 @@ from selfsup.errors import ConfigError
 
 def attention(
     ckpt: str,
-    image: list[str],
+    image: str | list[str],
     out: str,
     threshold: float = 0.6,
     backbone: Literal["student", "teacher"] | None = None,
@@ -25,7 +25,7 @@ def attention(
 
     Args:
         ckpt: checkpoint file, run directory or export
-        image: image files (PNG, JPEG, TIFF, ...)
+        image: an image file (PNG, JPEG, TIFF, ... or DICOM), or a list of them: [a.png,b.dcm]
         out: output directory
         threshold: share of the attention mass the mask keeps
         backbone: student or teacher (default: the method's choice)
@@ -36,18 +36,19 @@ def attention(
     from selfsup.viz.attention import write_attention
 
     loaded = load_backbone(ckpt, backbone, timm_model=timm_model)
-    print_result(write_attention(loaded, image, out, threshold, tuple(size) if size else None))
+    images = [image] if isinstance(image, str) else image
+    print_result(write_attention(loaded, images, out, threshold, tuple(size) if size else None))
     return 0
 
 
 def reconstruct(
-    ckpt: str, image: list[str], out: str, upscale: int | None = None, seed: int = 0
+    ckpt: str, image: str | list[str], out: str, upscale: int | None = None, seed: int = 0
 ) -> int:
     """MAE: original | masked | reconstruction panels as PNG, one file per image.
 
     Args:
         ckpt: an MAE checkpoint file or run directory
-        image: image files (PNG, JPEG, TIFF, ...)
+        image: an image file (PNG, JPEG, TIFF, ... or DICOM), or a list of them: [a.png,b.dcm]
         out: output directory
         upscale: pixel repeat per panel (default: at least 96 px)
         seed: seed of the random mask
@@ -55,7 +56,8 @@ def reconstruct(
     from selfsup.viz.reconstruct import write_reconstructions
 
     model, meta, path = load_mae(ckpt)
-    result = write_reconstructions(model, meta, image, out, upscale, seed)
+    images = [image] if isinstance(image, str) else image
+    result = write_reconstructions(model, meta, images, out, upscale, seed)
     print_result({**result, "checkpoint": str(path)})
     return 0
 

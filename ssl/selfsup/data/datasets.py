@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from selfsup.data.pixels import (  # noqa: F401 (the data layer's names, in one place)
@@ -108,6 +109,36 @@ def open_dataset(
     if volumes:
         return VolumeSliceDataset(volumes, reading, source=str(path), strict=strict)
     return ImageFolderDataset(path, False, strict=strict, reading=reading)
+
+
+def read_picture(path: str | os.PathLike, reading: Reading | None = None) -> torch.Tensor:
+    """One file the pictures commands draw from (``selfsup attention``, ``reconstruct``) as a
+    ``(C, H, W)`` tensor: an image file as :func:`read_image` reads it, or a DICOM file as
+    the readers read it (its own window by default; the middle frame of a multi-frame
+    file). A file that is neither is one line naming it."""
+    from selfsup.data.readers.dicom import (
+        DicomUnreadable,
+        NotAnImage,
+        could_be_dicom,
+        frame_count,
+        read_dicom_frame,
+        read_header,
+    )
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_EXTENSIONS and could_be_dicom(path):
+        try:
+            frames = frame_count(read_header(path))
+            return read_dicom_frame(path, frames // 2, reading or Reading())
+        except (DicomUnreadable, NotAnImage) as e:
+            raise DataError(f"--image {path}: {e}.") from None
+    try:
+        return read_image(path, (reading or Reading()).intensity)
+    except UNREADABLE as e:
+        raise DataError(
+            f"--image {path} is not an image selfsup reads ({type(e).__name__}): give a PNG, "
+            "JPEG, TIFF or DICOM file."
+        ) from None
 
 
 def _torchvision_dataset(name: str, split: Split, root: str, download: bool) -> ArrayDataset:

@@ -142,7 +142,7 @@ def write_attention(
     thresholded mean map over the image) and ``image.png``; ``OUT/overview.png``.
     ``<name>`` is the file's stem, or a longer tail of its path where stems clash
     (``a/0.png``, ``b/0.png`` -> ``a_0``, ``b_0``; see :func:`output_names`)."""
-    from selfsup.data.datasets import read_image
+    from selfsup.data.datasets import read_picture
 
     if not 0 < threshold <= 1:
         raise ConfigError(f"--threshold {threshold}: give the share of attention mass, in (0, 1].")
@@ -161,7 +161,7 @@ def write_attention(
     rows, written = [], []
     for path, name in zip(images, output_names(images), strict=True):
         x, shown = prepare_image(
-            read_image(path), p, backbone.in_chans, loaded.mean, loaded.std,
+            read_picture(path), p, backbone.in_chans, loaded.mean, loaded.std,
             short_side=int(loaded.meta["image_size"]), size=size,
         )  # fmt: skip
         maps, from_cls = attention_maps(backbone, x)

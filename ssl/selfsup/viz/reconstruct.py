@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
-from selfsup.data.datasets import read_image
+from selfsup.data.datasets import read_picture
 from selfsup.errors import ConfigError
 from selfsup.transforms import EvalTransform, match_channels
 from selfsup.viz.names import output_names
@@ -59,7 +59,7 @@ def write_reconstructions(
     missing = [p for p in image_paths if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"No such image file: {missing[0]}.")
-    images = [read_image(p) for p in image_paths]
+    images = [read_picture(p) for p in image_paths]
     panels, mse = reconstruction_rows(model, meta, images, seed)
     size = panels.shape[-1]
     factor = upscale or max(1, math.ceil(96 / size))

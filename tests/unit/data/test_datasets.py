@@ -139,3 +139,31 @@ def test_builtin_patterns_are_deterministic_balanced_and_split():
     assert np.bincount(y0, minlength=len(CLASSES)).tolist() == [200 // len(CLASSES)] * len(CLASSES)
     xt, _ = generate_patterns(200, seed=1)
     assert not np.array_equal(x0, xt)
+
+
+def test_a_picture_is_an_image_file_or_a_dicom_file_as_the_readers_read_it(tmp_path):
+    """What `selfsup attention` and `reconstruct` draw from: a DICOM file gives what the
+    DICOM reader gives (its own window, the middle frame), a PNG what read_image gives,
+    anything else one line."""
+    from pathlib import Path
+
+    import pydicom
+    import pytest
+    import torch
+    from PIL import Image
+
+    from selfsup.data.datasets import read_image, read_picture
+    from selfsup.data.pixels import DataError, Reading
+    from selfsup.data.readers.dicom import read_dicom_frame
+
+    files = Path(pydicom.__file__).parent / "data" / "test_files"
+    ct = tmp_path / "ct"  # no suffix, as PACS exports name them
+    ct.write_bytes((files / "CT_small.dcm").read_bytes())
+    assert torch.equal(read_picture(ct), read_dicom_frame(ct, 0, Reading()))
+    us = files / "examples_ybr_color.dcm"  # 30 frames: the middle one
+    assert torch.equal(read_picture(us), read_dicom_frame(us, 15, Reading()))
+    Image.new("L", (8, 6), 7).save(tmp_path / "a.png")
+    assert torch.equal(read_picture(tmp_path / "a.png"), read_image(tmp_path / "a.png"))
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(DataError, match="is not an image selfsup reads"):
+        read_picture(tmp_path / "notes.txt")
