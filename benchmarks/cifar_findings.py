@@ -19,14 +19,12 @@ are written to OUT/cifar_findings.npz in selfsup's multi-label layout (``y_*`` N
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, machine, write_section
-from common import selfsup_json as selfsup
+from lib.common import CIFAR, REPO, machine, write_section
+from lib.common import selfsup_json as selfsup
 
 GROUPS = {
     "animal": ("bird", "cat", "deer", "dog", "frog", "horse"),

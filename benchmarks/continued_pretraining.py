@@ -27,11 +27,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, machine, write_section
-from common import run_selfsup as selfsup
+from lib.common import CIFAR, PNEUMONIA, REPO, machine, write_section
+from lib.common import run_selfsup as selfsup
 
-PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
 ONLY_TIMM = """
 import sys, timm, torch
 assert "selfsup" not in sys.modules

@@ -1,7 +1,7 @@
 """Data pipeline throughput: images/s each method's pretraining DataLoader delivers.
 
     .venv/bin/python benchmarks/data_pipeline.py [--data ../shared/data/cifar10_jpeg.npz]
-        [--batches 30] [--workers 0 2] [--out benchmarks/RESULTS.md]
+        [--batches 30] [--workers 0 2] [--out benchmarks/results/RESULTS.md]
 
 For every method's CIFAR config (32 px, batch 64): the DataLoader of `selfsup pretrain`
 (views, and I-JEPA's masks drawn in the workers) iterated from in-memory uint8 images,
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, RESULTS, machine, spread_percent, write_section
+from lib.common import CIFAR, RESULTS, machine, spread_percent, write_section
+from lib.pipeline import datamodule, images_per_second
 
 CONFIGS = {
     "SimCLR": "configs/simclr/resnet18_cifar.yaml",
@@ -31,25 +30,6 @@ CONFIGS = {
     "MAE": "configs/mae/vit_tiny_cifar.yaml",
     "I-JEPA (+ masks)": "configs/ijepa/vit_tiny_cifar.yaml",
 }
-
-
-def datamodule(config: str, data: str, workers: int):
-    from selfsup.train.run import build_pretrain_cli
-
-    cli = build_pretrain_cli(["--config", str(REPO / config), "--data.path", data,
-                              "--data.batch_size", "64", "--data.num_workers", str(workers),
-                              "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-                              "--trainer.default_root_dir", "/tmp/selfsup-bench-data"])  # fmt: skip
-    return cli.datamodule  # with the method's collate function (I-JEPA's masks) installed
-
-
-def images_per_second(dm, batches: int) -> float:
-    loader = iter(dm.train_dataloader())
-    next(loader)  # worker start-up and first batch excluded
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(loader)
-    return batches * dm.batch_size / (time.perf_counter() - start)
 
 
 def main() -> int:

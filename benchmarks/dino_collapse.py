@@ -10,8 +10,9 @@ steps), then every ``--every`` steps: the window's mean loss, teacher entropy (a
 ln K: uniform collapse at ln K) and student-teacher KL, and the kNN AUROC (k = 20,
 T = 0.07) of the teacher's and of the student's backbone; at the end both backbones'
 cached-feature probe AUROC. Step counts, not minutes, so any machine gives the same
-curve. Every run adds (or replaces) its ``--name`` in benchmarks/dino_collapse_runs.json
-and rewrites the "DINO's teacher on PneumoniaMNIST" section of RESULTS.md.
+curve. Every run adds (or replaces) its ``--name`` in
+benchmarks/results/dino_collapse_runs.json and rewrites the "DINO's teacher on
+PneumoniaMNIST" section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality
-from common import REPO, machine, write_section
-from quality_data import DATASETS, GRAY_MEAN, GRAY_STD, selfsup_overrides
+from lib.budget import compress_schedule, cpu_trainer, fit
+from lib.common import RESULTS_DIR, machine, write_section
+from lib.evaluation import evaluate
+from lib.quality_data import DATASETS, GRAY_MEAN, GRAY_STD, selfsup_overrides
+from lib.records import load_records, write_records
 
-RECORDS = REPO / "benchmarks/dino_collapse_runs.json"
+RECORDS = RESULTS_DIR / "dino_collapse_runs.json"
 
 
 class Window(pl.Callback):
@@ -60,7 +62,7 @@ def both_backbones(module, data: dict, probe: bool = False) -> dict:
     module.eval()
     out = {}
     for who, fn in (("teacher", module.extract_features), ("student", module.backbone)):
-        result = quality.evaluate(fn, data, GRAY_MEAN, GRAY_STD, probe=probe)
+        result = evaluate(fn, data, GRAY_MEAN, GRAY_STD, probe=probe)
         out[f"{who}_knn_auroc"] = result["knn_auroc"]
         if probe:
             out[f"{who}_probe_auroc"] = result["probe_auroc"]
@@ -81,13 +83,10 @@ def run(name: str, config: Path, steps: int, every: int, overrides: list[str]) -
             *selfsup_overrides(cfg, dataset.size), *overrides]  # fmt: skip
     cli = build_pretrain_cli(argv)
     model, batch = cli.model, cfg["data"]["batch_size"]
-    scale = steps * batch / len(data["x_train"]) / cfg["trainer"]["max_epochs"]
-    for key in list(model.hparams):
-        if key.endswith("_epochs") and isinstance(model.hparams[key], (int, float)):
-            model.hparams[key] = type(model.hparams[key])(model.hparams[key] * scale)
+    compress_schedule(model, steps * batch / len(data["x_train"]) / cfg["trainer"]["max_epochs"])
     window = Window(every, data)
-    trainer = quality._trainer(cfg["trainer"]["precision"], steps, [window])
-    quality.fit(trainer, model, cli.datamodule)
+    trainer = cpu_trainer(cfg["trainer"]["precision"], steps, [window])
+    fit(trainer, model, cli.datamodule)
     return {
         "name": name, "config": str(config), "overrides": overrides, "steps": steps,
         "batch": batch, "out_dim": model.hparams.out_dim, "rows": window.rows,
@@ -144,9 +143,9 @@ def main() -> int:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     record = run(args.name, args.config, args.steps, args.every, args.overrides)
-    records = json.loads(RECORDS.read_text()) if RECORDS.is_file() else []
+    records = load_records(RECORDS)
     records = [r for r in records if r["name"] != args.name] + [record]
-    RECORDS.write_text(json.dumps(records, indent=1) + "\n")
+    write_records(RECORDS, records)
     render(records)
     return 0
 

@@ -32,8 +32,8 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from common import REPO, write_section
-from quality import StepClock, compress_schedule
+from lib.budget import StepClock, compress_schedule
+from lib.common import REPO, RESULTS_DIR, write_section
 
 CONFIGS = [
     "simclr/resnet18_cifar", "triplet/resnet18_cifar", "byol/resnet18_cifar",
@@ -209,7 +209,7 @@ def render(results_file: Path) -> None:
         "",
     ]
     if figure.is_file():
-        shutil.copy(figure, REPO / "benchmarks/gpu_attention.png")
+        shutil.copy(figure, RESULTS_DIR / "gpu_attention.png")
         body += ["`selfsup attention` on the DINO ViT-Tiny run, four test images:", "",
                  "![DINO ViT-Tiny attention after the GPU check](gpu_attention.png)", ""]  # fmt: skip
     write_section(HEADING, "\n".join(body))

@@ -11,8 +11,8 @@ Both go through
     selfsup probe --ckpt CKPT --data.path pneumoniamnist.npz --label_fraction [0.01,0.1,1.0]
         --label_seeds 3
 
-and ``selfsup summary`` draws both curves in one PNG (benchmarks/label_curve.png). The
-"Label efficiency" section of RESULTS.md gets the table.
+and ``selfsup summary`` draws both curves in one PNG (benchmarks/results/label_curve.png).
+The "Label efficiency" section of RESULTS.md gets the table.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, write_section
-from common import selfsup_json as selfsup
+from lib.common import PNEUMONIA, REPO, RESULTS_DIR, machine, write_section
+from lib.common import selfsup_json as selfsup
 
-PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
-PLOT = REPO / "benchmarks/label_curve.png"
+PLOT = RESULTS_DIR / "label_curve.png"
 
 
 def random_init_checkpoint(trained: Path, out: Path) -> Path:

@@ -7,7 +7,7 @@ views of 64 images, either concatenated into one batch of 128 (SimCLR's joint pa
 norm over both views) or as two batches of 64 (lightly's recipes), in fp32 and bf16
 autocast, with NCHW and channels_last weights. The settings alternate within each round;
 medians over rounds x 2 timed passes. Writes the "ResNet memory layout" section of
-benchmarks/RESULTS.md; it is why selfsup's ResNets default to channels_last.
+benchmarks/results/RESULTS.md; it is why selfsup's ResNets default to channels_last.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, spread_percent, write_section
+from lib.common import machine, spread_percent, write_section
 
 
 def main() -> int:

@@ -7,27 +7,25 @@ of a ViT-Tiny/4, each with a linear head, on a batch of 32 px images: fp32 and b
 autocast alternate in ``--rounds`` rounds (one warm-up step, then one timed step per
 round), medians over rounds. Also records what torch reports of the CPU (its kernel
 level, and whether oneDNN runs bf16 natively: ``selfsup.precision``). Every run
-adds its machine to benchmarks/precision_runs.json and rewrites the "Precision on CPUs"
-section of RESULTS.md from all machines recorded.
+adds its machine to benchmarks/results/precision_runs.json and rewrites the "Precision
+on CPUs" section of RESULTS.md from all machines recorded.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cpu_model, machine, write_section
+from lib.common import RESULTS_DIR, cpu_model, machine, write_section
+from lib.records import load_records, write_records
 from selfsup.precision import cpu_has_native_bf16
 
-RECORDS = REPO / "benchmarks/precision_runs.json"
+RECORDS = RESULTS_DIR / "precision_runs.json"
 NETS = {
     "ResNet-18 (CIFAR stem)": lambda: timm.create_model("resnet18", num_classes=10),
     "ViT-Tiny/4": lambda: timm.create_model(
@@ -101,12 +99,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    records = json.loads(RECORDS.read_text()) if RECORDS.is_file() else []
+    records = load_records(RECORDS)
     new = measure(args.batch, args.rounds)
     key = (new["cpu"], new["capability"], new["native_bf16"])
     records = [r for r in records if (r["cpu"], r["capability"], r["native_bf16"]) != key]
     records.append(new)
-    RECORDS.write_text(json.dumps(records, indent=1) + "\n")
+    write_records(RECORDS, records)
     render(records)
     return 0
 

@@ -7,7 +7,7 @@ For every method x backbone (ResNet-18 with the CIFAR stem, ViT-Tiny with patch 
 batch 64, one pre-built batch of views (drawn once by selfsup's pipeline, so both sides
 train on the same tensors):
 
-- selfsup's training step and lightly's recipe (benchmarks/lightly_recipes.py), each a
+- selfsup's training step and lightly's recipe (benchmarks/lib/lightly_recipes.py), each a
   LightningModule stepped by a Lightning Trainer (forward, backward, optimizer, EMA
   updates), timed step start to step start; plus the backbone alone with a linear head
   on one view. The three alternate in rounds (``--rounds``; ``--steps`` timed steps each
@@ -23,7 +23,7 @@ train on the same tensors):
   committed at REV (same code, same views), so a config change's cost per step is a
   ratio from one run; written to its own section.
 
-Writes the "Training step" section of benchmarks/RESULTS.md.
+Writes the "Training step" section of benchmarks/results/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ import yaml
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR, REPO, committed_text, machine, spread_percent, write_section
-from data_pipeline import datamodule, images_per_second
-from lightly_recipes import RECIPES
+from lib.common import CIFAR, REPO, committed_text, machine, spread_percent, write_section
+from lib.lightly_recipes import RECIPES
+from lib.pipeline import datamodule, images_per_second
 
 BATCH = 64
 COMBOS = [

@@ -1,26 +1,47 @@
 """benchmarks/quality.py's variants of a config (``--before REV``, ``--set KEY=VALUE``):
 how a variant is named, paired with today's config and written back as the command
-that reruns it, and that a bad ``--set`` stops with one line before any data loads."""
+that reruns it, and that a bad ``--set`` stops with one line before any data loads.
+The study's parts live in benchmarks/lib (imported here as the scripts import it)."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import os
 import shlex
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
-def report():
-    spec = importlib.util.spec_from_file_location(
-        "quality_report", REPO / "benchmarks/quality_report.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(monkeypatch):
+    """``bench("lib.records")``: a module of benchmarks/lib (or a study script), imported
+    as the scripts import it, with benchmarks/ on the path."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module
+
+
+@pytest.fixture
+def variants_in(bench, monkeypatch):
+    """``variants_in(repo)``: lib.render_variants reading the git history of ``repo``
+    (its caches of git's answers emptied before and after)."""
+    module = bench("lib.render_variants")
+
+    def clear() -> None:
+        module.commit_time.cache_clear()
+        module._committed_as.cache_clear()
+
+    def at(repo):
+        monkeypatch.setattr(module, "REPO", repo)
+        clear()
+        return module
+
+    yield at
+    clear()
 
 
 def record(run: str, seed: int, knn: float, steps: int, **extra) -> dict:
@@ -29,8 +50,8 @@ def record(run: str, seed: int, knn: float, steps: int, **extra) -> dict:
             "final": {"knn": knn}, "points": 3, "threads": 2, **extra}  # fmt: skip
 
 
-def test_variant_names_split_into_todays_run_and_the_variant():
-    variant_of = report().variant_of
+def test_variant_names_split_into_todays_run_and_the_variant(bench):
+    variant_of = bench("lib.records").variant_of
     assert variant_of("selfsup/simclr") == ("selfsup/simclr", "")
     assert variant_of("lightly/byol") == ("lightly/byol", "")
     assert variant_of("selfsup/simclr@6ad51ce^") == ("selfsup/simclr", "@6ad51ce^")
@@ -39,14 +60,14 @@ def test_variant_names_split_into_todays_run_and_the_variant():
     assert variant_of("selfsup/dino@abc[a=1,b=x.y]") == ("selfsup/dino", "@abc[a=1,b=x.y]")
 
 
-def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it():
-    q = report()
+def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it(bench):
+    variants, render = bench("lib.render_variants"), bench("lib.render")
     sets = {"model.init_args.lars_trust_coefficient": "0.001", "model.init_args.lars_clip": "false"}
     name = "selfsup/simclr_small[lars_trust_coefficient=0.001,lars_clip=false]"
     rs = [record("selfsup/simclr_small", 0, 0.344, 106), record("selfsup/simclr_small", 1, 0.350, 110),
           record(name, 0, 0.370, 106, set=sets, matched_steps=True),
           record(name, 1, 0.362, 110, set=sets, matched_steps=True)]  # fmt: skip
-    lines = q.before_after(rs, ["simclr_small"])
+    lines = variants.before_after(rs, ["simclr_small"])
     row = next(line for line in lines if line.startswith(f"| {name} |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "selfsup/simclr_small"
@@ -54,7 +75,7 @@ def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it():
     # today - variant: seed 0 34.4 - 37.0 = -2.6, seed 1 35.0 - 36.2 = -1.2, mean -1.9
     assert cells[4] == "**-1.9** (seed 0: -2.6; seed 1: -1.2)"
     assert cells[5] == "108 x 64 / 108 x 64"
-    line = q.command(rs, ["simclr_small"])
+    line = render.command(rs, ["simclr_small"])
     today, variant = line.split("`, `")
     assert today.endswith("--runs selfsup/simclr_small") and "--set" not in today
     assert variant.rstrip("`").endswith(
@@ -63,13 +84,13 @@ def test_a_set_variant_is_paired_seed_by_seed_and_its_command_reruns_it():
     )
 
 
-def test_a_revision_variant_keeps_its_before_flag():
-    q = report()
+def test_a_revision_variant_keeps_its_before_flag(bench):
+    variants, render = bench("lib.render_variants"), bench("lib.render")
     rs = [record("selfsup/byol", 0, 0.313, 26),
           record("selfsup/byol@6ad51ce^", 0, 0.340, 26, config_rev="6ad51ce^", matched_steps=True)]  # fmt: skip
-    line = q.command(rs, ["byol"])
+    line = render.command(rs, ["byol"])
     assert line.endswith("--before 6ad51ce^ --match-steps --runs selfsup/byol`")
-    row = q.before_after(rs, ["byol"])[-2]
+    row = variants.before_after(rs, ["byol"])[-2]
     assert row.startswith(
         "| selfsup/byol@6ad51ce^ | selfsup/byol | 31.3 (n=1) | 34.0 (n=1) | **-2.7** (seed 0: -2.7)"
     )
@@ -83,14 +104,15 @@ def git(folder, *args: str, date: str | None = None) -> None:
     subprocess.run(["git", *args], cwd=folder, env=env, check=True, capture_output=True)
 
 
-def test_without_a_run_of_todays_config_a_revision_is_held_against_the_next_later_one(tmp_path):
+def test_without_a_run_of_todays_config_a_revision_is_held_against_the_next_later_one(
+    tmp_path, variants_in
+):
     # three commits with known dates; their order, not their names, decides the pairs
     git(tmp_path, "init", "-q")
     for day in (1, 2, 3):
         git(tmp_path, "commit", "-q", "--allow-empty", "-m", str(day),
             date=f"2026-01-0{day}T00:00:00+00:00")  # fmt: skip
-    q = report()
-    q.REPO = tmp_path
+    q = variants_in(tmp_path)
     oldest, middle, newest = "selfsup/byol@HEAD~2", "selfsup/byol@HEAD~1", "selfsup/byol@HEAD"
     names = {oldest, middle, newest, f"{middle}[lars_clip=false]", "selfsup/dino@HEAD~1"}
     assert q.partner(oldest, names) == middle  # the next later revision, not the newest
@@ -136,12 +158,12 @@ def test_a_bad_set_stops_with_one_line_before_the_data_loads(tmp_path):
     assert not records.exists()  # nothing ran, nothing was recorded
 
 
-def test_a_set_value_the_shell_would_split_is_quoted_in_the_command():
-    q = report()
+def test_a_set_value_the_shell_would_split_is_quoted_in_the_command(bench):
+    render = bench("lib.render")
     sets = {"model.init_args.backbone_kwargs": '{"cifar_stem":true,"zero_init_last":false}'}
     name = 'selfsup/simclr[backbone_kwargs={"cifar_stem":true,"zero_init_last":false}]'
     rs = [record("selfsup/simclr", 0, 0.33, 37), record(name, 0, 0.34, 37, set=sets)]
-    variant = q.command(rs, ["simclr"]).split("`, `")[1].rstrip("`")
+    variant = render.command(rs, ["simclr"]).split("`, `")[1].rstrip("`")
     flag = variant.split("--set ", 1)[1].split(" --runs")[0]
     assert shlex.split(flag) == [
         f"model.init_args.backbone_kwargs={sets['model.init_args.backbone_kwargs']}"
@@ -149,11 +171,9 @@ def test_a_set_value_the_shell_would_split_is_quoted_in_the_command():
     assert variant.endswith("--runs selfsup/simclr")  # not matched: no --match-steps
 
 
-def test_a_record_fingerprints_the_config_text_and_the_set_options(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    import quality
-
-    fingerprint = quality.config_fingerprint
+def test_a_record_fingerprints_the_config_text_and_the_set_options(bench, monkeypatch, tmp_path):
+    selfsup_side = bench("lib.selfsup_side")
+    fingerprint = selfsup_side.config_fingerprint
     assert fingerprint("simclr_small", None, None) == fingerprint("simclr_small", None, {})
     assert fingerprint("simclr_small", None, None) != fingerprint("simclr", None, None)
     clip = {"model.init_args.lars_clip": "false"}
@@ -164,19 +184,18 @@ def test_a_record_fingerprints_the_config_text_and_the_set_options(monkeypatch, 
     text = (REPO / "configs/simclr/resnet18_small.yaml").read_text()
     edited.write_text(text.replace("temperature: 0.2", "temperature: 0.1"))
     before = fingerprint("simclr_small", None, None)
-    monkeypatch.setattr(quality, "REPO", tmp_path)
+    monkeypatch.setattr(selfsup_side, "REPO", tmp_path)
     assert fingerprint("simclr_small", None, None) != before
     edited.write_text(text)
     assert fingerprint("simclr_small", None, None) == before
 
 
-def test_a_run_is_held_against_the_random_init_backbone_it_started_from(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+def test_a_run_is_held_against_the_random_init_backbone_it_started_from(bench):
     import yaml
 
-    from quality_data import selfsup_overrides
-
-    q = report()
+    quality_data = bench("lib.quality_data")
+    selfsup_overrides = quality_data.selfsup_overrides
+    q = bench("lib.render_pneumonia")
 
     def pneumonia_record(run: str, cfg: dict) -> dict:
         return {"run": run, "overrides": selfsup_overrides(cfg, 28)}
@@ -189,23 +208,21 @@ def test_a_run_is_held_against_the_random_init_backbone_it_started_from(monkeypa
     timm_start["model"]["init_args"]["backbone_kwargs"] = {"cifar_stem": True}
     assert q.untrained_twin(pneumonia_record("selfsup/simclr@8d4562e^", timm_start)) == (
         "random-init ResNet-18")  # fmt: skip
-    assert q.untrained_twin({"run": "lightly/simclr"}) == q.LIGHTLY_RANDOM_INIT
+    assert q.untrained_twin({"run": "lightly/simclr"}) == quality_data.LIGHTLY_RANDOM_INIT
     assert q.untrained_twin({"run": "selfsup/ijepa"}) == "random-init ViT-Tiny/2 (ijepa)"
     assert q.untrained_twin({"run": "selfsup/mae"}) == "random-init ViT-Tiny/4 (mae)"
     # every name it gives is a baseline quality --baselines records
-    from quality_data import UNTRAINED_GRAY
-
-    methods = {method for method, _ in UNTRAINED_GRAY.values()}
+    methods = {method for method, _ in quality_data.UNTRAINED_GRAY.values()}
     assert {"random-init ResNet-18", "random-init ResNet-18, zero_init_last false",
             "random-init ViT-Tiny/2 (ijepa)", "random-init ViT-Tiny/4 (mae)"} <= methods  # fmt: skip
 
 
-def test_a_set_of_backbone_kwargs_on_gray_images_keeps_one_input_channel(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+def test_a_set_of_backbone_kwargs_on_gray_images_keeps_one_input_channel(bench):
     import yaml
 
-    from quality import gray_run, set_flags
     from selfsup.train.run import build_pretrain_cli
+
+    gray_run, set_flags = bench("lib.selfsup_side").gray_run, bench("lib.selfsup_side").set_flags
 
     config = REPO / "configs/simclr/resnet18_small.yaml"
     cfg = yaml.safe_load(config.read_text())
@@ -222,11 +239,15 @@ def test_a_set_of_backbone_kwargs_on_gray_images_keeps_one_input_channel(monkeyp
                                              "in_chans": 1}  # fmt: skip
     assert init["lars_clip"] is False
     # the report reads the start it trained from the recorded overrides
-    assert report().untrained_twin({"run": "selfsup/simclr_small[backbone_kwargs=…]",
-                                    "overrides": overrides}) == "random-init ResNet-18"  # fmt: skip
+    assert (
+        bench("lib.render_pneumonia").untrained_twin(
+            {"run": "selfsup/simclr_small[backbone_kwargs=…]", "overrides": overrides}
+        )
+        == "random-init ResNet-18"
+    )
 
 
-def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path):
+def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path, variants_in):
     # a config committed in three versions; each record keeps the fingerprint of the text
     # it trained, and git's own history says which commit that text stood before
     git(tmp_path, "init", "-q")
@@ -239,8 +260,7 @@ def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path
         git(tmp_path, "commit", "-q", "-m", lr)
         commits.append(subprocess.run(["git", "log", "-1", "--format=%h"], cwd=tmp_path,
                                       capture_output=True, text=True).stdout.strip())  # fmt: skip
-    q = report()
-    q.REPO = tmp_path
+    q = variants_in(tmp_path)
 
     def ran(lr: str, **extra) -> dict:
         sha = hashlib.sha256(f"model:\n  base_lr: {lr}\n{{}}".encode()).hexdigest()[:12]
@@ -263,11 +283,11 @@ def test_a_run_of_an_edited_config_is_named_with_the_version_it_trained(tmp_path
     assert q.config_line([ran("0.6")]) == []
 
 
-def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(bench, monkeypatch):
     import torch
 
-    import quality
+    runs, quality_data = bench("lib.runs"), bench("lib.quality_data")
+    untrained_twin = bench("lib.render_pneumonia").untrained_twin
 
     seen = []
 
@@ -275,11 +295,11 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
         seen.append(net)
         return {"knn": 0.5}
 
-    monkeypatch.setattr(quality, "evaluate", fake_evaluate)
+    monkeypatch.setattr(runs, "evaluate", fake_evaluate)
     recorded = {"baseline/raw_pixels", "baseline/random_init_resnet18",
                 "baseline/random_init_resnet18_bnstats", "baseline/random_init_vit_tiny4"}  # fmt: skip
     data = {"x_train": torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)}
-    out = quality.baselines(data, quality.DATASETS["cifar"], recorded)
+    out = runs.baselines(data, quality_data.DATASETS["cifar"], recorded)
     assert [(r["run"], r["seed"]) for r in out] == [
         ("baseline/random_init_resnet18_tv", 0),
         ("baseline/random_init_resnet18_tv", 1),
@@ -290,7 +310,7 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
     # timm's default (the other ResNet baseline) starts it at 0
     last_bn = [m.weight for name, m in seen[0].named_modules() if name.endswith("bn2")]
     assert len(last_bn) == 8 and all(bool((w == 1).all()) for w in last_bn)
-    assert out[0]["method"] == report().untrained_twin(
+    assert out[0]["method"] == untrained_twin(
         {
             "run": "selfsup/simclr",
             "overrides": [
@@ -304,23 +324,24 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
     assert all(bool((bn.running_var == 1).all()) for bn in bns[0])
     assert not any(bool((bn.running_var == 1).all()) for bn in bns[2])
     assert not seen[2].training
-    assert out[2]["method"] == out[0]["method"] + report().BN_OF_DATA
+    assert out[2]["method"] == out[0]["method"] + quality_data.BN_OF_DATA
     seen.clear()
     assert (
-        quality.baselines({}, quality.DATASETS["cifar"], {r["run"] for r in out} | recorded) == []
+        runs.baselines({}, quality_data.DATASETS["cifar"], {r["run"] for r in out} | recorded) == []
     )
     assert seen == []
     # PneumoniaMNIST: each ResNet start, lightly's included, also with the data's statistics
     gray = {"x_train": torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)}
     plain = {"raw_pixels", "random_init_resnet18", "random_init_resnet18_no_zero_init",
              "random_init_vit_tiny4", "random_init_vit_tiny2", "random_init_lightly_resnet18"}  # fmt: skip
-    out = quality.baselines(gray, quality.DATASETS["pneumonia"], {f"baseline/{r}" for r in plain})
+    out = runs.baselines(gray, quality_data.DATASETS["pneumonia"], {f"baseline/{r}" for r in plain})
+    bn_of_data = quality_data.BN_OF_DATA
     assert sorted({(r["run"], r["method"]) for r in out}) == [
         ("baseline/random_init_lightly_resnet18_bnstats",
-         report().LIGHTLY_RANDOM_INIT + report().BN_OF_DATA),
-        ("baseline/random_init_resnet18_bnstats", "random-init ResNet-18" + report().BN_OF_DATA),
+         quality_data.LIGHTLY_RANDOM_INIT + bn_of_data),
+        ("baseline/random_init_resnet18_bnstats", "random-init ResNet-18" + bn_of_data),
         ("baseline/random_init_resnet18_no_zero_init_bnstats",
-         "random-init ResNet-18, zero_init_last false" + report().BN_OF_DATA),
+         "random-init ResNet-18, zero_init_last false" + bn_of_data),
     ]  # fmt: skip
     # the six networks evaluated (lightly's inside the evaluated lambda's default argument)
     nets = [fn if isinstance(fn, torch.nn.Module) else fn.__defaults__[0] for fn in seen[-6:]]
@@ -328,14 +349,14 @@ def test_baselines_add_only_the_unrecorded_ones_and_both_resnet_starts(monkeypat
                                       for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))  # fmt: skip
 
 
-def test_batchnorm_statistics_of_the_data_are_its_activations_mean_and_variance(monkeypatch):
+def test_batchnorm_statistics_of_the_data_are_its_activations_mean_and_variance(bench):
     # the first BatchNorm's input is the stem convolution of the normalised images, whatever
     # the statistics: its running mean and (unbiased) variance must become that input's
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import torch
 
-    from quality_data import with_data_bn_stats
     from selfsup.backbones import Backbone
+
+    with_data_bn_stats = bench("lib.quality_data").with_data_bn_stats
 
     torch.manual_seed(0)
     net = Backbone(name="resnet18", img_size=32, cifar_stem=True).eval()
@@ -361,12 +382,13 @@ def test_batchnorm_statistics_of_the_data_are_its_activations_mean_and_variance(
     assert all(torch.equal(after[k], v) for k, v in weights.items() if "num_batches" not in k)
 
 
-def test_an_eval_backbone_variant_reads_that_backbone_and_its_command_reruns_it(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+def test_an_eval_backbone_variant_reads_that_backbone_and_its_command_reruns_it(bench):
     import torch
 
-    from quality import eval_features, run_name
     from selfsup.methods import DINO
+
+    eval_features = bench("lib.selfsup_side").eval_features
+    run_name = bench("lib.records").run_name
 
     assert run_name("selfsup", "dino", None, None, "student") == "selfsup/dino[backbone=student]"
     assert run_name("selfsup", "dino", "abc", {"model.init_args.base_lr": "0.1"}, "student") == (
@@ -385,14 +407,16 @@ def test_an_eval_backbone_variant_reads_that_backbone_and_its_command_reruns_it(
         assert torch.equal(eval_features(None)(model)(x), teacher)  # DINO's own choice
         assert torch.equal(eval_features("teacher")(model)(x), teacher)
         assert torch.equal(eval_features("student")(model)(x), student)
-    q = report()
+    variants, render = bench("lib.render_variants"), bench("lib.render")
     name = "selfsup/dino[backbone=student]"
     rs = [record("selfsup/dino", 0, 0.80, 96),
           record(name, 0, 0.85, 96, eval_backbone="student", matched_steps=True)]  # fmt: skip
-    today, variant = q.command(rs, ["dino"]).split("`, `")
+    today, variant = render.command(rs, ["dino"]).split("`, `")
     assert "--eval-backbone" not in today
     assert variant.endswith("--eval-backbone student --match-steps --runs selfsup/dino`")
-    row = next(line for line in q.before_after(rs, ["dino"]) if line.startswith(f"| {name} |"))
+    row = next(
+        line for line in variants.before_after(rs, ["dino"]) if line.startswith(f"| {name} |")
+    )
     assert row.startswith(f"| {name} | selfsup/dino | 80.0 (n=1) | 85.0 (n=1) | **-5.0**")
 
 
@@ -419,8 +443,8 @@ def test_an_eval_backbone_a_run_lacks_stops_with_one_line(tmp_path):
     assert not (tmp_path / "runs.json").exists()
 
 
-def test_seeds_count_within_one_machine_and_tag_not_across_them():
-    q = report()
+def test_seeds_count_within_one_machine_and_tag_not_across_them(bench):
+    q = bench("lib.render_pneumonia")
     rs = [record("selfsup/dino", 0, 0.8, 96), record("selfsup/dino", 1, 0.8, 96),
           {**record("selfsup/mae", 0, 0.8, 500), "tag": "a"},
           {**record("selfsup/mae", 1, 0.8, 500), "tag": "b"},
@@ -431,8 +455,8 @@ def test_seeds_count_within_one_machine_and_tag_not_across_them():
     assert q.seeds_in_one_group(rs, "selfsup/byol", 10.0) == 0
 
 
-def test_a_long_variant_name_is_cut_in_figures_only():
-    q = report()
+def test_a_long_variant_name_is_cut_in_figures_only(bench):
+    q = bench("lib.render")
     assert q.plot_name("selfsup/dino[backbone=student]") == "selfsup/dino[backbone=student]"
     long = "selfsup/dino[optimizer=lars,base_lr=0.3,weight_decay=1e-6,backbone=student]"
     assert len(q.plot_name(long)) == 44 and q.plot_name(long).endswith("…]")
@@ -440,8 +464,6 @@ def test_a_long_variant_name_is_cut_in_figures_only():
 
 
 def test_a_method_without_a_teacher_refuses_to_be_read_on_one():
-    import pytest
-
     from selfsup.errors import ConfigError
     from selfsup.methods import SimCLR
 

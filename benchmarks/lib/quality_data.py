@@ -28,12 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from common import CIFAR, REPO
-from quality_report import BN_OF_DATA
+from .common import CIFAR, PNEUMONIA
 
-PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
 #: selfsup's grayscale normalisation (as benchmarks/chest_xray_dicom.py pretrains).
 GRAY_MEAN, GRAY_STD = [0.5], [0.25]
+#: the label of a random-init baseline evaluated with BatchNorm statistics of the data
+BN_OF_DATA = ", BatchNorm statistics of the training split"
+#: the label of lightly's ResNet-18 at random init, as lightly's recipes see the images
+LIGHTLY_RANDOM_INIT = "random-init lightly ResNet-18 (3 channels, ImageNet normalisation)"
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def _lightly_vit_at(size: int) -> Iterator[None]:
     """lightly_recipes' ViT-Tiny/4 built for ``size`` px while the block runs."""
     import timm
 
-    import lightly_recipes
+    from . import lightly_recipes
 
     original = lightly_recipes.vit_tiny
 
@@ -149,7 +151,7 @@ def lightly_module(recipe: str, size: int, **kwargs: Any) -> Any:
     """lightly_recipes' module of ``recipe`` for ``size`` px, 3-channel images: the
     ResNet-18 recipes take any size as they are; MAE's and I-JEPA's ViT-Tiny (patch 4)
     are built for ``size``."""
-    from lightly_recipes import RECIPES
+    from .lightly_recipes import RECIPES
 
     if size == 32 or recipe not in ("mae", "ijepa"):
         return RECIPES[recipe](**kwargs)

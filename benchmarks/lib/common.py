@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks/RESULTS.md"
+REPO = Path(__file__).resolve().parents[2]
+#: RESULTS.md, the records (``*_runs.json``) and the figures of every study
+RESULTS_DIR = REPO / "benchmarks/results"
+RESULTS = RESULTS_DIR / "RESULTS.md"
 CIFAR = REPO.parent / "shared/data/cifar10_jpeg.npz"
+PNEUMONIA = REPO.parent / "shared/data/pneumoniamnist.npz"
 
 
 def cpu_model() -> str:
