@@ -169,7 +169,7 @@ class Backbone(nn.Module):
                 )
                 self.model.maxpool = nn.Identity()
             if channels_last:
-                # Measured (benchmarks/RESULTS.md, "ResNet memory layout"): on CPU, NCHW
+                # Measured (benchmarks/results/RESULTS.md, "ResNet memory layout"): on CPU, NCHW
                 # convolutions slow down on the 2B-view batch of a joint pass; NHWC weights
                 # are faster and batch-size neutral. Convolutions follow the weights' layout,
                 # so inputs need no conversion; on GPUs it is the layout tensor cores want

@@ -8,7 +8,7 @@ Read: README.md, docs/**/*.md and the files the pages include (`--8<-- "FILE"`):
 of ```bash (sh, shell, console or unmarked) code blocks that start with `selfsup`, joined over
 `\\` continuations, without `$ ` prompts or `# comments`; and inline code that is a selfsup
 command with options (README's table of commands). ```text blocks show output and refused
-spellings and are not parsed; benchmarks/RESULTS.md records what ran then and is not read.
+spellings and are not parsed; benchmarks/results/RESULTS.md records what ran then and is not read.
 Placeholders (DATA, CKPT, RUN) stay as they are: --print_config reads no data or checkpoint.
 A ```yaml block whose first line is `# NAME.yaml` is written to the working directory first,
 so the commands of its page that read it parse (and check its keys).

@@ -128,7 +128,7 @@ class DINO(TeacherStudentMethod):
         # one-dimension collapse near 0. Uniform: above 90 % of ln K with KL at most
         # 1e-3, or within 1 % of ln K with KL under 0.01 nats, where a short DINO recipe
         # on PneumoniaMNIST settled (99.9-99.97 % of ln 4096, KL 0.002-0.007 from step
-        # ~120 on; benchmarks/RESULTS.md) while its kNN stopped improving.
+        # ~120 on; benchmarks/results/RESULTS.md) while its kNN stopped improving.
         kl = stats.get("student_teacher_kl", 1.0)
         h, h_max = stats["teacher_entropy"], math.log(self.hparams.out_dim)
         if (h > 0.9 * h_max and kl <= 1e-3) or (h > 0.99 * h_max and kl < 1e-2):

@@ -163,6 +163,7 @@ def test_layer_decay_scales_each_blocks_learning_rate():
 
 def test_a_frozen_backbone_keeps_its_starting_weights_for_one_epoch_then_trains(tmp_path):
     import pytorch_lightning as pl
+
     from unit.methods.test_dino import _Data
 
     path, reference = timm_file(tmp_path, "vit_tiny_patch16_224", img_size=16, patch_size=4,
