@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
+FP32 = ("32-true", "32")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -29,6 +30,11 @@ def cpu_has_native_bf16() -> bool:
         except RuntimeError:
             pass
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def is_fp32(precision: Any) -> bool:
+    """Whether Lightning's ``precision`` (``32-true``, ``"32"`` or ``32``) is plain fp32."""
+    return str(precision) in FP32
 
 
 def runs_on_cpu(accelerator: Any) -> bool:

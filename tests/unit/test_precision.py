@@ -12,6 +12,7 @@ import yaml
 
 from conftest import REPO
 from selfsup import precision
+from selfsup.errors import ConfigError
 from selfsup.precision import cpu_has_native_bf16, cpu_precision
 
 
@@ -116,3 +117,104 @@ def test_runs_on_cpu_agrees_with_the_accelerator_lightning_picks(accelerator):
     picked = isinstance(trainer.accelerator, CPUAccelerator)
     assert precision.runs_on_cpu(accelerator) is picked
     assert precision.runs_on_cpu(trainer.accelerator) is picked
+
+
+# -- a config's cpu_fp32 budget: its options for a run in fp32 on a CPU -----------------
+
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+BUDGET = {"trainer.max_epochs": 1, "data.batch_size": 32}
+
+
+def _with_budget(run, *extra: str):
+    """The quickstart with a cpu_fp32 budget, as a second config file gives it."""
+    from selfsup.train.run import build_pretrain_cli
+
+    budget = run / "budget.yaml"
+    budget.write_text(yaml.safe_dump({"cpu_fp32": BUDGET}))
+    return build_pretrain_cli(["--config", str(QUICKSTART), "--config", str(budget),
+                               "--trainer.accelerator", "cpu",
+                               "--trainer.default_root_dir", str(run), *extra])  # fmt: skip
+
+
+def _own(config: dict, key: str):
+    """A dotted option's value in a YAML file."""
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def test_a_cpu_without_bf16_trains_the_configs_fp32_budget_and_says_so(
+    tmp_path, monkeypatch, capsys
+):
+    file = yaml.safe_load(QUICKSTART.read_text())
+    assert file["trainer"]["precision"] == "bf16-mixed"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    cli = _with_budget(tmp_path)
+    assert cli.config.trainer.precision == "32-true"
+    for key, value in BUDGET.items():
+        assert value != _own(file, key) and cli.config[key] == value
+    assert cli.trainer.max_epochs == BUDGET["trainer.max_epochs"]
+    # The batch size's link follows the budget: the learning rate scales with it.
+    assert cli.model.hparams.batch_size == cli.datamodule.batch_size == BUDGET["data.batch_size"]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "cpu_fp32" in ln]
+    assert len(lines) == 1, lines
+    for key, value in BUDGET.items():
+        assert f"{key} {value} (not {_own(file, key)})" in lines[0]
+    # RUN/config.yaml (this dump) holds what ran, and the budget that chose it.
+    saved = yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    assert saved["trainer"]["precision"] == "32-true"
+    assert all(_own(saved, key) == value for key, value in BUDGET.items())
+    assert saved["cpu_fp32"] == BUDGET
+
+
+def test_native_bf16_trains_the_configs_own_values(tmp_path, monkeypatch, capsys):
+    file = yaml.safe_load(QUICKSTART.read_text())
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    cli = _with_budget(tmp_path)
+    assert cli.config.trainer.precision == "bf16-mixed"
+    for key in BUDGET:
+        assert cli.config[key] == _own(file, key)
+    assert cli.trainer.max_epochs == file["trainer"]["max_epochs"]
+    assert "cpu_fp32" not in capsys.readouterr().err
+
+
+def test_an_option_on_the_command_line_wins_over_the_fp32_budget(monkeypatch):
+    from jsonargparse import Namespace
+
+    from selfsup.train.run import cpu_fp32_flags
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+    def config(precision: str = "bf16-mixed", accelerator: str = "cpu") -> Namespace:
+        return Namespace(trainer=Namespace(precision=precision, accelerator=accelerator,
+                                           max_epochs=3), data=Namespace(batch_size=128),
+                         cpu_fp32=BUDGET)  # fmt: skip
+
+    flags, line = cpu_fp32_flags(config(), ["--trainer.max_epochs", "5"])
+    assert flags == ["--data.batch_size", "32"]
+    assert "data.batch_size 32 (not 128)" in line and "max_epochs" not in line
+    flags, _ = cpu_fp32_flags(config("32-true"), ["--data.batch_size=64"])
+    assert flags == ["--trainer.max_epochs", "1"]
+    assert cpu_fp32_flags(config(accelerator="gpu"), []) == ([], None)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert cpu_fp32_flags(config(), []) == ([], None)
+    typo = config("32-true")
+    typo.cpu_fp32 = {"trainer.max_epoch": 1}
+    with pytest.raises(ConfigError, match=r"Did you mean trainer\.max_epochs"):
+        cpu_fp32_flags(typo, [])
+
+
+def test_a_resolved_config_leaves_precision_and_budget_to_the_machine_that_runs_it(
+    tmp_path, monkeypatch
+):
+    """`selfsup launch` resolves a config on a login node; the job's node decides."""
+    from selfsup.train.run import build_pretrain_cli
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(yaml.safe_dump({"cpu_fp32": BUDGET}))
+    config = build_pretrain_cli(["--config", str(QUICKSTART), "--config", str(budget),
+                                 "--trainer.accelerator", "cpu"], resolve_only=True).config  # fmt: skip
+    assert config.trainer.precision == "bf16-mixed"
+    assert config.trainer.max_epochs == 3 and config.data.batch_size == 128
+    assert config.cpu_fp32 == BUDGET  # the job's node applies it

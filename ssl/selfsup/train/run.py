@@ -9,12 +9,19 @@ method declares (:meth:`~selfsup.methods.base.SelfSupervisedMethod.train_collate
 What needs only the arguments is checked as soon as they are parsed, before Lightning
 says anything (the SLURM job's shape, the checkpoint to resume); ``check_run`` then
 checks everything else that can be checked before training starts.
+
+On a CPU the run is sized to the hardware it finds: a bf16 config trains in fp32 where
+the CPU has no native bf16 (:func:`~selfsup.precision.cpu_precision`), and a config's
+``cpu_fp32`` options (its budget for fp32 on a CPU, where a step takes several times as
+long as in bf16 on a CPU with native bf16 or on a GPU) replace its own there. Both are
+decided before ``RUN/config.yaml`` is written, which records what ran.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import json
 import os
 import re
 import sys
@@ -36,7 +43,7 @@ from selfsup.data.summary import describe, one_line
 from selfsup.errors import ConfigError
 from selfsup.methods import TeacherStudentMethod, method_class
 from selfsup.methods.base import SelfSupervisedMethod
-from selfsup.precision import cpu_precision
+from selfsup.precision import cpu_precision, is_fp32, runs_on_cpu
 from selfsup.train.collapse_monitor import CollapseMonitor
 from selfsup.train.knn_monitor import KNNMonitor
 from selfsup.train.loggers import RunCSVLogger, quiet_lightning, wandb_logger
@@ -55,8 +62,8 @@ from selfsup.train.skipped_images import SkippedImagesReport
 
 class PretrainCLI(LightningCLI):
     #: False where the config is only resolved, not run here (``selfsup launch``): what
-    #: depends on this machine (the checkpoint to resume) is then decided where the run
-    #: starts.
+    #: depends on this machine (precision, the cpu_fp32 budget, the checkpoint to resume)
+    #: is then decided where the run starts.
     runs_here = True
     #: The checkpoint this start resumes from (``--resume``), found and read at parse time.
     ckpt_path: Path | None = None
@@ -68,6 +75,16 @@ class PretrainCLI(LightningCLI):
             default="auto",
             help="auto: continue from the run directory's newest checkpoint if there is one; "
             "never: start from scratch; or a checkpoint path or run directory.",
+        )
+        parser.add_argument(
+            "--cpu_fp32",
+            type=dict[str, Any] | None,
+            default=None,
+            help="options and values, as on the command line without the dashes (e.g. "
+            "{trainer.max_epochs: 1}), that replace the config's when the run trains in fp32 "
+            "on a CPU (one without native bf16, or --trainer.precision 32-true): the config's "
+            "budget for that speed. An option given on the command line wins; null trains "
+            "the config's own values.",
         )
         parser.add_argument(
             "--run_name",
@@ -102,6 +119,11 @@ class PretrainCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as e:
             raise ConfigError(explain_parse_error(str(e), parser)) from None
+        self.budget_line = None
+        if self.runs_here and isinstance(args, (list, tuple)):
+            flags, self.budget_line = cpu_fp32_flags(self.config, list(args))
+            if flags:  # parsed again, so that links (the batch size's) follow the budget
+                super().parse_arguments(parser, [*args, *flags])
         config = self.config
         if config.run_name is None:
             configs = config.get("config") or []
@@ -117,13 +139,16 @@ class PretrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config
+        self.asked_precision = config.trainer.precision
+        if not self.runs_here:
+            return
         # Before the config is saved with the run: RUN/config.yaml says what ran. What
         # was asked is still checked (check_run), so a config fails the same everywhere.
-        self.asked_precision = config.trainer.precision
         config.trainer.precision, why = cpu_precision(config.trainer.precision,
                                                       config.trainer.accelerator)  # fmt: skip
-        if why:
-            rank_zero_only(print)(why, file=sys.stderr, flush=True)
+        for line in (why, self.budget_line):
+            if line:
+                rank_zero_only(print)(line, file=sys.stderr, flush=True)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -208,6 +233,37 @@ class PretrainCLI(LightningCLI):
             raise ConfigError(
                 "trainer.sync_batchnorm needs GPUs (SyncBatchNorm has no CPU kernel): drop it for CPU runs."
             )
+
+
+def cpu_fp32_flags(config: Any, argv: list[str]) -> tuple[list[str], str | None]:
+    """The flags that set a config's ``cpu_fp32`` options when the run (``config``, parsed
+    from ``argv``) will train in fp32 on a CPU, less those ``argv`` gives itself; and the
+    line that says what they change (None if nothing)."""
+    budget = config.get("cpu_fp32")
+    trainer = config.trainer
+    if not budget or not runs_on_cpu(trainer.accelerator):
+        return [], None
+    if not is_fp32(cpu_precision(trainer.precision, trainer.accelerator)[0]):
+        return [], None
+    options = list(config.keys())
+    flags, chosen = [], []
+    for key, value in budget.items():
+        if key not in options:
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"cpu_fp32: {key} is not an option of selfsup pretrain.{hint}")
+        if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv):
+            continue  # the command line wins
+        if config[key] != value:
+            flags += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+            chosen.append(f"{key} {value} (not {config[key]})")
+    if not chosen:
+        return [], None
+    return flags, (
+        "selfsup: training in fp32 on a CPU (a step takes several times as long as in bf16 "
+        "on native bf16 or a GPU): the config's cpu_fp32 budget applies, "
+        f"{', '.join(chosen)}; --cpu_fp32 null trains the config's own values."
+    )
 
 
 def default_run_name(config_file: Any, class_path: str) -> str:
