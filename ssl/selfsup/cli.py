@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # `selfsup pretrain` hands its own arguments to LightningCLI on purpose.
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    if (
+        command == "finetune"
+    ):  # the evaluator that builds a Lightning Trainer (pretrain's does this)
+        from selfsup.train.loggers import quiet_lightning
+
+        quiet_lightning()
     try:
         return run(command, rest)
     except ConfigError as e:

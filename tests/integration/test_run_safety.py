@@ -133,19 +133,19 @@ def test_bad_inputs_are_one_line_and_exit_2(runs, tiny_npz, tmp_path, capsys):
                 "--trainer.default_root_dir", fresh, *QUICK]  # fmt: skip
     cases = [
         (["pretrain", "--config", str(bad_yaml)], "bad.yaml is not valid YAML at line 4, column 1"),
-        (["probe", "--config", str(bad_yaml), "--ckpt", str(run), "--data", str(tiny_npz)],
+        (["probe", "--config", str(bad_yaml), "--ckpt", str(run), "--data.path", str(tiny_npz)],
          "not valid YAML"),
         ([*pretrain, "--trainer.accelerator", "gpu"], "--trainer.accelerator cpu"),
         ([*pretrain, "--model.init_args.temprature", "0.3"], "Did you mean --temperature"),
         ([*pretrain, "--trainer.max_stpes", "3"], "Did you mean --trainer.max_steps"),
-        (["knn", "--ckpt", str(truncated), "--data", str(tiny_npz)], "truncated"),
+        (["knn", "--ckpt", str(truncated), "--data.path", str(tiny_npz)], "truncated"),
         ([*pretrain, "--resume", str(truncated)], "truncated"),
         ([*pretrain, "--resume", str(export)], "is a backbone export"),
-        (["probe", "--ckpt", str(run), "--data", str(tiny_npz), "--epcohs", "3"],
+        (["probe", "--ckpt", str(run), "--data.path", str(tiny_npz), "--epcohs", "3"],
          "Did you mean --epochs"),
-        (["knn", "--ckpt", str(run), "--data", str(tiny_npz), "--accelerator", "gpu"], "no GPU"),
+        (["knn", "--ckpt", str(run), "--data.path", str(tiny_npz), "--accelerator", "gpu"], "no GPU"),
         ([*pretrain[:4], str(multi), *pretrain[5:]], "values other than 0 and 1"),
-        (["knn", "--ckpt", str(run), "--data", str(multi)], "values other than 0 and 1"),
+        (["knn", "--ckpt", str(run), "--data.path", str(multi)], "values other than 0 and 1"),
     ]  # fmt: skip
     for argv, message in cases:
         code = main(argv)
@@ -166,7 +166,7 @@ def test_probe_prints_its_options(capsys):
 def test_probe_takes_its_config_file_and_flags(runs, tiny_npz, tmp_path, capsys):
     run = runs / "simclr" / "resnet18_cifar"
     argv = ["probe", "--config", str(REPO / "configs/eval/probe.yaml"), "--ckpt", str(run),
-            "--data", str(tiny_npz), "--epochs", "3", "--num-workers", "0",
+            "--data.path", str(tiny_npz), "--epochs", "3", "--data.num_workers", "0",
             "--out", str(tmp_path / "probe")]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from selfsup.commands.options import check_yaml, config_files
+from selfsup.commands.options import check_data_spelling, check_yaml, config_files
 from selfsup.errors import ConfigError
 
 
@@ -46,6 +46,7 @@ def pretrain(argv: list[str]) -> int:
 
     for path in config_files(argv):
         check_yaml(path)
+    check_data_spelling(argv, "selfsup pretrain")
     check_method_name(argv)
     cli = build_pretrain_cli(argv)
     cli.check_run()
@@ -89,6 +90,7 @@ def resolve_pretrain_config(argv: list[str]) -> tuple[str, int]:
 
     for path in config_files(argv):
         check_yaml(path)
+    check_data_spelling(argv, "selfsup pretrain")
     check_method_name(argv)
     cli = build_pretrain_cli(argv, resolve_only=True)
     if cli.config.get("data") is None:
