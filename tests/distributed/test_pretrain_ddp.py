@@ -38,7 +38,7 @@ def test_two_process_pretraining_writes_one_run_and_its_checkpoint(tiny_npz, tmp
             "knn",
             "--ckpt",
             str(run),
-            "--data",
+            "--data.path",
             str(tiny_npz),
             "--data.num_workers",
             "0",

@@ -292,7 +292,15 @@ def test_reconstruct_writes_a_grid_per_image(tiny_npz, simclr_run, tmp_path, cap
         Image.fromarray(im).save(paths[-1])
     out = tmp_path / "recon"
     capsys.readouterr()
-    argv = ["reconstruct", "--ckpt", str(run), "--image", *map(str, paths), "--out", str(out)]
+    argv = [
+        "reconstruct",
+        "--ckpt",
+        str(run),
+        "--image",
+        f"[{','.join(map(str, paths))}]",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "reconstruct" and len(result["files"]) == 2

@@ -157,9 +157,9 @@ def test_label_fractions_give_a_curve_and_summary_draws_several(ckpt, tmp_path, 
 
 def test_finetune_trains_findings_with_bce_on_a_label_fraction(ckpt, multilabel_npz, tmp_path,
                                                                capsys):  # fmt: skip
-    code, result, err = run(capsys, "finetune", "--ckpt", str(ckpt), "--data",
-                            str(multilabel_npz), "--epochs", "1", "--label_fraction", "[0.5]",
-                            "1.0", "--out", str(tmp_path / "ft"))  # fmt: skip
+    code, result, err = run(capsys, "finetune", "--ckpt", str(ckpt), "--data.path",
+                            str(multilabel_npz), "--epochs", "1", "--label_fraction", "[0.5,1.0]",
+                            "--out", str(tmp_path / "ft"))  # fmt: skip
     assert code == 0, err
     assert [r["fraction"] for r in result["label_curve"]] == [0.5, 1.0]
     assert result["headline"]["metric"] == "macro_auroc"

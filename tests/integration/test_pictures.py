@@ -30,7 +30,7 @@ def test_dino_run_logs_attention_to_offline_wandb_then_attention_and_embed(
     Image.fromarray(np.concatenate([x[1], x[2]], axis=1)).save(wide)  # 32 x 64
     capsys.readouterr()
     out = tmp_path / "attention"
-    assert main(["attention", "--ckpt", str(run), "--image", str(square), str(wide),
+    assert main(["attention", "--ckpt", str(run), "--image", f"[{square},{wide}]",
                  "--out", str(out)]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["backbone"] == "teacher" and result["heads"] == 3
@@ -64,7 +64,7 @@ def test_mae_run_without_wandb_writes_reconstruction_pictures(tiny_npz, tmp_path
         Image.fromarray(image).save(paths[-1])
     out = tmp_path / "recon"
     capsys.readouterr()
-    assert main(["reconstruct", "--ckpt", str(run), "--image", *map(str, paths),
+    assert main(["reconstruct", "--ckpt", str(run), "--image", f"[{','.join(map(str, paths))}]",
                  "--out", str(out)]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["files"] == [str(out / "a_0_mae.png"), str(out / "b_0_mae.png")]

@@ -77,7 +77,8 @@ def load_backbone(
         weights = read_weights_file(Path(ckpt), what)
         return _timm_backbone(timm_model, {}, weights, which, pool, overrides)
     if str(ckpt).startswith(TAG_PREFIX):
-        weights = read_timm_tag(str(ckpt), what)
+        name = str(ckpt)[len(TAG_PREFIX) :].split(".")[0]
+        weights = read_timm_tag(str(ckpt), what, f"--ckpt w.pth --timm_model {name}")
         return _timm_backbone(weights.architecture or "", {}, weights, which, pool, overrides)
     folder = hub_folder(ckpt)
     if folder is not None:

@@ -108,8 +108,9 @@ def read_hub_folder(path: Path, what: str) -> Weights:
                    [f"read {arch or '?'} weights from the hub directory {path}"])  # fmt: skip
 
 
-def read_timm_tag(spec: str, what: str) -> Weights:
-    """timm's pretrained weights ``timm:<name>.<tag>``, cached or downloaded."""
+def read_timm_tag(spec: str, what: str, give: str = "init_from: w.pth") -> Weights:
+    """timm's pretrained weights ``timm:<name>.<tag>``, cached or downloaded; offline and
+    uncached, the line says how to save them elsewhere and what to ``give`` then."""
     import timm
 
     name = spec[len(TAG_PREFIX) :]
@@ -124,7 +125,7 @@ def read_timm_tag(spec: str, what: str) -> Weights:
             f"{what}: timm's weights for {name} are not in the local cache and "
             "huggingface.co cannot be reached from here. On a machine with internet, save them "
             f"(torch.save(timm.create_model('{name}', pretrained=True).state_dict(), 'w.pth')) "
-            "and give w.pth."
+            f"and give {give}."
         )
     model = timm.create_model(name, pretrained=True, num_classes=0)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

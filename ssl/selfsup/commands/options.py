@@ -221,14 +221,15 @@ def explain(message: str, options: dict[str, Any], prog: str) -> str:
             f"--{name} takes its values as one list: --{name} [A,B] (no spaces), or --{name}+ A "
             f"to append. See {prog} --help."
         )
+    stray = re.search(r"[Uu]nrecognized arguments: ([^-\s]\S*)", message)
+    if stray:
+        return (
+            f"{stray.group(1)}: a value without an option; a list option takes its values as "
+            f"one, in brackets (--image [a.png,b.png]). See {prog} --help."
+        )
     unknown = re.search(r"(?:[Uu]nrecognized arguments|Key|Option):?\s*['\"]?-*([\w.]+)", message)
     if unknown and unknown.group(1) not in options:
         bad = unknown.group(1)
-        if not unknown.group(0).split(":")[-1].strip().startswith("-"):
-            return (
-                f"{bad}: a value without an option; list options take one value in brackets "
-                f"(--k [20,200]). See {prog} --help."
-            )
         close = difflib.get_close_matches(bad, names, n=2, cutoff=0.5)
         hint = f" Did you mean {' or '.join('--' + c for c in close)}?" if close else ""
         return f"no option --{bad}.{hint} See {prog} --help."
