@@ -42,6 +42,14 @@ def test_a_pretraining_data_block_serves_the_probe_unchanged(tiny_npz, tmp_path,
     result = last_json(capsys)
     assert result["task"] == "probe" and result["n_test"] == 48
 
+    block = tmp_path / "data.yaml"  # the block alone, as --data FILE
+    block.write_text(yaml.safe_dump(pretraining["data"]))
+    assert (
+        main(["knn", "--ckpt", str(run), "--data", str(block), "--k", "[5]", "--cache", "false"])
+        == 0
+    )
+    assert last_json(capsys)["n_test"] == 48
+
     with pytest.raises(SystemExit) as done:
         main(["probe", "--config", str(probe), "--ckpt", "C", "--print_config"])
     assert done.value.code == 0

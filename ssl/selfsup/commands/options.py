@@ -202,9 +202,10 @@ def run_with_options(
         values[name] = cls(**{f.name: values.pop(f.name) for f in dataclasses.fields(cls)})
     for name, cls in nested.items():
         group = values.pop(name)
-        # A pretraining block's view pipeline is kept as it was written (the evaluators
-        # read with the checkpoint's eval transform and do not build it).
-        values[name] = cls(**{k: v for k, v in group.items()})
+        # Not jsonargparse's own keys (__path__: the file a group was read from). A
+        # pretraining block's view pipeline is passed as written: the evaluators read with
+        # the checkpoint's eval transform and never build it.
+        values[name] = cls(**{k: v for k, v in group.items() if not k.startswith("__")})
     return fn(**values, **fixed)
 
 
