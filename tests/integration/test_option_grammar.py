@@ -116,6 +116,7 @@ def test_the_lung_window_is_one_option_for_pretrain_and_knn(ct_tree, tmp_path, c
         (["knn", "--ckpt", "C", "--data.path", "x.npz", "--k", "20", "200"], "--k [A,B]"),
         (["probe", "--ckpt", "C", "--data.path", "x.npz", "--augment"], "--augment true"),
         (["probe", "--ckpt", "C", "--data.path", "x.npz", "--epoch", "3"], "--epochs?"),
+        (["pretrain", "--config", str(REPO / "configs/quickstart.yaml"), "--trainer.max_epoch", "3"], "--trainer.max_epochs"),
         (["data", "inspect", "--data", "x.npz"], "--data.path x.npz"),
         (["pretrain", "--config", str(REPO / "configs/quickstart.yaml"), "--window", "lung"], "--data.window"),
         (["launch", "pretrain", "--gpus-per-node", "2", "--", "--config", "c.yaml"], "--gpus_per_node"),

@@ -296,7 +296,11 @@ def build_pretrain_cli(argv: list[str], resolve_only: bool = False) -> PretrainC
             args=argv,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
-            parser_kwargs={"prog": "selfsup pretrain", "exit_on_error": False},
+            parser_kwargs={
+                "prog": "selfsup pretrain",
+                "exit_on_error": False,
+                "allow_abbrev": False,
+            },
             trainer_defaults={"log_every_n_steps": 10},
             # Reproducible by default; a resumed run keeps the seed it started with.
             seed_everything_default=0,
