@@ -55,9 +55,20 @@ class PretrainDataModule(pl.LightningDataModule):
         strict: image folders: read every file before training and stop with the
             list of unreadable ones (default: skip them, replaced by the next
             readable image, and report how many were skipped).
-        window, frames, slice_axis, slice_context, slices_per_volume,
-            foreground_threshold, volumes_4d, square_pixels, volume_cache: how DICOM files
-            and volumes become images (:class:`selfsup.data.pixels.Reading`).
+        window: DICOM and volumes: none for the file's own window (else the intensity
+            policy); ``percentile``; a CT preset (``lung``, ``mediastinum``, ``bone``,
+            ``brain``, ``abdomen``); or ``center,width`` in the modality's units (HU for CT;
+            a negative centre is written ``--data.window=-600,1500``).
+        frames: multi-frame DICOM: ``all`` (each frame is an image) or ``middle``.
+        slice_axis: volumes: the axis slices are cut along after reorientation to RAS.
+        slice_context: volumes: 0 reads one slice; k reads 2k + 1 adjacent slices as
+            channels (1: the 2.5D input of three slices).
+        slices_per_volume: volumes: slices drawn per volume and epoch.
+        foreground_threshold: volumes: a drawn slice with less than this share of its
+            pixels above the volume's lowest intensity is drawn again.
+        volumes_4d: 4D volumes: ``all`` (each 3D volume counts as one) or ``first``.
+        square_pixels: volumes: resample each slice to square pixels.
+        volume_cache: volumes: decoded volumes kept in memory per process (or worker).
         label_columns: manifests: the 0/1 columns that are the labels, one finding each
             (multi-label; the kNN monitor then reports macro AUROC).
     """
