@@ -59,10 +59,6 @@ class RunDir:
         return self.root / "config_changes.txt"
 
     @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.csv"
-
-    @property
     def status(self) -> Path:
         return self.root / "status.json"
 

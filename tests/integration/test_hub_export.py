@@ -264,3 +264,12 @@ def test_a_hub_folder_is_a_ckpt_for_every_command(tmp_path, capsys):
             "--data.num_workers", "0", "--cache", "false", "--out", str(tmp_path / "knn")]  # fmt: skip
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == "knn"
+
+
+def test_a_hub_folder_without_an_architecture_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="names no architecture"):
+        load_backbone(tmp_path)

@@ -79,7 +79,7 @@ def load_backbone(
     if str(ckpt).startswith(TAG_PREFIX):
         name = str(ckpt)[len(TAG_PREFIX) :].split(".")[0]
         weights = read_timm_tag(str(ckpt), what, f"--ckpt w.pth --timm_model {name}")
-        return _timm_backbone(weights.architecture or "", {}, weights, which, pool, overrides)
+        return _timm_backbone(str(weights.architecture), {}, weights, which, pool, overrides)
     folder = hub_folder(ckpt)
     if folder is not None:
         return _load_hub_folder(read_hub_folder(folder, what), which, pool, overrides)
@@ -208,8 +208,11 @@ def _load_hub_folder(
     size = cfg.get("input_size")
     provenance = weights.provenance
     if not provenance:
+        if not weights.architecture:
+            raise ConfigError(f"{Path(str(weights.file)).parent}/config.json names no architecture: "
+                              "give a folder that timm's save_for_hf or selfsup export wrote.")  # fmt: skip
         kwargs = {"img_size": int(size[-1]), "in_chans": int(size[0])} if size else {}
-        return _timm_backbone(weights.architecture or "", kwargs, weights, which, pool, overrides)
+        return _timm_backbone(weights.architecture, kwargs, weights, which, pool, overrides)
     if which is not None and which != provenance.get("weights"):
         raise ConfigError(f"{weights.file} holds the {provenance.get('weights')} backbone only: "
                           f"drop --backbone {which}.")  # fmt: skip
