@@ -19,6 +19,7 @@ commands:
   knn          weighted kNN accuracy of a checkpoint (selfsup knn --ckpt CKPT --data.path DATA)
   probe        linear probe on frozen features (selfsup probe --ckpt CKPT --data.path DATA)
   finetune     fine-tune the whole network (selfsup finetune --ckpt CKPT --data.path DATA)
+  segment      linear segmentation on frozen patch features (selfsup segment --ckpt CKPT --data.path DATA)
   export       write the backbone as .safetensors, or a timm hub folder (--format timm-hub --out DIR)
   reconstruct  MAE reconstructions of images (selfsup reconstruct --ckpt CKPT --image IMG --out DIR)
   attention    ViT attention maps of images (selfsup attention --ckpt CKPT --image IMG... --out DIR)
@@ -42,6 +43,7 @@ COMMANDS = {
     "knn": ("evaluate", "knn", "options"),
     "probe": ("evaluate", "probe", "options"),
     "finetune": ("evaluate", "finetune", "options"),
+    "segment": ("evaluate", "segment", "options"),
     "summary": ("evaluate", "summary", "options"),
     "export": ("export", "export", "options"),
     "attention": ("pictures", "attention", "options"),

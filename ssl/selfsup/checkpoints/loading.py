@@ -104,7 +104,7 @@ def load_backbone(
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
     }
     backbone.load_state_dict(state, strict=True)
-    meta = {**meta, "loaded": which, "pool": backbone.pool}
+    meta = {**meta, "loaded": which, "pool": backbone.pool, "in_chans": backbone.in_chans}
     return LoadedBackbone(backbone.eval(), meta, str(path))
 
 

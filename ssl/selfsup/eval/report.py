@@ -19,7 +19,7 @@ from selfsup.run_directory import RunDir
 COLUMNS = ("task", "headline", "top1", "top5", "balanced_accuracy", "auroc", "macro_auroc",
            "micro_auroc", "mAP", "calibration_error", "lr", "weight_decay")  # fmt: skip
 #: Kept in metrics.json, left out of the JSON line.
-FILE_ONLY = ("confusion_matrix", "runs")
+FILE_ONLY = ("confusion_matrix", "runs", "per_image")
 
 
 def eval_dir(ckpt: str, task: str, data: str, out: str | None) -> Path:

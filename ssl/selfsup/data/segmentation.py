@@ -1,0 +1,253 @@
+"""Images with per-pixel masks, for the segmentation evaluator: an ``.npz`` with
+``m_train``/``m_test``, or an image folder with a parallel mask folder.
+
+A mask is an ``(H, W)`` map of class indices, 0 the background, at its image's size.
+Where the masks come from:
+
+- **npz**: ``x_<split>`` images and ``m_<split>`` masks ``(N, H, W)`` (integers), the class
+  names in ``mask_classes`` (or ``classes`` when the file has no image labels), patients in
+  ``groups_<split>``, the pixel size in mm in ``spacing_<split>`` ``(N, 2)`` or
+  ``spacing`` ``(2,)`` (rows, columns);
+- **folders**: ``DATA/<split>/images/...`` and ``DATA/<split>/masks/...``, a mask for each
+  image at the same relative path with the same stem (a PNG label map, or any image file
+  holding class indices), class names one per line in ``DATA/classes.txt``; DICOM images
+  give their Pixel Spacing.
+
+A mask whose size differs from its image's, or that holds a value no class names, is one
+line naming the file and the fix (:class:`~selfsup.data.pixels.DataError`), found when the
+set is opened (every mask is read then: masks are small, and a wrong one found after the
+features would waste the extraction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from selfsup.data.labels import as_groups
+from selfsup.data.pixels import DataError, Intensity, Reading, Split, to_tensor_image
+
+
+class SegmentationSet(Dataset):
+    """``(image (C, H, W), mask (H, W) int64)`` pairs with their class names, groups
+    (patients; None when every image is its own) and pixel spacing (mm; None unknown).
+
+    ``read(i)`` gives image ``i``; the masks are held in memory (``masks[i]``)."""
+
+    def __init__(
+        self,
+        read: Callable[[int], torch.Tensor],
+        masks: list[np.ndarray],
+        classes: Sequence[str],
+        groups: np.ndarray | None = None,
+        spacing: list[tuple[float, float] | None] | None = None,
+        files: list[str] | None = None,
+        source: str = "",
+    ) -> None:
+        self.read, self.masks, self.classes = read, masks, list(classes)
+        self.groups, self.files, self.source = groups, files, source
+        self.spacing = spacing if spacing is not None else [None] * len(masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read(index), torch.from_numpy(self.masks[index].astype(np.int64))
+
+    @property
+    def spacing_known(self) -> bool:
+        return all(s is not None for s in self.spacing)
+
+    def images(self) -> ImagesOnly:
+        """The images alone, as the feature extraction reads them (``(image, index)``)."""
+        return ImagesOnly(self)
+
+    def presence(self) -> np.ndarray:
+        """``(N, K-1)`` 0/1: which foreground classes each mask holds (what the validation
+        split and the label fractions are stratified by)."""
+        k = len(self.classes)
+        return np.stack([np.isin(np.arange(1, k), np.unique(m)) for m in self.masks]).astype(int)
+
+
+class ImagesOnly(Dataset):
+    """The images of a :class:`SegmentationSet` as ``(image, index)`` pairs, with the set's
+    files (the feature cache's key)."""
+
+    def __init__(self, data: SegmentationSet) -> None:
+        self.data = data
+        self.files = data.files
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.data.read(index), index
+
+
+def check_mask(
+    mask: np.ndarray, image_size: tuple[int, int], n_classes: int, where: str
+) -> np.ndarray:
+    """``mask`` as an ``(H, W)`` integer map checked against its image and its classes."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise DataError(f"{where}: a mask of shape {mask.shape}; give one (H, W) map of class "
+                        "indices per image.")  # fmt: skip
+    if tuple(mask.shape) != tuple(image_size):
+        raise DataError(
+            f"{where}: the mask is {mask.shape[0]}x{mask.shape[1]} but its image is "
+            f"{image_size[0]}x{image_size[1]}; give each image a mask of its own size."
+        )
+    if mask.dtype.kind == "f":
+        if not np.all(mask == np.round(mask)):
+            raise DataError(f"{where}: the mask holds fractional values; give class indices "
+                            "(integers, 0 the background).")  # fmt: skip
+        mask = mask.astype(np.int64)
+    elif mask.dtype.kind not in "biu":
+        raise DataError(f"{where}: a mask of dtype {mask.dtype}; give integer class indices.")
+    low, high = int(mask.min()), int(mask.max())
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise DataError(
+            f"{where}: mask value {bad}, but the classes name only 0..{n_classes - 1}; name "
+            "every class (mask_classes in an npz, classes.txt beside a folder), one per index."
+        )
+    return mask.astype(np.uint8 if n_classes <= 256 else np.int32)
+
+
+def open_segmentation(
+    data: str, split: Split, intensity: Intensity = "dtype", reading: Reading | None = None
+) -> SegmentationSet:
+    """The ``split`` of ``data`` (an ``.npz`` or a folder, see the module doc) with masks."""
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix == ".npz":
+        return _npz(path, split, intensity)
+    if (path / split / "masks").is_dir():
+        return _folders(path, split, reading or Reading(intensity=intensity))
+    raise DataError(
+        f"{data} holds no masks: segmentation reads an .npz with m_train/m_test, or a folder "
+        f"with {split}/images/ and {split}/masks/ (same file stems)."
+    )
+
+
+def _npz(path: Path, split: Split, intensity: Intensity) -> SegmentationSet:
+    from selfsup.data.readers.arrays import _array, _check_images
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"Cannot read {path} as an .npz archive ({e}).") from e
+    x_key, m_key = f"x_{split}", f"m_{split}"
+    if x_key not in data.files or m_key not in data.files:
+        raise DataError(f"{path} has arrays {sorted(data.files)} but no {x_key!r} and {m_key!r}: "
+                        "segmentation reads images x_<split> with masks m_<split> (N x H x W "
+                        "class indices).")  # fmt: skip
+    images = _array(data, path, x_key)
+    _check_images(images, path, x_key)
+    if "mask_classes" in data.files:
+        classes = [str(c) for c in _array(data, path, "mask_classes")]
+    elif "classes" in data.files and not any(k.startswith("y_") for k in data.files):
+        classes = [str(c) for c in _array(data, path, "classes")]
+    else:
+        raise DataError(f"{path}: name the mask classes, index 0 the background, in a "
+                        "mask_classes array (e.g. ['background', 'lung']).")  # fmt: skip
+    raw = _array(data, path, m_key)
+    if len(raw) != len(images):
+        raise DataError(f"{path}: {m_key} holds {len(raw)} masks for {len(images)} images in "
+                        f"{x_key}; give one mask per image, in the images' order.")  # fmt: skip
+    size = images.shape[1:3]
+    masks = [check_mask(m, size, len(classes), f"{path}: {m_key}[{i}]") for i, m in enumerate(raw)]
+    groups = None
+    if f"groups_{split}" in data.files:
+        groups = as_groups(_array(data, path, f"groups_{split}"), len(images),
+                           f"{path}: groups_{split}")  # fmt: skip
+    spacing = _npz_spacing(data, path, split, len(images))
+    channels_last = images if images.ndim == 4 else images[..., None]
+    return SegmentationSet(lambda i: to_tensor_image(channels_last[i], intensity), masks,
+                           classes, groups, spacing, source=str(path))  # fmt: skip
+
+
+def _npz_spacing(data: Any, path: Path, split: str, n: int) -> list | None:
+    key = f"spacing_{split}" if f"spacing_{split}" in data.files else "spacing"
+    if key not in data.files:
+        return None
+    s = np.asarray(data[key], dtype=float)
+    if s.shape == (2,):
+        s = np.tile(s, (n, 1))
+    if s.shape != (n, 2) or not np.all(s > 0):
+        raise DataError(f"{path}: {key} has shape {s.shape}; give the pixel size in mm, "
+                        f"(rows, columns), as (2,) for all images or ({n}, 2), all > 0.")  # fmt: skip
+    return [(float(a), float(b)) for a, b in s]
+
+
+def _folders(root: Path, split: Split, reading: Reading) -> SegmentationSet:
+    from selfsup.data.readers.folders import list_images
+
+    image_dir, mask_dir = root / split / "images", root / split / "masks"
+    images = list_images(image_dir)
+    if not images:
+        raise DataError(f"{image_dir} holds no images.")
+    mask_files = {f.relative_to(mask_dir).with_suffix(""): f for f in list_images(mask_dir)}
+    classes = _folder_classes(root)
+    masks, spacing, files = [], [], []
+    for f in images:
+        rel = f.relative_to(image_dir).with_suffix("")
+        if rel not in mask_files:
+            raise DataError(f"{f} has no mask: put one at {mask_dir / rel}.png (same stem).")
+        image, pixel_size = _read_with_spacing(f, reading)
+        mask = _read_label_map(mask_files[rel])
+        n = len(classes) if classes else max(int(mask.max()) + 1, 2)
+        masks.append(check_mask(mask, tuple(image.shape[1:]), n if classes else 2**16,
+                                str(mask_files[rel])))  # fmt: skip
+        spacing.append(pixel_size)
+        files.append(str(f))
+    if classes is None:  # unnamed: background and one class per index found
+        k = max(int(m.max()) for m in masks) + 1
+        classes = ["background", *[str(i) for i in range(1, max(k, 2))]]
+    groups = np.array([str(Path(f).relative_to(image_dir).parent) for f in files])
+    has_groups = any(g != "." for g in groups)  # patient sub-folders, when the tree has them
+    return SegmentationSet(
+        lambda i: _read_with_spacing(Path(files[i]), reading)[0], masks, classes,
+        groups if has_groups else None, spacing, files, source=str(root),
+    )  # fmt: skip
+
+
+def _folder_classes(root: Path) -> list[str] | None:
+    names = root / "classes.txt"
+    if not names.is_file():
+        return None
+    return [line.strip() for line in names.read_text().splitlines() if line.strip()]
+
+
+def _read_label_map(path: Path) -> np.ndarray:
+    """A mask file's class indices: a PNG label map (8 or 16 bit, or a palette image, whose
+    indices are the classes), never rescaled as image intensities are."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA"):
+                raise DataError(f"{path} is a colour image; save masks as single-channel label "
+                                "maps (mode L, I;16 or P) of class indices.")  # fmt: skip
+            return np.asarray(im)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the mask ({e}).") from None
+
+
+def _read_with_spacing(path: Path, reading: Reading) -> tuple[torch.Tensor, tuple | None]:
+    from selfsup.data.datasets import read_picture
+    from selfsup.data.readers.dicom import could_be_dicom, read_header
+
+    image = read_picture(path, reading)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
+        return image, None
+    if could_be_dicom(path):
+        spacing = getattr(read_header(path), "PixelSpacing", None)
+        if spacing is not None:
+            return image, (float(spacing[0]), float(spacing[1]))
+    return image, None
