@@ -56,6 +56,39 @@ def tiny_npz(tmp_path_factory) -> Path:
     return path
 
 
+def make_segmentation_set(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gray images with a bright square (class 1) and a dim disc (class 2) on dark noise:
+    ``(n, size, size)`` uint8 images and their class-index masks (some images lack a class)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        if i % 5 != 4:  # every fifth image has no square
+            s = int(rng.integers(size // 5, size // 2))
+            r, c = rng.integers(0, size - s, 2)
+            masks[i, r : r + s, c : c + s] = 1
+        cy, cx, radius = *rng.uniform(size * 0.25, size * 0.75, 2), rng.uniform(size / 8, size / 5)
+        masks[i][((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & (masks[i] == 0)] = 2
+    images[masks == 1] = 230
+    images[masks == 2] = 130
+    return images, masks
+
+
+@pytest.fixture(scope="session")
+def seg_npz(tmp_path_factory) -> Path:
+    """A 32 px segmentation npz: 40 train / 12 test images, classes background, square,
+    disc, 10 training patients of 4 images, 0.5 x 0.8 mm pixels."""
+    path = tmp_path_factory.mktemp("data") / "seg.npz"
+    x_train, m_train = make_segmentation_set(40, 32, seed=0)
+    x_test, m_test = make_segmentation_set(12, 32, seed=1)
+    np.savez(path, x_train=x_train, m_train=m_train, x_test=x_test, m_test=m_test,
+             mask_classes=np.array(["background", "square", "disc"]),
+             groups_train=np.array([f"p{i // 4}" for i in range(40)]),
+             groups_test=np.array([f"t{i // 4}" for i in range(12)]), spacing=np.array([0.5, 0.8]))  # fmt: skip
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _wandb_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

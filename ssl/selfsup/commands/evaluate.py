@@ -244,6 +244,8 @@ def segment(
     label_seeds: int = 1,
     overlays: int = 6,
     save_predictions: bool = False,
+    attention: bool = False,
+    attention_threshold: float = 0.6,
 ) -> int:
     """Linear segmentation on frozen dense features (DINOv2's linear head: BatchNorm + 1x1
     convolution, logits upsampled to each mask): a grid of learning rates trained in one
@@ -268,6 +270,10 @@ def segment(
         label_seeds: subsets drawn per fraction (rows give mean and std over them)
         overlays: test images drawn in overlays.png (image | reference | prediction)
         save_predictions: write the predicted test masks to predictions.npz
+        attention: ViTs: also score DINO's segmentation maps, the last block's attention
+            thresholded to keep attention_threshold of its mass, against the foreground
+            (Jaccard of the heads' mean and of the best head, picked on the training images)
+        attention_threshold: share of the attention mass the masks keep (DINO: 0.6)
     """
     import time
 
@@ -296,6 +302,9 @@ def segment(
         raise ConfigError("--stages applies to ResNets; for a ViT use --last_blocks.")
     if not loaded.backbone.is_vit and last_blocks != 1:
         raise ConfigError("--last_blocks applies to ViTs; for a ResNet use --stages.")
+    if attention and not loaded.backbone.is_vit:
+        raise ConfigError("--attention true scores a ViT's attention maps; this backbone is a "
+                          f"ResNet ({loaded.backbone.name}): drop --attention.")  # fmt: skip
     dense = DenseLoaded(loaded, last_blocks if loaded.backbone.is_vit else stages, size)
     fabric, device = start_processes(source.devices, source.accelerator)
     start = time.perf_counter()
@@ -323,6 +332,11 @@ def segment(
                  "heads": round(time.perf_counter() - extracted, 1)},
         **notes.fields(),
     )  # fmt: skip
+    if attention:
+        from selfsup.eval.attention_masks import attention_report
+
+        result["attention"] = attention_report(loaded.backbone, dense.eval_transform(), train,
+                                               test, attention_threshold)  # fmt: skip
     if loaded.meta.get("init_from"):
         result["init_from"] = loaded.meta["init_from"]
     out = source.eval_dir("segment", data)

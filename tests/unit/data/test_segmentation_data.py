@@ -1,0 +1,99 @@
+"""Masks as data: an npz's m_train/m_test and a folder's images/ + masks/ read back to the
+right pixels, with their classes, patients and pixel spacing; wrong masks are one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from selfsup.data.pixels import DataError
+from selfsup.data.segmentation import open_segmentation
+
+
+def test_npz_masks_read_back_with_classes_groups_and_spacing(seg_npz):
+    raw = np.load(seg_npz)
+    train = open_segmentation(str(seg_npz), "train")
+    assert train.classes == ["background", "square", "disc"]
+    assert len(train) == 40 and train.spacing[0] == (0.5, 0.8) and train.spacing_known
+    image, mask = train[7]
+    assert image.shape == (1, 32, 32) and np.array_equal(image[0].numpy(), raw["x_train"][7])
+    assert np.array_equal(mask.numpy(), raw["m_train"][7])
+    assert list(train.groups[:5]) == ["p0", "p0", "p0", "p0", "p1"]
+    presence = train.presence()
+    assert presence.shape == (40, 2)
+    assert presence[4, 0] == 0 and presence[0, 0] == 1  # every fifth image has no square
+
+
+def _npz(tmp_path, **arrays):
+    base = {"x_train": np.zeros((2, 8, 8), np.uint8), "m_train": np.zeros((2, 8, 8), np.uint8),
+            "mask_classes": np.array(["background", "organ"])}  # fmt: skip
+    base.update(arrays)
+    path = tmp_path / "m.npz"
+    np.savez(path, **{k: v for k, v in base.items() if v is not None})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "words"),
+    [
+        ({"m_train": np.zeros((2, 8, 9), np.uint8)}, "mask is 8x9 but its image is 8x8"),
+        ({"m_train": np.full((2, 8, 8), 2, np.uint8)}, "mask value 2"),
+        ({"m_train": np.full((2, 8, 8), 0.5)}, "fractional"),
+        ({"m_train": np.zeros((3, 8, 8), np.uint8)}, "3 masks for 2 images"),
+        ({"mask_classes": None}, "mask_classes"),
+        ({"m_train": None}, "no 'x_train' and 'm_train'"),
+        ({"spacing": np.array([0.5, -1.0])}, "pixel size in mm"),
+    ],
+)
+def test_a_wrong_mask_is_one_line_naming_the_fix(tmp_path, arrays, words):
+    with pytest.raises(DataError, match=words) as info:
+        open_segmentation(_npz(tmp_path, **arrays), "train")
+    assert "\n" not in str(info.value)
+
+
+def test_folder_masks_match_images_by_stem_with_dicom_spacing(tmp_path):
+    root = tmp_path / "set"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for patient in ("a", "b"):
+            (root / split / "images" / patient).mkdir(parents=True)
+            (root / split / "masks" / patient).mkdir(parents=True)
+            image = rng.integers(0, 255, (12, 16), dtype=np.uint8)
+            mask = (image > 128).astype(np.uint8) * 2
+            Image.fromarray(image).save(root / split / "images" / patient / "x1.png")
+            Image.fromarray(mask).save(root / split / "masks" / patient / "x1.png")
+    (root / "classes.txt").write_text("background\nvessel\nlesion\n")
+    # a DICOM image (pydicom's own CT slice) with a mask of its size: its Pixel Spacing comes along
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct.save_as(root / "train" / "images" / "b" / "ct.dcm")
+    ct_mask = np.zeros((ct.Rows, ct.Columns), np.uint8)
+    ct_mask[10:20, 5:9] = 1
+    Image.fromarray(ct_mask).save(root / "train" / "masks" / "b" / "ct.png")
+    train = open_segmentation(str(root), "train")
+    assert train.classes == ["background", "vessel", "lesion"]
+    assert [f.split("images/")[1] for f in train.files] == ["a/x1.png", "b/ct.dcm", "b/x1.png"]
+    assert list(train.groups) == ["a", "b", "b"]
+    image, mask = train[1]
+    assert mask.shape == image.shape[1:] == (ct.Rows, ct.Columns)
+    assert np.array_equal(mask.numpy(), ct_mask)
+    assert train.spacing[1] == tuple(float(v) for v in ct.PixelSpacing) and train.spacing[0] is None
+    assert not train.spacing_known
+    image, mask = train[0]
+    assert np.array_equal(mask.numpy() == 2, image[0].numpy() > 128)
+
+
+def test_a_folder_image_without_its_mask_is_named(tmp_path):
+    root = tmp_path / "set"
+    (root / "train" / "images").mkdir(parents=True)
+    (root / "train" / "masks").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "train" / "images" / "lonely.png")
+    with pytest.raises(DataError, match="lonely.png has no mask"):
+        open_segmentation(str(root), "train")
+
+
+def test_data_without_masks_says_where_masks_go(tiny_npz):
+    with pytest.raises(DataError, match="m_train"):
+        open_segmentation(str(tiny_npz), "train")
