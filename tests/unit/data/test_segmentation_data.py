@@ -90,7 +90,7 @@ def test_a_folder_image_without_its_mask_is_named(tmp_path):
     (root / "train" / "images").mkdir(parents=True)
     (root / "train" / "masks").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "train" / "images" / "lonely.png")
-    with pytest.raises(DataError, match="lonely.png has no mask"):
+    with pytest.raises(DataError, match=r"lonely\.png has no mask"):
         open_segmentation(str(root), "train")
 
 
