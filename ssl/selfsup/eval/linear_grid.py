@@ -52,21 +52,27 @@ class GridSGD:
     are summed; their gradients are independent.
     """
 
-    def __init__(self, heads: LinearGrid, grid: list[dict[str, float]], total_steps: int) -> None:
+    def __init__(
+        self, heads: nn.Module, grid: list[dict[str, float]], total_steps: int, loss=grid_loss
+    ) -> None:
+        """``heads``: every parameter stacks the heads along its first dimension;
+        ``loss(heads(x), y)``: the sum over heads of each head's loss."""
         self.heads, self.grid, self.total, self.done = heads, grid, max(1, total_steps), 0
-        self.lr = torch.tensor([hp["lr"] for hp in grid]).view(-1, 1, 1)
-        self.wd = torch.tensor([hp["weight_decay"] for hp in grid]).view(-1, 1, 1)
+        self.loss = loss
+        self.lr = torch.tensor([hp["lr"] for hp in grid])
+        self.wd = torch.tensor([hp["weight_decay"] for hp in grid])
         self.buffers = [torch.zeros_like(p) for p in heads.parameters()]
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.enable_grad():
-            loss = grid_loss(self.heads(x), y)
+            loss = self.loss(self.heads(x), y)
             grads = torch.autograd.grad(loss, list(self.heads.parameters()))
         scale = 0.5 * (1.0 + math.cos(math.pi * min(self.done, self.total) / self.total))
         with torch.no_grad():
             for p, grad, buf in zip(self.heads.parameters(), grads, self.buffers, strict=True):
-                buf.mul_(0.9).add_(grad + self.wd * p)
-                p.sub_(self.lr * scale * buf)
+                per_head = (-1,) + (1,) * (p.ndim - 1)
+                buf.mul_(0.9).add_(grad + self.wd.view(per_head) * p)
+                p.sub_(self.lr.view(per_head) * scale * buf)
         self.done += 1
 
 

@@ -4,7 +4,7 @@ The head is DINOv2's linear segmentation head: BatchNorm and a 1x1 convolution o
 feature grid (:mod:`selfsup.eval.dense_features`), its logits upsampled bilinearly to
 each mask's own size, trained with cross-entropy (optionally plus MONAI's Dice loss on
 the foreground classes). A grid of learning rates trains in one pass over the cached
-features (AdamW, cosine schedule); the head with the best mean foreground Dice on a
+features (SGD with momentum, cosine schedule); the head with the best mean foreground Dice on a
 validation split carved from the training images by patient is reported on the test
 split with the figures of :mod:`selfsup.eval.segmentation_metrics`, always at the
 mask's resolution. No augmentation: a flip would swap left and right structures.
@@ -26,88 +26,97 @@ import torch
 from torch import nn
 
 from selfsup.eval.label_curve import label_curve
+from selfsup.eval.linear_grid import GridSGD
 from selfsup.eval.segmentation_metrics import dice_scores, image_figures, summarise
 from selfsup.eval.splits import group_split
 
-LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)
 WEIGHT_DECAY = 1e-4
 
 
-class LinearSegmentationHead(nn.Module):
-    """BatchNorm + 1x1 convolution on ``(B, D, h, w)`` features -> ``(B, K, h, w)`` logits."""
+class SegmentationHeads(nn.Module):
+    """``H`` linear segmentation heads, each DINOv2's BatchNorm + 1x1 convolution, on the
+    same features: ``(B, D, h, w)`` -> logits ``(H, B, K, h, w)``.
 
-    def __init__(self, dim: int, n_classes: int) -> None:
+    The heads see the same input, so their BatchNorm statistics are the same: one
+    normalisation without affine parameters, then each head's affine (``scale``,
+    ``shift``) and convolution (``weight``, ``bias``), folded into one matrix per head so
+    the whole grid is one product (five separate heads took five times as long)."""
+
+    def __init__(self, n_heads: int, dim: int, n_classes: int) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(dim)
-        self.classify = nn.Conv2d(dim, n_classes, 1)
+        self.norm = nn.BatchNorm2d(dim, affine=False)
+        bound = 1 / math.sqrt(dim)  # torch's default for a 1x1 convolution
+        self.scale = nn.Parameter(torch.ones(n_heads, dim))
+        self.shift = nn.Parameter(torch.zeros(n_heads, dim))
+        self.weight = nn.Parameter(torch.empty(n_heads, n_classes, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_heads, n_classes).uniform_(-bound, bound))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.norm(features))
+        z = self.norm(features)
+        weight = self.weight * self.scale[:, None, :]
+        bias = self.bias + torch.einsum("hkd,hd->hk", self.weight, self.shift)
+        return torch.einsum("bdyx,hkd->hbkyx", z, weight) + bias[:, None, :, None, None]
 
 
 def upsampled(logits: torch.Tensor, sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-    """Each image's ``(K, h, w)`` logits bilinearly upsampled to its mask's ``(H, W)``."""
+    """Each image's ``(..., K, h, w)`` logits (images along the first dimension) bilinearly
+    upsampled to its mask's ``(H, W)``."""
+
+    def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # (N, ..., h, w)
+        flat = x.reshape(x.shape[0], -1, *x.shape[-2:])
+        up = nn.functional.interpolate(flat, size, mode="bilinear", align_corners=False)
+        return up.view(*x.shape[:-2], *size)
+
     if len(set(sizes)) == 1:
-        up = nn.functional.interpolate(logits, sizes[0], mode="bilinear", align_corners=False)
-        return list(up)
-    return [nn.functional.interpolate(lg[None], s, mode="bilinear", align_corners=False)[0]
-            for lg, s in zip(logits, sizes, strict=True)]  # fmt: skip
+        return list(resize(logits, sizes[0]))
+    return [resize(lg[None], s)[0] for lg, s in zip(logits, sizes, strict=True)]
 
 
-class HeadGrid:
-    """One head per learning rate, trained together on the same batches."""
+class SegmentationLoss:
+    """Sum over heads of each head's cross-entropy (optionally plus MONAI's Dice loss on
+    the foreground classes), mean over the images, at each mask's own size."""
 
-    def __init__(self, dim: int, n_classes: int, learning_rates: Sequence[float], steps: int,
-                 dice_loss: bool, seed: int) -> None:  # fmt: skip
-        torch.manual_seed(seed)
-        self.heads = nn.ModuleList(LinearSegmentationHead(dim, n_classes) for _ in learning_rates)
-        self.optimizers = [torch.optim.AdamW(h.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-                           for h, lr in zip(self.heads, learning_rates)]  # fmt: skip
-        self.schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(o, max(steps, 1))
-                          for o in self.optimizers]  # fmt: skip
+    def __init__(self, dice_loss: bool) -> None:
         self.dice = None
         if dice_loss:
             from monai.losses import DiceLoss
 
             self.dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True)
 
-    def loss(
-        self, head: nn.Module, features: torch.Tensor, masks: list[torch.Tensor]
-    ) -> torch.Tensor:
-        logits = head(features)
+    def __call__(self, logits: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+        heads, n = logits.shape[:2]
         sizes = [tuple(m.shape) for m in masks]
+        per_image = logits.transpose(0, 1)  # (B, H, K, h, w)
         if len(set(sizes)) == 1:  # one batch, as an npz's masks are
-            batches = [(upsampled(logits, sizes[:1] * len(masks)), torch.stack(masks))]
+            up = torch.stack(upsampled(per_image, sizes))
+            batches = [(up.flatten(0, 1), torch.stack(masks).repeat_interleave(heads, 0))]
         else:
-            batches = [([lg], m[None]) for lg, m in zip(upsampled(logits, sizes), masks)]
+            batches = [(lg, m[None].expand(heads, *m.shape))
+                       for lg, m in zip(upsampled(per_image, sizes), masks)]  # fmt: skip
         total = torch.zeros(())
         for lg, m in batches:
-            lg, m = torch.stack(lg), m.long()
+            m = m.long()
             part = nn.functional.cross_entropy(lg, m)
             if self.dice is not None:
                 part = part + self.dice(lg, m[:, None])
             total = total + part * len(m)
-        return total / len(masks)
-
-    def step(self, features: torch.Tensor, masks: list[torch.Tensor]) -> None:
-        for head, opt, sched in zip(self.heads, self.optimizers, self.schedules, strict=True):
-            head.train()
-            opt.zero_grad(set_to_none=True)
-            self.loss(head, features, masks).backward()
-            opt.step()
-            sched.step()
+        return total / n
 
 
 @torch.no_grad()
-def predict_maps(head: nn.Module, features: torch.Tensor, sizes: list[tuple[int, int]],
-                 batch: int = 32) -> list[torch.Tensor]:  # fmt: skip
-    """Each image's predicted label map at its mask's size."""
-    head.eval()
-    out: list[torch.Tensor] = []
+def predict_maps(heads: nn.Module, features: torch.Tensor, sizes: list[tuple[int, int]],
+                 batch: int = 32) -> list[list[torch.Tensor]]:  # fmt: skip
+    """Every head's predicted label map of each image, at its mask's size:
+    ``maps[head][image]``."""
+    heads.eval()
+    out: list[list[torch.Tensor]] = []
     for s in range(0, len(features), batch):
-        logits = upsampled(head(features[s : s + batch]), sizes[s : s + batch])
-        out += [lg.argmax(0).to(torch.uint8) for lg in logits]
-    return out
+        logits = heads(features[s : s + batch]).transpose(0, 1)  # (B, H, K, h, w)
+        out += [
+            list(lg.argmax(1).to(torch.uint8)) for lg in upsampled(logits, sizes[s : s + batch])
+        ]
+    return [list(per_head) for per_head in zip(*out)] if out else []
 
 
 def _mean_foreground_dice(pred: list[torch.Tensor], masks: list[torch.Tensor], k: int) -> float:
@@ -130,37 +139,41 @@ def train_heads(
     learning_rates: Sequence[float],
     dice_loss: bool,
     seed: int,
-) -> tuple[nn.Module, int, list[float]]:
-    """The grid trained on ``fit_idx`` -> (best head on ``val_idx``, its index, every
-    head's validation mean foreground Dice)."""
-    steps_per_epoch = math.ceil(len(fit_idx) / batch_size)
-    grid = HeadGrid(features.shape[1], n_classes, learning_rates, epochs * steps_per_epoch,
-                    dice_loss, seed)  # fmt: skip
+) -> tuple[SegmentationHeads, int, list[float]]:
+    """The grid trained on ``fit_idx`` -> (the heads, the index of the best on ``val_idx``,
+    every head's validation mean foreground Dice). SGD with momentum and a cosine schedule,
+    one learning rate per head (:class:`~selfsup.eval.linear_grid.GridSGD`)."""
+    torch.manual_seed(seed)
+    heads = SegmentationHeads(len(learning_rates), features.shape[1], n_classes)
+    grid = [{"lr": lr, "weight_decay": WEIGHT_DECAY} for lr in learning_rates]
+    steps = epochs * math.ceil(len(fit_idx) / batch_size)
+    sgd = GridSGD(heads, grid, steps, SegmentationLoss(dice_loss))
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
+        heads.train()
         order = fit_idx[torch.randperm(len(fit_idx), generator=g).numpy()]
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             if len(idx) < 2 and len(order) > 1:
-                continue  # BatchNorm needs two images (or more than one feature pixel)
-            grid.step(features[idx], [masks[i] for i in idx])
+                continue  # BatchNorm statistics of one image: left out
+            sgd.step(features[idx], [masks[i] for i in idx])
     val_masks = [masks[i] for i in val_idx]
-    sizes = [tuple(m.shape) for m in val_masks]
-    scores = [_mean_foreground_dice(predict_maps(h, features[val_idx], sizes), val_masks, n_classes)
-              for h in grid.heads]  # fmt: skip
+    maps = predict_maps(heads, features[val_idx], [tuple(m.shape) for m in val_masks])
+    scores = [_mean_foreground_dice(pred, val_masks, n_classes) for pred in maps]
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    return grid.heads[best], best, scores
+    return heads, best, scores
 
 
 def test_figures(
-    head: nn.Module,
+    heads: SegmentationHeads,
+    best: int,
     features: torch.Tensor,
     masks: list[torch.Tensor],
     classes: list[str],
     spacing: list[Any],
 ) -> tuple[dict[str, Any], list[torch.Tensor], list[list[dict[str, Any]]]]:
-    """The test summary, the predicted maps and every image's figures."""
-    pred = predict_maps(head, features, [tuple(m.shape) for m in masks])
+    """Head ``best``'s test summary, its predicted maps and every image's figures."""
+    pred = predict_maps(heads, features, [tuple(m.shape) for m in masks])[best]
     per_image = [image_figures(p, m, len(classes), s)
                  for p, m, s in zip(pred, masks, spacing, strict=True)]  # fmt: skip
     known = all(s is not None for s in spacing)
@@ -194,9 +207,11 @@ def run_segment(
                              "val": len(set(train_groups[val_idx]))}  # fmt: skip
 
     def fit(idx: np.ndarray, s: int) -> tuple[dict[str, Any], list[torch.Tensor], list]:
-        head, best, scores = train_heads(train_f, train_masks, idx, val_idx, k, epochs,
+        heads, best, scores = train_heads(train_f, train_masks, idx, val_idx, k, epochs,
                                          batch_size, learning_rates, dice_loss, s)  # fmt: skip
-        summary, pred, per_image = test_figures(head, test_f, test_masks, classes, test_spacing)
+        summary, pred, per_image = test_figures(
+            heads, best, test_f, test_masks, classes, test_spacing
+        )
         headline = {"metric": "mean_foreground_dice", "value": summary["mean_foreground_dice"]}
         return ({"headline": headline, **summary, "lr": learning_rates[best],
                  "val_mean_foreground_dice": scores[best],

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.eval.segment import predict_maps, run_segment, upsampled
+from selfsup.eval.segment import SegmentationHeads, predict_maps, run_segment, upsampled
 
 
 def _separable(n: int, grid: int, patch: int, seed: int, dim: int = 8):
@@ -70,9 +70,32 @@ def test_logits_are_upsampled_to_each_masks_own_size():
     mixed = upsampled(logits, [(16, 16), (8, 12)])
     assert [tuple(t.shape) for t in mixed] == [(3, 16, 16), (3, 8, 12)]
     assert torch.allclose(same[0], mixed[0])
-    head = torch.nn.Conv2d(3, 3, 1)
-    maps = predict_maps(head, logits, [(16, 16), (8, 12)])
-    assert [tuple(m.shape) for m in maps] == [(16, 16), (8, 12)] and maps[0].dtype == torch.uint8
+    heads = SegmentationHeads(2, 3, 3)
+    maps = predict_maps(heads, logits, [(16, 16), (8, 12)])
+    assert [[tuple(m.shape) for m in per_head] for per_head in maps] == [[(16, 16), (8, 12)]] * 2
+    assert maps[0][0].dtype == torch.uint8
+
+
+def test_the_stacked_heads_equal_separate_batchnorm_and_conv_heads():
+    """The folded grid against DINOv2's head written plainly: BatchNorm2d + Conv2d 1x1."""
+    torch.manual_seed(0)
+    heads = SegmentationHeads(3, 6, 4)
+    with torch.no_grad():
+        heads.scale.uniform_(0.5, 2)
+        heads.shift.normal_()
+    x = torch.randn(5, 6, 7, 7) * 3 + 1
+    for mode in ("train", "eval"):
+        getattr(heads, mode)()
+        got = heads(x)
+        for h in range(3):
+            norm = torch.nn.BatchNorm2d(6)
+            norm.load_state_dict({**heads.norm.state_dict(), "weight": heads.scale[h].detach(),
+                                  "bias": heads.shift[h].detach()})  # fmt: skip
+            conv = torch.nn.Conv2d(6, 4, 1)
+            conv.weight.data = heads.weight[h].detach()[..., None, None]
+            conv.bias.data = heads.bias[h].detach()
+            norm.train(mode == "train")
+            torch.testing.assert_close(got[h], conv(norm(x)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dice_loss", [False, True])
