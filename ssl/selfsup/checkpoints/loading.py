@@ -40,11 +40,21 @@ class LoadedBackbone:
 
     @property
     def mean(self) -> list[float]:
-        return list(self.meta.get("mean") or IMAGENET_MEAN)
+        return self._per_channel(self.meta.get("mean"), IMAGENET_MEAN)
 
     @property
     def std(self) -> list[float]:
-        return list(self.meta.get("std") or IMAGENET_STD)
+        return self._per_channel(self.meta.get("std"), IMAGENET_STD)
+
+    def _per_channel(self, recorded: Any, default: tuple[float, ...]) -> list[float]:
+        """The recorded normalisation, else ImageNet's for the backbone's channels (its
+        channel mean for a gray backbone: three values would broadcast one channel to three)."""
+        if recorded:
+            return list(recorded)
+        channels = int(self.meta.get("in_chans") or len(default))
+        if channels == len(default):
+            return list(default)
+        return [sum(default) / len(default)] * channels
 
     def eval_transform(self) -> EvalTransform:
         channels = self.meta.get("in_chans")
