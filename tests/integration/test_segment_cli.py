@@ -116,3 +116,19 @@ def test_a_mask_of_the_wrong_size_stops_before_any_feature(vit_ckpt, tmp_path, c
              mask_classes=np.array(["background", "organ"]))  # fmt: skip
     code, _, err = run(capsys, "segment", "--ckpt", str(vit_ckpt), "--data.path", str(bad))
     assert code == 2 and "m_train[0]: the mask is 32x30 but its image is 32x32" in err
+
+
+def test_data_inspect_gives_each_class_its_pixel_share_and_draws_the_masks(
+    seg_npz, tmp_path, capsys
+):
+    out = tmp_path / "preview.png"
+    assert main(["data", "inspect", "--data.path", str(seg_npz), "--out", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    masks = np.load(seg_npz)["m_train"]
+    share = np.bincount(masks.reshape(-1), minlength=3) / masks.size
+    assert info["mask_classes"] == ["background", "square", "disc"]
+    assert list(info["class_pixel_fraction"].values()) == pytest.approx(share, abs=1e-4)
+    lacking = [int(sum(not (m == c).any() for m in masks)) for c in (1, 2)]
+    assert info["images_without_class"] == {"square": lacking[0], "disc": lacking[1]}
+    assert lacking[0] == 8  # every fifth image has no square
+    assert info["groups"] == 10 and out.stat().st_size > 0

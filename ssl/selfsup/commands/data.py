@@ -25,6 +25,8 @@ def inspect(
 ) -> int:
     """Say what selfsup reads from --data.path (as `selfsup pretrain` and the evaluators
     would, with the same --data.* options), and write a grid of images as the model sees them.
+    Data with masks (an npz's m_train/m_test, a folder's images/ and masks/) is read as
+    `selfsup segment` reads it: each class's pixel share, and the masks over the images.
 
     Args:
         split: train, val or test
@@ -32,12 +34,16 @@ def inspect(
         n: images in the preview
         seed: which images the preview shows
     """
+    from selfsup.data.segmentation import has_masks, open_segmentation
     from selfsup.data.summary import describe
     from selfsup.viz.preview import write_preview
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split {split}: give train, val or test.")
-    ds = data.open(split)  # type: ignore[arg-type]
+    if has_masks(data.path, split):  # images with masks: both, the masks drawn over
+        ds = open_segmentation(data.path, split, data.intensity, data.reading)  # type: ignore[arg-type]
+    else:
+        ds = data.open(split)  # type: ignore[arg-type]
     info = describe(ds)
     info["reading"] = {k: v for k, v in vars(data.reading).items()}
     info.update(write_preview(ds, out or "data-preview.png", n, seed))

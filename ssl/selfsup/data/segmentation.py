@@ -64,6 +64,26 @@ class SegmentationSet(Dataset):
     def spacing_known(self) -> bool:
         return all(s is not None for s in self.spacing)
 
+    def summary(self) -> dict[str, Any]:
+        """What ``selfsup data inspect`` says of the masks: their classes, each class's
+        share of all mask pixels, the images lacking each foreground class, the spacing."""
+        counts = np.zeros(len(self.classes))
+        for m in self.masks:
+            counts += np.bincount(m.reshape(-1), minlength=len(self.classes))[: len(self.classes)]
+        absent = len(self.masks) - self.presence().sum(0)
+        known = [s for s in self.spacing if s is not None]
+        return {
+            "mask_classes": self.classes,
+            "class_pixel_fraction": {
+                c: round(float(n / counts.sum()), 4) for c, n in zip(self.classes, counts)
+            },
+            "images_without_class": {c: int(n) for c, n in zip(self.classes[1:], absent)},
+            "pixel_spacing_mm": (
+                f"{len(known)} of {len(self.masks)} images"
+                + (f", e.g. {known[0][0]:g} x {known[0][1]:g}" if known else "")
+            ),
+        }
+
     def images(self) -> ImagesOnly:
         """The images alone, as the feature extraction reads them (``(image, index)``)."""
         return ImagesOnly(self)
@@ -120,6 +140,20 @@ def check_mask(
             "every class (mask_classes in an npz, classes.txt beside a folder), one per index."
         )
     return mask.astype(np.uint8 if n_classes <= 256 else np.int32)
+
+
+def has_masks(data: str | None, split: str) -> bool:
+    """Whether ``data`` holds masks for ``split`` (an npz's ``m_<split>``, or a folder's
+    ``<split>/masks/``)."""
+    if not data:
+        return False
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix == ".npz":
+        try:
+            return f"m_{split}" in np.load(path, allow_pickle=False).files
+        except Exception:
+            return False
+    return (path / split / "masks").is_dir()
 
 
 def open_segmentation(

@@ -38,7 +38,10 @@ def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> d
             ax.imshow(x.permute(1, 2, 0).clamp(0, 1).numpy())
         else:  # one channel, or 2k + 1 slices: the middle one
             ax.imshow(x[x.shape[0] // 2].numpy(), cmap="gray", vmin=0, vmax=1)
-        if torch.is_tensor(label) and label.ndim == 1:  # 0/1 findings: the present ones
+        if torch.is_tensor(label) and label.ndim == 2:  # a mask: its classes in colour
+            _overlay(ax, label, len(classes))
+            name = ""
+        elif torch.is_tensor(label) and label.ndim == 1:  # 0/1 findings: the present ones
             found = label.nonzero().flatten().tolist()
             name = "|".join(classes[k] if k < len(classes) else str(k) for k in found) or "none"
         else:
@@ -46,7 +49,17 @@ def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> d
                 classes[label] if 0 <= int(label) < len(classes) else ("" if label < 0 else label)
             )
         ax.set_title(f"#{i} {name}".strip(), fontsize=8)
-    fig.tight_layout()
+    if classes and torch.is_tensor(ds[int(picks[0])][1]) and ds[int(picks[0])][1].ndim == 2:
+        colours = plt.get_cmap("tab10").colors
+        handles = [
+            plt.Rectangle((0, 0), 1, 1, color=colours[i % 10]) for i in range(len(classes) - 1)
+        ]
+        fig.legend(
+            handles, classes[1:], loc="lower center", ncol=min(len(classes) - 1, 6), fontsize=8
+        )
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+    else:
+        fig.tight_layout()
     out = Path(out)
     if out.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
         # matplotlib would append .png to a bare NAME unseen (the path reported then
@@ -56,3 +69,13 @@ def write_preview(ds: Dataset, out: str | Path, n: int = 16, seed: int = 0) -> d
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return {"preview": str(out), "shown": picks.tolist()}
+
+
+def _overlay(ax, mask: torch.Tensor, n_classes: int) -> None:
+    """The mask's foreground classes over the image, half transparent (tab10 colours)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    colours = plt.get_cmap("tab10").colors
+    cmap = ListedColormap([(0, 0, 0, 0), *[(*colours[i % 10], 0.45) for i in range(n_classes - 1)]])
+    ax.imshow(mask.numpy(), cmap=cmap, vmin=0, vmax=max(n_classes - 1, 1), interpolation="nearest")
