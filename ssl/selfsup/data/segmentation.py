@@ -11,7 +11,13 @@ Where the masks come from:
 - **folders**: ``DATA/<split>/images/...`` and ``DATA/<split>/masks/...``, a mask for each
   image at the same relative path with the same stem (a PNG label map, or any image file
   holding class indices), class names one per line in ``DATA/classes.txt``; DICOM images
-  give their Pixel Spacing.
+  give their Pixel Spacing;
+- **manifests** (:mod:`selfsup.data.readers.manifest`): a ``mask`` column beside ``path``:
+  a PNG label map for an image or DICOM file, a NIfTI label volume for a volume's
+  ``slice`` (cut through the same reorientation, plane and slice as the image; it must
+  share the image's grid); an optional ``spacing`` column (``0.7x0.7``, mm, rows x
+  columns), else DICOM Pixel Spacing or the volume's zooms; class names in
+  ``classes.txt`` beside the table.
 
 A mask whose size differs from its image's, or that holds a value no class names, is one
 line naming the file and the fix (:class:`~selfsup.data.pixels.DataError`), found when the
@@ -153,6 +159,13 @@ def has_masks(data: str | None, split: str) -> bool:
             return f"m_{split}" in np.load(path, allow_pickle=False).files
         except Exception:
             return False
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        from selfsup.data.readers.manifest import read_table
+
+        try:
+            return "mask" in read_table(path)[0]
+        except DataError:
+            return False
     return (path / split / "masks").is_dir()
 
 
@@ -165,9 +178,12 @@ def open_segmentation(
         return _npz(path, split, intensity)
     if (path / split / "masks").is_dir():
         return _folders(path, split, reading or Reading(intensity=intensity))
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        return _manifest(path, split, reading or Reading(intensity=intensity))
     raise DataError(
-        f"{data} holds no masks: segmentation reads an .npz with m_train/m_test, or a folder "
-        f"with {split}/images/ and {split}/masks/ (same file stems)."
+        f"{data} holds no masks: segmentation reads an .npz with m_train/m_test, a folder "
+        f"with {split}/images/ and {split}/masks/ (same file stems), or a manifest with a "
+        "mask column."
     )
 
 
@@ -275,13 +291,71 @@ def _read_label_map(path: Path) -> np.ndarray:
 
 def _read_with_spacing(path: Path, reading: Reading) -> tuple[torch.Tensor, tuple | None]:
     from selfsup.data.datasets import read_picture
+
+    return read_picture(path, reading), _dicom_spacing(path)
+
+
+def _manifest(path: Path, split: Split, reading: Reading) -> SegmentationSet:
+    from selfsup.data.readers.manifest import ManifestDataset, read_table
+    from selfsup.data.readers.volumes import is_volume, read_label_slice
+
+    columns, table = read_table(path)
+    if "mask" not in columns:
+        raise DataError(f"{path} has no mask column: give each row's mask file (a PNG label "
+                        "map, or a NIfTI label volume for a volume's slice).")  # fmt: skip
+    images = ManifestDataset(path, split, reading)
+    by_row = {int(r["#row"]): r for r in table}
+    classes = _folder_classes(path.parent)
+    masks, spacing = [], []
+    for i, (f, frame, row) in enumerate(zip(images.files, images.frames, images.rows)):
+        r = by_row[int(row)]
+        where = f"{path}, row {row}"
+        if not r.get("mask"):
+            raise DataError(f"{where}: no mask; give every row of a segmentation table its mask.")
+        mask_file = Path(r["mask"]) if Path(r["mask"]).is_absolute() else path.parent / r["mask"]
+        if not mask_file.is_file():
+            raise DataError(f"{where}: mask {r['mask']} does not exist (paths are relative "
+                            "to the table).")  # fmt: skip
+        if is_volume(Path(f)):
+            # on the image's grid (checked), so at the image slice's size
+            mask, pixel = read_label_slice(mask_file, int(frame), reading, image=Path(f))
+            size = mask.shape
+        else:
+            mask, pixel = _read_label_map(mask_file), _dicom_spacing(Path(f))
+            size = tuple(images[i][0].shape[1:])
+        if r.get("spacing"):
+            pixel = _spacing_cell(r["spacing"], where)
+        n = len(classes) if classes else 2**16
+        masks.append(check_mask(mask, size, n, f"{where}: {mask_file.name}"))
+        spacing.append(pixel)
+    if classes is None:
+        k = max(int(m.max()) for m in masks) + 1
+        classes = ["background", *[str(i) for i in range(1, max(k, 2))]]
+    return SegmentationSet(lambda i: images[i][0], masks, classes, images.groups, spacing,
+                           [str(f) for f in images.files], source=str(path))  # fmt: skip
+
+
+def _spacing_cell(text: str, where: str) -> tuple[float, float]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise DataError(f"{where}: spacing {text!r}; give the pixel size in mm as ROWSxCOLUMNS "
+                        "(e.g. 0.7x0.7) or one number for square pixels.")  # fmt: skip
+    return values[0], values[1]
+
+
+def _dicom_spacing(path: Path) -> tuple[float, float] | None:
     from selfsup.data.readers.dicom import could_be_dicom, read_header
 
-    image = read_picture(path, reading)
     if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
-        return image, None
+        return None
     if could_be_dicom(path):
         spacing = getattr(read_header(path), "PixelSpacing", None)
         if spacing is not None:
-            return image, (float(spacing[0]), float(spacing[1]))
-    return image, None
+            return float(spacing[0]), float(spacing[1])
+    return None

@@ -97,3 +97,74 @@ def test_a_folder_image_without_its_mask_is_named(tmp_path):
 def test_data_without_masks_says_where_masks_go(tiny_npz):
     with pytest.raises(DataError, match="m_train"):
         open_segmentation(str(tiny_npz), "train")
+
+
+def _nifti_pair(tmp_path, affine):
+    """An image volume whose bright voxels are class 1 and brightest class 2, and its
+    label volume on the same grid (written in the given, non-canonical orientation)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 100, (12, 10, 6)).astype(np.float32)
+    labels = (image > 50).astype(np.uint8) + (image > 80).astype(np.uint8)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "ct_labels.nii.gz")
+    return image, labels
+
+
+@pytest.mark.parametrize("square", [False, True])
+def test_nifti_labels_are_cut_with_their_image_volume(tmp_path, square):
+    # LPS-like axes and anisotropic voxels: the reader reorients both to RAS and cuts
+    # the same slice; the mask must mark exactly the image's bright pixels.
+    affine = np.diag([-0.8, -1.6, 2.5, 1.0])
+    affine[:3, 3] = [10, 20, -5]
+    _nifti_pair(tmp_path, affine)
+    (tmp_path / "classes.txt").write_text("background\nbright\nbrightest\n")
+    table = tmp_path / "seg.csv"
+    table.write_text("path,slice,mask,group,split\n" + "".join(
+        f"ct.nii.gz,{s},ct_labels.nii.gz,p{s % 2},train\n" for s in (1, 3, 4)))  # fmt: skip
+    from selfsup.data.pixels import Reading
+
+    reading = Reading(window="50,100", square_pixels=square)  # centre 50, width 100
+    train = open_segmentation(str(table), "train", reading=reading)
+    assert train.classes == ["background", "bright", "brightest"]
+    assert list(train.groups) == ["p1", "p1", "p0"]
+    for i in range(3):
+        image, mask = train[i]
+        assert mask.shape == image.shape[1:]
+        shown = image[0].numpy() * 100  # the window 0..100 maps to 0..1
+        if not square:  # resampled images blend voxels; the mask's classes stay whole
+            assert np.array_equal(mask.numpy(), (shown > 50).astype(int) + (shown > 80))
+        assert set(np.unique(mask.numpy())) <= {0, 1, 2}
+    # axial: rows run along A (1.6 mm), columns along R (0.8 mm); square pixels: 0.8 both
+    assert train.spacing[0] == pytest.approx((0.8, 0.8) if square else (1.6, 0.8))
+    assert tuple(train[0][1].shape) == ((20, 12) if square else (10, 12))
+
+
+def test_a_label_volume_off_its_images_grid_is_one_line(tmp_path):
+    import nibabel as nib
+
+    _nifti_pair(tmp_path, np.eye(4))
+    nib.save(nib.Nifti1Image(np.zeros((12, 10, 5), np.uint8), np.eye(4)), tmp_path / "other.nii.gz")
+    table = tmp_path / "seg.csv"
+    table.write_text("path,slice,mask\nct.nii.gz,2,other.nii.gz\n")
+    with pytest.raises(DataError, match="not on its image's grid"):
+        open_segmentation(str(table), "train")
+
+
+def test_manifest_png_masks_with_a_spacing_column(tmp_path):
+    for name in ("a", "b"):
+        image = np.full((6, 9), 40, np.uint8)
+        image[1:4, 2:6] = 200
+        Image.fromarray(image).save(tmp_path / f"{name}.png")
+        Image.fromarray((image > 100).astype(np.uint8)).save(tmp_path / f"{name}_mask.png")
+    table = tmp_path / "seg.csv"
+    table.write_text("path,mask,spacing,split\na.png,a_mask.png,0.5x0.25,test\n"
+                     "b.png,b_mask.png,,test\n")  # fmt: skip
+    test = open_segmentation(str(table), "test")
+    assert test.spacing == [(0.5, 0.25), None]
+    assert test.classes == ["background", "1"]
+    assert np.array_equal(test[0][1].numpy(), test[0][0][0].numpy() > 100)
+    table.write_text("path,mask,split\na.png,a_mask.png,test\na.png,,test\n")
+    with pytest.raises(DataError, match="row 3: no mask"):
+        open_segmentation(str(table), "test")
