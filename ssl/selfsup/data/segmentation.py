@@ -238,24 +238,31 @@ def _npz_spacing(data: Any, path: Path, split: str, n: int) -> list | None:
 
 
 def _folders(root: Path, split: Split, reading: Reading) -> SegmentationSet:
+    from selfsup.data.readers.dicom_seg import SegIndex
     from selfsup.data.readers.folders import list_images
 
     image_dir, mask_dir = root / split / "images", root / split / "masks"
     images = list_images(image_dir)
     if not images:
         raise DataError(f"{image_dir} holds no images.")
-    mask_files = {f.relative_to(mask_dir).with_suffix(""): f for f in list_images(mask_dir)}
-    classes = _folder_classes(root)
+    found = list_images(mask_dir)
+    segs = SegIndex(found)  # DICOM SEG objects: matched by the images they reference
+    mask_files = {f.relative_to(mask_dir).with_suffix(""): f for f in found
+                  if f not in segs.files}  # fmt: skip
+    classes = _folder_classes(root) or (segs.classes() if segs else None)
     masks, spacing, files = [], [], []
     for f in images:
         rel = f.relative_to(image_dir).with_suffix("")
-        if rel not in mask_files:
-            raise DataError(f"{f} has no mask: put one at {mask_dir / rel}.png (same stem).")
         image, pixel_size = _read_with_spacing(f, reading)
-        mask = _read_label_map(mask_files[rel])
-        n = len(classes) if classes else max(int(mask.max()) + 1, 2)
-        masks.append(check_mask(mask, tuple(image.shape[1:]), n if classes else 2**16,
-                                str(mask_files[rel])))  # fmt: skip
+        if rel in mask_files:
+            mask, where = _read_label_map(mask_files[rel]), str(mask_files[rel])
+        else:
+            mask, where = (segs.mask_for(f, None) if segs else None), f"the SEG of {f}"
+        if mask is None:
+            raise DataError(f"{f} has no mask: put one at {mask_dir / rel}.png (same stem), or "
+                            f"a DICOM SEG that references it under {mask_dir}.")  # fmt: skip
+        masks.append(check_mask(mask, tuple(image.shape[1:]), len(classes) if classes else 2**16,
+                                where))  # fmt: skip
         spacing.append(pixel_size)
         files.append(str(f))
     if classes is None:  # unnamed: background and one class per index found
@@ -296,6 +303,7 @@ def _read_with_spacing(path: Path, reading: Reading) -> tuple[torch.Tensor, tupl
 
 
 def _manifest(path: Path, split: Split, reading: Reading) -> SegmentationSet:
+    from selfsup.data.readers.dicom_seg import SegIndex
     from selfsup.data.readers.manifest import ManifestDataset, read_table
     from selfsup.data.readers.volumes import is_volume, read_label_slice
 
@@ -306,6 +314,7 @@ def _manifest(path: Path, split: Split, reading: Reading) -> SegmentationSet:
     images = ManifestDataset(path, split, reading)
     by_row = {int(r["#row"]): r for r in table}
     classes = _folder_classes(path.parent)
+    segs: dict[Path, SegIndex] = {}
     masks, spacing = [], []
     for i, (f, frame, row) in enumerate(zip(images.files, images.frames, images.rows)):
         r = by_row[int(row)]
@@ -321,7 +330,17 @@ def _manifest(path: Path, split: Split, reading: Reading) -> SegmentationSet:
             mask, pixel = read_label_slice(mask_file, int(frame), reading, image=Path(f))
             size = mask.shape
         else:
-            mask, pixel = _read_label_map(mask_file), _dicom_spacing(Path(f))
+            if mask_file not in segs:
+                segs[mask_file] = SegIndex([mask_file])
+            if segs[mask_file]:  # a DICOM SEG: the label map drawn on this image (frame)
+                mask = segs[mask_file].mask_for(Path(f), None if frame is None else int(frame))
+                if mask is None:
+                    raise DataError(f"{where}: {mask_file.name} is a DICOM SEG that does not "
+                                    f"reference {Path(f).name}; give the SEG drawn on it.")  # fmt: skip
+                classes = classes or segs[mask_file].classes()
+            else:
+                mask = _read_label_map(mask_file)
+            pixel = _dicom_spacing(Path(f))
             size = tuple(images[i][0].shape[1:])
         if r.get("spacing"):
             pixel = _spacing_cell(r["spacing"], where)

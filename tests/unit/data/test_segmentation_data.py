@@ -168,3 +168,57 @@ def test_manifest_png_masks_with_a_spacing_column(tmp_path):
     table.write_text("path,mask,split\na.png,a_mask.png,test\na.png,,test\n")
     with pytest.raises(DataError, match="row 3: no mask"):
         open_segmentation(str(table), "test")
+
+
+def _write_seg(source: pydicom.Dataset, labels: np.ndarray, path) -> None:
+    """A DICOM SEG of ``labels`` (1: lesion, 2: vessel) drawn on ``source``, by highdicom."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k, segment_label=name,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for k, name in ((1, "lesion"), (2, "vessel"))
+    ]  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=labels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=2,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="selfsup tests",
+        manufacturer_model_name="test", software_versions="1", device_serial_number="1",
+    )  # fmt: skip
+    seg.save_as(path)
+
+
+def test_a_dicom_seg_is_matched_to_the_image_it_references(tmp_path):
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    labels = np.zeros((ct.Rows, ct.Columns), np.uint8)
+    labels[20:40, 10:30] = 1
+    labels[50:55, 40:60] = 2
+    root = tmp_path / "set"
+    for split in ("train",):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+    ct.save_as(root / "train" / "images" / "slice.dcm")
+    # the SEG has a name of its own: it is matched by the UID it references, not the stem
+    _write_seg(ct, labels, root / "train" / "masks" / "annotation.dcm")
+    train = open_segmentation(str(root), "train")
+    assert train.classes == ["background", "lesion", "vessel"]
+    image, mask = train[0]
+    assert np.array_equal(mask.numpy(), labels) and mask.shape == image.shape[1:]
+    assert train.spacing[0] == tuple(float(v) for v in ct.PixelSpacing)
+    # the same SEG named in a manifest's mask column
+    table = tmp_path / "seg.csv"
+    table.write_text("path,mask\nset/train/images/slice.dcm,set/train/masks/annotation.dcm\n")
+    again = open_segmentation(str(table), "train")
+    assert np.array_equal(again[0][1].numpy(), labels) and again.classes == train.classes
+    other = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    other.save_as(tmp_path / "other.dcm")
+    table.write_text("path,mask\nother.dcm,set/train/masks/annotation.dcm\n")
+    with pytest.raises(DataError, match="does not reference other.dcm"):
+        open_segmentation(str(table), "train")
