@@ -220,5 +220,5 @@ def test_a_dicom_seg_is_matched_to_the_image_it_references(tmp_path):
     other.SOPInstanceUID = pydicom.uid.generate_uid()
     other.save_as(tmp_path / "other.dcm")
     table.write_text("path,mask\nother.dcm,set/train/masks/annotation.dcm\n")
-    with pytest.raises(DataError, match="does not reference other.dcm"):
+    with pytest.raises(DataError, match=r"does not reference other\.dcm"):
         open_segmentation(str(table), "train")
