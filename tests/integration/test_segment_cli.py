@@ -132,3 +132,18 @@ def test_data_inspect_gives_each_class_its_pixel_share_and_draws_the_masks(
     assert info["images_without_class"] == {"square": lacking[0], "disc": lacking[1]}
     assert lacking[0] == 8  # every fifth image has no square
     assert info["groups"] == 10 and out.stat().st_size > 0
+
+
+def test_finetune_reports_the_epoch_best_on_validation(vit_ckpt, seg_npz, tmp_path, capsys):
+    code, result, err = run(capsys, "segment", "--ckpt", str(vit_ckpt), "--data.path",
+                            str(seg_npz), "--finetune", "true", "--epochs", "3",
+                            "--finetune_lr", "3e-3", "--out", str(tmp_path / "ft"))  # fmt: skip
+    assert code == 0, err
+    curve = result["val_curve"]
+    assert len(curve) == 3 and result["finetune"] is True
+    assert result["epoch"] == curve.index(max(curve))  # the first best epoch, not the last
+    assert result["val_mean_foreground_dice"] == pytest.approx(max(curve), abs=1e-4)
+    assert result["n_train"] + result["n_val"] == 40 and result["layer_decay"] == 0.75
+    code, _, err = run(capsys, "segment", "--ckpt", str(vit_ckpt), "--data.path", str(seg_npz),
+                       "--finetune", "true", "--devices", "2")  # fmt: skip
+    assert code == 2 and "one process" in err

@@ -246,6 +246,9 @@ def segment(
     save_predictions: bool = False,
     attention: bool = False,
     attention_threshold: float = 0.6,
+    finetune: bool = False,
+    finetune_lr: float = 1e-4,
+    layer_decay: float = 0.75,
 ) -> int:
     """Linear segmentation on frozen dense features (DINOv2's linear head: BatchNorm + 1x1
     convolution, logits upsampled to each mask): a grid of learning rates trained in one
@@ -274,6 +277,13 @@ def segment(
             thresholded to keep attention_threshold of its mass, against the foreground
             (Jaccard of the heads' mean and of the best head, picked on the training images)
         attention_threshold: share of the attention mass the masks keep (DINO: 0.6)
+        finetune: train the backbone with the head (random resized crops of image and mask,
+            AdamW, layer-wise decay for ViTs, warm-up + cosine), the epoch picked on the
+            validation split; one process
+        finetune_lr: the head's learning rate when fine-tuning (the backbone's layers decay
+            from it)
+        layer_decay: ViTs, when fine-tuning: each block down trains at this factor of the
+            rate above it
     """
     import time
 
@@ -283,8 +293,7 @@ def segment(
     from selfsup.eval.dense_features import DenseLoaded
     from selfsup.eval.features import EvalNotes, check_group_overlap, split_features
     from selfsup.eval.label_curve import check_label_fractions
-    from selfsup.eval.segment import run_segment, save_overlays
-    from selfsup.eval.segment import save_predictions as write_predictions
+    from selfsup.eval.segment import run_segment
 
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.2.")
@@ -306,6 +315,27 @@ def segment(
         raise ConfigError("--attention true scores a ViT's attention maps; this backbone is a "
                           f"ResNet ({loaded.backbone.name}): drop --attention.")  # fmt: skip
     dense = DenseLoaded(loaded, last_blocks if loaded.backbone.is_vit else stages, size)
+    if finetune:
+        if source.devices > 1:
+            raise ConfigError("--finetune true trains in one process: drop --devices, or "
+                              "--finetune for the frozen heads, which use several.")  # fmt: skip
+        from selfsup.eval.segment_finetune import run_finetune_segment
+
+        _, device = start_processes(1, source.accelerator)
+        start = time.perf_counter()
+        result, pred = run_finetune_segment(
+            loaded, train, test, dense.size, last_blocks if loaded.backbone.is_vit else stages,
+            epochs, finetune_lr, layer_decay, head_batch_size, dice_loss, seed, device,
+            data.num_workers or 0, val_fraction, label_fraction, label_seeds,
+        )  # fmt: skip
+        result.update(backbone=loaded.meta["loaded"], checkpoint=loaded.path, size=dense.size,
+                      features=dense.backbone.describe(),
+                      seconds={"finetune": round(time.perf_counter() - start, 1)},
+                      **notes.fields())  # fmt: skip
+        masks_test = [torch.from_numpy(m) for m in test.masks]
+        _write_segment(source, data, result, pred, train, test, masks_test, overlays,
+                       save_predictions)  # fmt: skip
+        return 0
     fabric, device = start_processes(source.devices, source.accelerator)
     start = time.perf_counter()
     feats = {}
@@ -339,15 +369,24 @@ def segment(
                                                test, attention_threshold)  # fmt: skip
     if loaded.meta.get("init_from"):
         result["init_from"] = loaded.meta["init_from"]
+    _write_segment(source, data, result, pred, train, test, masks["test"], overlays,
+                   save_predictions)  # fmt: skip
+    return 0
+
+
+def _write_segment(source: EvalSource, data: PretrainDataModule, result: dict, pred: list,
+                   train: Any, test: Any, masks: list, overlays: int, predictions: bool) -> None:  # fmt: skip
+    """metrics.json, overlays.png and (asked) predictions.npz in the evaluation directory."""
+    from selfsup.eval.segment import save_overlays, save_predictions
+
     out = source.eval_dir("segment", data)
     out.mkdir(parents=True, exist_ok=True)
     shown = min(overlays, len(test))
-    save_overlays([test[i][0] for i in range(shown)], masks["test"], pred, train.classes,
+    save_overlays([test[i][0] for i in range(shown)], masks, pred, train.classes,
                   out / "overlays.png", shown)  # fmt: skip
-    if save_predictions:
-        write_predictions(pred, train.classes, test.files, out / "predictions.npz")
+    if predictions:
+        save_predictions(pred, train.classes, test.files, out / "predictions.npz")
     _report(result, train.classes, out)
-    return 0
 
 
 def summary(dirs: list[str], out: str | None = None, curve_metric: str | None = None) -> int:

@@ -94,7 +94,7 @@ class SegmentationLoss:
         else:
             batches = [(lg, m[None].expand(heads, *m.shape))
                        for lg, m in zip(upsampled(per_image, sizes), masks)]  # fmt: skip
-        total = torch.zeros(())
+        total = logits.new_zeros(())
         for lg, m in batches:
             m = m.long()
             part = nn.functional.cross_entropy(lg, m)
@@ -119,7 +119,7 @@ def predict_maps(heads: nn.Module, features: torch.Tensor, sizes: list[tuple[int
     return [list(per_head) for per_head in zip(*out)] if out else []
 
 
-def _mean_foreground_dice(pred: list[torch.Tensor], masks: list[torch.Tensor], k: int) -> float:
+def mean_foreground_dice(pred: list[torch.Tensor], masks: list[torch.Tensor], k: int) -> float:
     """Mean over classes of the per-class mean Dice over images holding the class (as
     the test headline), the figure heads are picked by."""
     per_image = torch.stack([dice_scores(p[None], m[None], k)[0] for p, m in zip(pred, masks)])
@@ -159,7 +159,7 @@ def train_heads(
             sgd.step(features[idx], [masks[i] for i in idx])
     val_masks = [masks[i] for i in val_idx]
     maps = predict_maps(heads, features[val_idx], [tuple(m.shape) for m in val_masks])
-    scores = [_mean_foreground_dice(pred, val_masks, n_classes) for pred in maps]
+    scores = [mean_foreground_dice(pred, val_masks, n_classes) for pred in maps]
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
     return heads, best, scores
 
@@ -200,43 +200,54 @@ def run_segment(
 ) -> tuple[dict[str, Any], list[torch.Tensor]]:
     """The segmentation evaluation on extracted features -> (result, test predictions)."""
     k = len(classes)
-    fit_idx, val_idx = group_split(presence, train_groups, val_fraction, seed)
-    sizes = {"n_train": len(fit_idx), "n_val": len(val_idx), "n_test": len(test_masks)}
-    if train_groups is not None:
-        sizes["n_groups"] = {"train": len(set(train_groups[fit_idx])),
-                             "val": len(set(train_groups[val_idx]))}  # fmt: skip
 
-    def fit(idx: np.ndarray, s: int) -> tuple[dict[str, Any], list[torch.Tensor], list]:
+    def fit(idx: np.ndarray, val_idx: np.ndarray, s: int) -> tuple[dict[str, Any], list]:
         heads, best, scores = train_heads(train_f, train_masks, idx, val_idx, k, epochs,
-                                         batch_size, learning_rates, dice_loss, s)  # fmt: skip
-        summary, pred, per_image = test_figures(
-            heads, best, test_f, test_masks, classes, test_spacing
-        )
+                                          batch_size, learning_rates, dice_loss, s)  # fmt: skip
+        summary, pred, per_image = test_figures(heads, best, test_f, test_masks, classes,
+                                                test_spacing)  # fmt: skip
         headline = {"metric": "mean_foreground_dice", "value": summary["mean_foreground_dice"]}
         return ({"headline": headline, **summary, "lr": learning_rates[best],
                  "val_mean_foreground_dice": scores[best],
-                 "grid_val_mean_foreground_dice": [round(v, 4) for v in scores]},
-                pred, per_image)  # fmt: skip
+                 "grid_val_mean_foreground_dice": [round(v, 4) for v in scores],
+                 "per_image": per_image}, pred)  # fmt: skip
 
-    result: dict[str, Any] = {"task": "segment", "epochs": epochs, "dice_loss": dice_loss}
+    result, pred = split_and_fit(fit, presence, train_groups, len(test_masks), val_fraction,
+                                 seed, label_fractions, label_seeds)  # fmt: skip
+    return {"task": "segment", "epochs": epochs, "dice_loss": dice_loss, **result,
+            "classes": list(classes)}, pred  # fmt: skip
+
+
+def split_and_fit(
+    fit: Any,
+    presence: np.ndarray,
+    groups: np.ndarray | None,
+    n_test: int,
+    val_fraction: float,
+    seed: int,
+    label_fractions: Sequence[float] | None,
+    label_seeds: int,
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """A validation split carved from the training images by patient (stratified by the
+    classes each mask holds), then ``fit(train indices, val indices, seed) -> (figures,
+    test predictions)`` once, or on nested label fractions (a curve of the headline)."""
+    fit_idx, val_idx = group_split(presence, groups, val_fraction, seed)
+    sizes: dict[str, Any] = {"n_train": len(fit_idx), "n_val": len(val_idx), "n_test": n_test}
+    if groups is not None:
+        sizes["n_groups"] = {"train": len(set(groups[fit_idx])), "val": len(set(groups[val_idx]))}
     if label_fractions is None:
-        figures, pred, per_image = fit(fit_idx, seed)
-        result.update(figures, per_image=per_image)
-    else:
-        fit_groups = train_groups[fit_idx] if train_groups is not None else None
-        kept: dict[str, Any] = {}
+        figures, pred = fit(fit_idx, val_idx, seed)
+        return {**figures, **sizes}, pred
+    fit_groups = groups[fit_idx] if groups is not None else None
+    kept: dict[str, Any] = {}
 
-        def one(sub: np.ndarray, s: int) -> dict[str, Any]:
-            figures, pred, _ = fit(fit_idx[sub], s)
-            kept["pred"] = pred  # the last run: the largest fraction's last seed
-            per_class = {c: v["dice"]["mean"] for c, v in figures["per_class"].items()}
-            return {"headline": figures["headline"], "lr": figures["lr"], "dice": per_class}
+    def one(sub: np.ndarray, s: int) -> dict[str, Any]:
+        figures, kept["pred"] = fit(fit_idx[sub], val_idx, s)  # kept: the last run's maps
+        per_class = {c: v["dice"]["mean"] for c, v in figures["per_class"].items()}
+        return {"headline": figures["headline"], "lr": figures["lr"], "dice": per_class}
 
-        result.update(label_curve(presence[fit_idx], fit_groups, label_fractions, label_seeds,
-                                  seed, one))  # fmt: skip
-        pred = kept["pred"]
-    result.update(sizes, classes=list(classes))
-    return result, pred
+    curve = label_curve(presence[fit_idx], fit_groups, label_fractions, label_seeds, seed, one)
+    return {**curve, **sizes}, kept["pred"]
 
 
 def save_overlays(images: list[torch.Tensor], masks: list[torch.Tensor], pred: list[torch.Tensor],
