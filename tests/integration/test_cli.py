@@ -324,11 +324,15 @@ def test_finetune_and_probe_print_top1_and_write_their_metrics(
 ):
     capsys.readouterr()
     out = tmp_path / "ft"
-    argv = ["finetune", "--ckpt", str(simclr_run), "--data.path", str(tiny_npz), "--epochs", "1",
+    argv = ["finetune", "--ckpt", str(simclr_run), "--data.path", str(tiny_npz), "--epochs", "2",
             "--data.batch_size", "16", "--data.num_workers", "0", "--accelerator", "cpu", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["task"] == "finetune" and result["n_test"] == 48
+    # The epoch reported is the one best on the validation split carved from train.
+    assert result["n_train"] + result["n_val"] == 96 and result["n_val"] > 0
+    assert len(result["val_curve"]) == 2
+    assert result["epoch"] == result["val_curve"].index(max(result["val_curve"]))
     # top1 is what the saved confusion matrix says (the matrix counts each test image once).
     confusion = np.array(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
     assert confusion.sum() == 48

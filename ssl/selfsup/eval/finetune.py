@@ -8,9 +8,13 @@ pretraining. Test predictions are sharded over processes, each image counted onc
 
 Multi-label sets (one 0/1 column per finding) train K logistic outputs with binary
 cross-entropy; mixup, cutmix and label smoothing are left out there (timm's ``Mixup``
-mixes one class per image). No validation split is carved: the recipe is fixed and the
-last epoch is measured. With label fractions the network is fine-tuned afresh on each
-nested subset (:mod:`selfsup.eval.label_curve`).
+mixes one class per image). A validation split (``val_fraction`` of the training images,
+carved by patient where the data names patients, stratified per class or finding) is
+measured after every epoch (top-1; macro AUROC for multi-label sets), and the best
+epoch's weights are the ones measured on the test split (:class:`BestEpoch`);
+``val_fraction: 0`` trains on every training image and measures the last epoch. With
+label fractions the network is fine-tuned afresh on each nested subset of the images
+outside the validation split (:mod:`selfsup.eval.label_curve`).
 """
 
 from __future__ import annotations
@@ -126,6 +130,53 @@ class FineTune(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+class BestEpoch(pl.Callback):
+    """After every training epoch, the validation figure (top-1, or macro AUROC for
+    multi-label sets) of the network on ``val`` (eval views, sharded over the processes,
+    each image once); the best epoch's weights are kept (on every process: DDP keeps them
+    equal) and put back when training ends, so the test measures that epoch."""
+
+    def __init__(self, val: Any, transform: Any, names: list[str], multilabel: bool,
+                 batch_size: int, num_workers: int | None) -> None:  # fmt: skip
+        self.views = TransformedDataset(val, transform)
+        self.names, self.multilabel = names, multilabel
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.best, self.epoch, self.state, self.curve = -float("inf"), -1, None, []
+
+    def score(self, classifier: nn.Module, device: torch.device) -> float:
+        from selfsup.eval.features import extract_features
+        from selfsup.eval.metrics import multilabel_metrics
+
+        logits, labels = extract_features(classifier.eval(), self.views, self.batch_size,
+                                          self.num_workers, device)  # fmt: skip
+        classifier.train()
+        if self.multilabel:
+            auroc = multilabel_metrics(logits.sigmoid(), labels, self.names).get("macro_auroc")
+            return (
+                float(auroc)
+                if auroc is not None
+                else -float(nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
+            )
+        return float((logits.argmax(1) == labels).float().mean())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        score = self.score(module.classifier, module.device)
+        self.curve.append(round(score, 4))
+        if score > self.best:  # ties: the earlier epoch
+            self.best, self.epoch = score, trainer.current_epoch
+            self.state = {
+                k: v.detach().cpu().clone() for k, v in module.classifier.state_dict().items()
+            }
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.state is not None:
+            module.classifier.load_state_dict(self.state)
+
+    def fields(self) -> dict[str, Any]:
+        metric = "macro_auroc" if self.multilabel else "top1"
+        return {"epoch": self.epoch, f"val_{metric}": self.best, "val_curve": self.curve}
+
+
 def _decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay = [p for p in module.parameters() if p.ndim > 1]
     no_decay = [p for p in module.parameters() if p.ndim <= 1]
@@ -173,7 +224,9 @@ class FinetuneRecipe:
         smoothing: label smoothing
         warmup_epochs: linear warm-up length
         precision: 32, bf16-mixed or 16-mixed
-        seed: seed of the head and the data order
+        seed: seed of the head, the data order and the validation split
+        val_fraction: share of the training images (by patient) the epoch is picked on;
+            0 trains on all of them and measures the last epoch
     """
 
     epochs: int = 100
@@ -187,6 +240,7 @@ class FinetuneRecipe:
     warmup_epochs: float = 5.0
     precision: str = "32"
     seed: int = 0
+    val_fraction: float = 0.1
 
 
 def run_finetune(
@@ -233,23 +287,32 @@ def run_finetune(
         notes.warn("mixup, cutmix and label smoothing apply to single-label sets; the findings "
                    "train with plain binary cross-entropy.")  # fmt: skip
     n_out = targets.shape[1] if multilabel else max(len(train.classes), int(targets.max()) + 1)
+    groups = getattr(train, "groups", None)
+    if not 0 <= recipe.val_fraction < 1:
+        raise ConfigError(f"--val_fraction {recipe.val_fraction}: give a fraction in "
+                          "[0, 1), e.g. 0.1 (0: no validation split, the last epoch).")  # fmt: skip
+    fit_idx, val_idx = np.arange(len(train)), None
+    if recipe.val_fraction > 0:
+        from selfsup.eval.splits import group_split
+
+        fit_idx, val_idx = group_split(targets, groups, recipe.val_fraction, recipe.seed)
+    val = None if val_idx is None else Subset(train, val_idx.tolist())
     zero = True
 
-    def fit(indices: np.ndarray | None, seed: int) -> dict[str, Any]:
+    def fit(indices: np.ndarray, seed: int) -> dict[str, Any]:
         nonlocal zero
-        subset = train if indices is None else Subset(train, indices.tolist())
         figures, zero = _fit_and_measure(
-            load(), subset, test, recipe, seed, n_out, multilabel, list(train.classes),
-            batch_size, num_workers, devices, accelerator, out,
+            load(), Subset(train, fit_idx[indices].tolist()), val, test, recipe, seed, n_out,
+            multilabel, list(train.classes), batch_size, num_workers, devices, accelerator, out,
         )  # fmt: skip
         return figures
 
     if label_fractions is None:
-        result = fit(None, recipe.seed)
+        result = fit(np.arange(len(fit_idx)), recipe.seed)
     else:
-        groups = getattr(train, "groups", None)
-        result = {"task": "finetune", **label_curve(targets, groups, label_fractions, label_seeds,
-                                                    recipe.seed, fit)}  # fmt: skip
+        fit_groups = None if groups is None else np.asarray(groups)[fit_idx]
+        result = {"task": "finetune", **label_curve(targets[fit_idx], fit_groups, label_fractions,
+                                                    label_seeds, recipe.seed, fit)}  # fmt: skip
     if not zero:
         return None
     if "runs" in result:  # a curve: its runs share the backbone and checkpoint
@@ -258,19 +321,21 @@ def run_finetune(
     r = recipe
     result.update(
         epochs=r.epochs, lr=r.lr, layer_decay=r.layer_decay, drop_path=r.drop_path,
-        mixup=r.mixup, cutmix=r.cutmix, smoothing=r.smoothing, n_train=len(train),
-        n_test=len(test), classes=list(train.classes), **notes.fields(),
+        mixup=r.mixup, cutmix=r.cutmix, smoothing=r.smoothing, n_train=len(fit_idx),
+        n_val=0 if val_idx is None else len(val_idx), n_test=len(test),
+        classes=list(train.classes), **notes.fields(),
     )  # fmt: skip
     return result, list(train.classes)
 
 
 def _fit_and_measure(
-    loaded: LoadedBackbone, train: Any, test: Any, r: FinetuneRecipe, seed: int, n_out: int,
+    loaded: LoadedBackbone, train: Any, val: Any, test: Any, r: FinetuneRecipe, seed: int,
+    n_out: int,
     multilabel: bool, names: list[str], batch_size: int, num_workers: int | None,
     devices: int, accelerator: str, out: Path | None,
 ) -> tuple[dict[str, Any], bool]:  # fmt: skip
-    """One fine-tuning run -> its test figures (on every process) and whether this is
-    rank 0."""
+    """One fine-tuning run -> its test figures (on every process; of the epoch best on
+    ``val``, or the last without one) and whether this is rank 0."""
     from selfsup.eval.features import extract_features
     from selfsup.eval.metrics import classification_metrics, multilabel_metrics
 
@@ -279,6 +344,8 @@ def _fit_and_measure(
     if why:
         rank_zero_only(print)(why, file=sys.stderr, flush=True)
     classifier = Classifier(loaded.backbone.train(), n_out)
+    best = None if val is None else BestEpoch(val, loaded.eval_transform(), names, multilabel,
+                                              batch_size, num_workers)  # fmt: skip
     module = FineTune(classifier, n_out, r.lr, r.weight_decay, r.layer_decay, r.warmup_epochs,
                       r.mixup, r.cutmix, r.smoothing, batch_size, multilabel)  # fmt: skip
     trainer = pl.Trainer(
@@ -287,6 +354,7 @@ def _fit_and_measure(
         logger=pl.loggers.CSVLogger(str(out), name="", version="") if out else False,
         enable_checkpointing=False, default_root_dir=str(out) if out else None,
         enable_model_summary=False, log_every_n_steps=10,
+        callbacks=[] if best is None else [best],
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=train_loader(train, loaded, batch_size, num_workers))
     # Test logits, each image once, in dataset order, on every process.
@@ -299,7 +367,8 @@ def _fit_and_measure(
     else:
         figures = classification_metrics(logits.softmax(1), labels, names)
     result = {"task": "finetune", **figures, "backbone": loaded.meta["loaded"],
-              "checkpoint": loaded.path, "precision": str(precision)}  # fmt: skip
+              "checkpoint": loaded.path, "precision": str(precision),
+              **({"epoch": r.epochs - 1} if best is None else best.fields())}  # fmt: skip
     if loaded.meta.get("init_from"):  # where the checkpoint's weights began
         result["init_from"] = loaded.meta["init_from"]
     return result, trainer.is_global_zero
