@@ -23,30 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from lib.common import PNEUMONIA, REPO, RESULTS_DIR, machine, write_section
+from lib.common import PNEUMONIA, REPO, RESULTS_DIR, machine, random_init_checkpoint, write_section
 from lib.common import selfsup_json as selfsup
 
 PLOT = RESULTS_DIR / "label_curve.png"
-
-
-def random_init_checkpoint(trained: Path, out: Path) -> Path:
-    """``trained`` with its weights replaced by the same model built afresh (seed 0)."""
-    import yaml
-
-    from selfsup.methods import method_class
-
-    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
-    config = yaml.safe_load((trained.parent.parent / "config.yaml").read_text())["model"]
-    torch.manual_seed(0)
-    cls = method_class(config["class_path"].rsplit(".", 1)[-1])
-    model = cls(**config.get("init_args", {}))
-    fresh = model.state_dict()
-    assert fresh.keys() == ckpt["state_dict"].keys()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": fresh, "selfsup": {**ckpt["selfsup"], "random_init": True}}, out)
-    return out
 
 
 def main() -> None:

@@ -98,3 +98,21 @@ def run_selfsup(*args: str) -> tuple[dict | None, str]:
 def selfsup_json(*args: str) -> dict | None:
     """:func:`run_selfsup`'s JSON line only."""
     return run_selfsup(*args)[0]
+
+
+def random_init_checkpoint(trained: Path, out: Path) -> Path:
+    """``trained`` with its weights replaced by the same model built afresh (seed 0)."""
+    import yaml
+
+    from selfsup.methods import method_class
+
+    ckpt = torch.load(trained, map_location="cpu", weights_only=False)
+    config = yaml.safe_load((trained.parent.parent / "config.yaml").read_text())["model"]
+    torch.manual_seed(0)
+    cls = method_class(config["class_path"].rsplit(".", 1)[-1])
+    model = cls(**config.get("init_args", {}))
+    fresh = model.state_dict()
+    assert fresh.keys() == ckpt["state_dict"].keys()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": fresh, "selfsup": {**ckpt["selfsup"], "random_init": True}}, out)
+    return out

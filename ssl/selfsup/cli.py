@@ -43,7 +43,7 @@ COMMANDS = {
     "knn": ("evaluate", "knn", "options"),
     "probe": ("evaluate", "probe", "options"),
     "finetune": ("evaluate", "finetune", "options"),
-    "segment": ("evaluate", "segment", "options"),
+    "segment": ("segment", "segment", "options"),
     "summary": ("evaluate", "summary", "options"),
     "export": ("export", "export", "options"),
     "attention": ("pictures", "attention", "options"),

@@ -44,7 +44,7 @@ from selfsup.data.pixels import UNREADABLE, DataError, Reading
 #: its ``.hdr``; its ``.img`` is read through it (either name opens the pair).
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".hdr", ".img")
 #: Per slice axis: (the axis cut along, the columns' axis, the rows' axis) of RAS+ arrays.
-_PLANES = {"sagittal": (0, 1, 2), "coronal": (1, 0, 2), "axial": (2, 0, 1)}
+PLANES = {"sagittal": (0, 1, 2), "coronal": (1, 0, 2), "axial": (2, 0, 1)}
 _FLOOR = 0.01  # foreground: above the volume's lowest windowed value by 1% of [0, 1]
 
 
@@ -82,7 +82,7 @@ class _Volume:
     foreground: np.ndarray  # (N,) share of each slice's pixels above the floor
 
 
-def _load(path: Path):
+def load_volume(path: Path):
     try:
         img = nib.load(path)
     except _NIBABEL_ERRORS as e:
@@ -96,8 +96,8 @@ def _load(path: Path):
     return img
 
 
-def _read_header(path: Path) -> _Header:
-    img = _load(path)
+def read_volume_header(path: Path) -> _Header:
+    img = load_volume(path)
     ornt = nib.io_orientation(img.affine)
     shape, zooms = [0, 0, 0], [0.0, 0.0, 0.0]
     for i, (axis, _) in enumerate(ornt):
@@ -129,7 +129,7 @@ def _data(img, index: tuple = ()) -> np.ndarray:
 
 def _decode(path: Path, volume: int, reading: Reading) -> _Volume:
     """Read, reorient, window and slice one 3D volume (``volume``: index in a 4D file)."""
-    img = _load(path)
+    img = load_volume(path)
     data = _data(img, np.unravel_index(volume, img.shape[3:]) if len(img.shape) > 3 else ())
     data = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(data, img.affine)).dataobj)
     finite = np.isfinite(data)
@@ -137,7 +137,7 @@ def _decode(path: Path, volume: int, reading: Reading) -> _Volume:
         data = np.where(finite, data, data[finite].min() if finite.any() else 0.0)
     lo, hi = _intensity_range(data, reading, img.header)
     data = np.clip((data - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
-    a, cols, rows = _PLANES[reading.slice_axis]
+    a, cols, rows = PLANES[reading.slice_axis]
     slices = np.ascontiguousarray(data.transpose(a, rows, cols)[:, ::-1, :])  # rows top down
     floor = slices.min() + _FLOOR
     return _Volume(slices, (slices > floor).mean(axis=(1, 2)))
@@ -167,16 +167,16 @@ def _cut(volume: _Volume, s: int, header: _Header, reading: Reading) -> torch.Te
     n = len(volume.slices)
     x = torch.from_numpy(volume.slices[np.clip(np.arange(s - k, s + k + 1), 0, n - 1)])
     if reading.square_pixels:
-        size = _slice_shape(header, reading)
+        size = slice_shape(header, reading)
         if size != tuple(x.shape[1:]):
             x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
             x = x.clamp_(0.0, 1.0)
     return x
 
 
-def _slice_shape(header: _Header, reading: Reading) -> tuple[int, int]:
+def slice_shape(header: _Header, reading: Reading) -> tuple[int, int]:
     """``(H, W)`` of a slice; with square pixels, at the finer in-plane spacing."""
-    _, cols, rows = _PLANES[reading.slice_axis]
+    _, cols, rows = PLANES[reading.slice_axis]
     h, dh = header.shape[rows], header.spacing[rows]
     w, dw = header.shape[cols], header.spacing[cols]
     if not reading.square_pixels or dh <= 0 or dw <= 0:
@@ -197,8 +197,8 @@ _SLICE_CACHE = _LRU()
 def read_volume_slice(path: Path, index: int, reading: Reading, volume: int = 0) -> torch.Tensor:
     """Slice ``index`` of a volume file (of its 3D volume ``volume`` if 4D), as
     ``(2k + 1, H, W)`` float32 in [0, 1]; volumes stay cached per process as in the dataset."""
-    header = _read_header(Path(path))
-    n = header.shape[_PLANES[reading.slice_axis][0]]
+    header = read_volume_header(Path(path))
+    n = header.shape[PLANES[reading.slice_axis][0]]
     if not 0 <= index < n or not 0 <= volume < header.volumes:
         raise DataError(
             f"{path}: slice {index} of volume {volume}: it has {n} {reading.slice_axis} "
@@ -207,49 +207,6 @@ def read_volume_slice(path: Path, index: int, reading: Reading, volume: int = 0)
     key = (str(path), volume, reading)
     decoded = _SLICE_CACHE.get(key, reading.volume_cache, lambda: _decode(path, volume, reading))
     return _cut(decoded, index, header, reading)
-
-
-def read_label_slice(
-    path: Path, index: int, reading: Reading, image: Path | None = None
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Slice ``index`` of a label volume (class indices) cut as :func:`read_volume_slice`
-    cuts its image volume: the same reorientation, plane and display flip, the class
-    indices kept as they are (no window), square pixels by nearest neighbour. Returns
-    ``(H, W)`` int64 and the slice's pixel size ``(rows, columns)`` in mm. ``image``: the
-    volume the labels belong to, whose grid (shape and orientation) they must share."""
-    img = _load(Path(path))
-    if len(img.shape) != 3:
-        raise DataError(f"{path}: a label volume of shape {img.shape}; give one 3D volume of "
-                        "class indices.")  # fmt: skip
-    header = _read_header(Path(path))
-    if image is not None:
-        other = _load(Path(image))
-        same_grid = other.shape[:3] == img.shape and np.allclose(other.affine, img.affine,
-                                                                  atol=1e-3)  # fmt: skip
-        if not same_grid:
-            raise DataError(
-                f"{path}: the label volume ({img.shape}) is not on its image's grid "
-                f"({image}: {other.shape[:3]}, or another orientation); resample the labels "
-                "onto the image (nearest neighbour) first."
-            )
-    a, cols, rows = _PLANES[reading.slice_axis]
-    n = header.shape[a]
-    if not 0 <= index < n:
-        raise DataError(f"{path}: slice {index}; the label volume has {n} {reading.slice_axis} "
-                        f"slices (0..{n - 1}).")  # fmt: skip
-    data = np.asarray(nib.as_closest_canonical(img).dataobj)
-    if not np.all(data == np.round(data)):
-        raise DataError(f"{path}: the label volume holds fractional values; give class "
-                        "indices (integers, 0 the background).")  # fmt: skip
-    labels = np.ascontiguousarray(data.transpose(a, rows, cols)[index, ::-1, :]).astype(np.int64)
-    spacing = (header.spacing[rows], header.spacing[cols])
-    size = _slice_shape(header, reading)
-    if size != labels.shape:  # square pixels: the image was resampled, the labels follow
-        t = torch.from_numpy(labels)[None, None].float()
-        labels = F.interpolate(t, size=size, mode="nearest")[0, 0].long().numpy()
-        fine = min(spacing)
-        spacing = (fine, fine)
-    return labels, (float(spacing[0]), float(spacing[1]))
 
 
 class VolumeSliceDataset(Labelled, Dataset):
@@ -296,7 +253,7 @@ class VolumeSliceDataset(Labelled, Dataset):
             raise DataError(f"No volume files ({', '.join(VOLUME_SUFFIXES)}) found{where}.")
         for i, f in enumerate(self.files):
             try:
-                self.headers[i] = _read_header(f)
+                self.headers[i] = read_volume_header(f)
             except UnreadableVolume as e:
                 self._mark_bad(i, e)
         if not self.headers:
@@ -386,7 +343,7 @@ class VolumeSliceDataset(Labelled, Dataset):
         for i, f in enumerate(self.files):
             if i in self.headers and not self.bad[i]:
                 try:
-                    _data(_load(f))
+                    _data(load_volume(f))
                 except UnreadableVolume as e:
                     self._mark_bad(i, e)
         broken = self._broken()
@@ -419,7 +376,7 @@ class VolumeSliceDataset(Labelled, Dataset):
             "items": len(self),
             "shapes": _count(h.shape for h in headers),
             "slice_axis": self.reading.slice_axis,
-            "slice_shapes": _count(_slice_shape(h, self.reading) for h in headers),
+            "slice_shapes": _count(slice_shape(h, self.reading) for h in headers),
             "channels": self.channels,
             "spacing_mm": {"min": spacing.min(0).tolist(), "max": spacing.max(0).tolist()},
             "dtypes": _count(h.dtype for h in headers),
