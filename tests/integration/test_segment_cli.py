@@ -98,6 +98,7 @@ def test_a_resnet_takes_stages_and_a_size_of_its_own(resnet_ckpt, seg_npz, tmp_p
         ("vit", ["--last_blocks", "9"], "the ViT has 2 blocks"),
         ("vit", ["--size", "30"], "not a multiple of"),
         ("vit", ["--val_fraction", "1.5"], "--val_fraction 1.5"),
+        ("vit", ["--finetune", "true", "--attention", "true"], "without --finetune"),
     ],
 )
 def test_options_that_cannot_work_are_one_line(vit_ckpt, resnet_ckpt, seg_npz, tmp_path, capsys,

@@ -42,8 +42,9 @@ def segment(
     pass over cached features, picked on a validation split carved by patient (mean
     foreground Dice), reported on the test split: per-class Dice, IoU, HD95, ASD (mm where
     the pixel spacing is known), volume similarity, sensitivity, specificity, the empty
-    cases and Dice by structure size. Data: an .npz with m_train/m_test masks, or a folder
-    with <split>/images/ and <split>/masks/.
+    cases and Dice by structure size. Data: an .npz with m_train/m_test masks, a folder with
+    <split>/images/ and <split>/masks/ (label maps or DICOM SEG), or a manifest with a mask
+    column (label maps, DICOM SEG, NIfTI label volumes).
 
     Args:
         epochs: epochs of every head
@@ -85,6 +86,12 @@ def segment(
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.2.")
     check_label_fractions(label_fraction, label_seeds)
+    if finetune and source.devices > 1:
+        raise ConfigError("--finetune true trains in one process: drop --devices (the frozen "
+                          "heads, without --finetune, extract their features on several).")  # fmt: skip
+    if finetune and attention:
+        raise ConfigError("--attention true scores the checkpoint's own attention maps: run it "
+                          "without --finetune.")  # fmt: skip
     path = require_path(data)
     train = open_segmentation(path, "train", data.intensity, data.reading)
     test = open_segmentation(path, "test", data.intensity, data.reading)
@@ -103,9 +110,6 @@ def segment(
                           f"ResNet ({loaded.backbone.name}): drop --attention.")  # fmt: skip
     dense = DenseLoaded(loaded, last_blocks if loaded.backbone.is_vit else stages, size)
     if finetune:
-        if source.devices > 1:
-            raise ConfigError("--finetune true trains in one process: drop --devices, or "
-                              "--finetune for the frozen heads, which use several.")  # fmt: skip
         from selfsup.eval.segment_finetune import run_finetune_segment
 
         _, device = start_processes(1, source.accelerator)
