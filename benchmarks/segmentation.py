@@ -73,13 +73,8 @@ RECIPES = {
 }  # fmt: skip
 
 
-def pretrain(name: str, out: Path, minutes: float, epochs: int) -> tuple[Path, float]:
-    """The run's last checkpoint and its wall time in minutes (reused when it exists)."""
-    run = out / name
-    ckpt = run / "checkpoints" / "last.ckpt"
-    stamp = run / "minutes.txt"
-    if ckpt.is_file() and stamp.is_file():
-        return ckpt, float(stamp.read_text())
+def _train(name: str, run: Path, epochs: int, minutes: float) -> float:
+    """One pretraining run of ``epochs`` (cut at ``minutes``); its wall time in seconds."""
     config, overrides, _ = RECIPES[name]
     start = time.perf_counter()
     run_selfsup("pretrain", "--config", str(REPO / config), "--data.path", str(CXR), *overrides,
@@ -88,9 +83,31 @@ def pretrain(name: str, out: Path, minutes: float, epochs: int) -> tuple[Path, f
                 "--knn_monitor.every_n_epochs", "0", "--pictures.every_n_epochs", "0",
                 "--data.num_workers", "1",
                 "--trainer.default_root_dir", str(run), "--resume", "never")  # fmt: skip
-    took = (time.perf_counter() - start) / 60
-    stamp.write_text(f"{took:.2f}")
-    return ckpt, took
+    return time.perf_counter() - start
+
+
+def epochs_for(name: str, out: Path, minutes: float) -> int:
+    """The epochs whose schedule ends near ``minutes`` on this machine: two short runs
+    (2 and 6 epochs) give the seconds per epoch without the start-up."""
+    short = _train(name, out / f"{name}-calibration", 2, minutes)
+    long = _train(name, out / f"{name}-calibration", 6, minutes)
+    per_epoch = max((long - short) / 4, 1e-3)
+    return max(1, int((minutes * 60 - short) * 0.95 / per_epoch))
+
+
+def pretrain(name: str, out: Path, minutes: float, epochs: int | None) -> tuple[Path, float, int]:
+    """The run's last checkpoint, its wall time in minutes and its epochs (reused when the
+    run exists)."""
+    run = out / name
+    ckpt = run / "checkpoints" / "last.ckpt"
+    stamp = run / "minutes.json"
+    if ckpt.is_file() and stamp.is_file():
+        done = json.loads(stamp.read_text())
+        return ckpt, done["minutes"], done["epochs"]
+    epochs = epochs or epochs_for(name, out, minutes)
+    took = _train(name, run, epochs, minutes) / 60
+    stamp.write_text(json.dumps({"minutes": took, "epochs": epochs}))
+    return ckpt, took, epochs
 
 
 def segment(ckpt: Path, out: Path, epochs: int, *extra: str) -> dict:
@@ -157,7 +174,7 @@ def main() -> None:
     out = Path(args.out)
     records: dict = {"machine": machine(), "minutes": args.minutes, "atlas": atlas_floor()}
     for name in RECIPES:
-        ckpt, took = pretrain(name, out, args.minutes, args.epochs[name])
+        ckpt, took, epochs = pretrain(name, out, args.minutes, args.epochs.get(name))
         rand = random_init_checkpoint(ckpt, out / f"{name}-random" / "random_init.ckpt")
         extra = RECIPES[name][2]
         for init, path in (("pretrained", ckpt), ("random init", rand)):
@@ -172,7 +189,11 @@ def main() -> None:
                 "false",
             )
             full.pop("per_image", None)
-            records[key] = {"pretrain_minutes": took if init == "pretrained" else 0, "full": full}
+            records[key] = {
+                "pretrain_minutes": took if init == "pretrained" else 0,
+                "pretrain_epochs": epochs if init == "pretrained" else 0,
+                "full": full,
+            }
             if name == "dino":  # DINO is here for its attention maps
                 continue
             curve = segment(path, out / "eval" / f"{key.replace(' ', '-')}-curve",
@@ -191,14 +212,19 @@ def render(records: dict, args: argparse.Namespace) -> str:
     seconds = {k: records[k]["full"]["seconds"] for k in names}
     atlas = records["atlas"]
     dino = {k: records[k]["full"]["attention"] for k in ("dino pretrained", "dino random init")}
-    pre = {k: records[k]["pretrain_minutes"] for k in records if k.endswith("pretrained")}
+    pre = {
+        k: (records[k]["pretrain_minutes"], records[k]["pretrain_epochs"])
+        for k in records
+        if k.endswith("pretrained")
+    }
     lines = [
         f"`python benchmarks/segmentation.py --minutes {args.minutes:g} --seeds {args.seeds}` "
         f"({records['machine']})",
         "",
         "`../shared/data/cxr_seg128.npz`: 81 training and 17 test films, split by patient. "
-        "Pretraining on the training films, bf16, wall minutes: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in pre.items()) + ". Each encoder and its random "
+        "Pretraining on the training films, bf16, wall minutes (epochs, sized by two short "
+        "runs so that the schedule ends near the budget): "
+        + ", ".join(f"{k} {m:.1f} ({e})" for k, (m, e) in pre.items()) + ". Each encoder and its random "
         "init through `selfsup segment --ckpt CKPT --data.path cxr_seg128.npz` (SimCLR's with "
         "`--size 128`): the linear head (BatchNorm + 1x1 convolution) on the frozen last "
         f"block or stage, {args.segment_epochs} epochs, learning rate picked on a validation split of 16 films "
