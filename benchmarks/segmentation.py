@@ -165,8 +165,9 @@ def main() -> None:
     parser.add_argument(
         "--epochs",
         type=json.loads,
-        default={"mae": 60, "simclr": 60, "dino": 40},
-        help='epochs per recipe, e.g. \'{"mae": 60, "simclr": 60, "dino": 40}\'',
+        default={},
+        help='epochs per recipe (JSON, e.g. {"mae": 150}); default: measured by two short runs '
+        "so that the schedule ends near --minutes",
     )
     parser.add_argument("--segment_epochs", type=int, default=40)
     parser.add_argument("--out", default=str(REPO / "runs" / "segmentation"))
