@@ -9,10 +9,13 @@ from selfsup.data.module import PretrainDataModule
 from selfsup.errors import ConfigError
 
 USAGE = """usage: selfsup data inspect --data.path DATA [--split train] [--out PREVIEW.png] [--data.window ...]
+       selfsup data pack --data.path DATA --out SHARDS [--max_side 512] [--workers 4] [--data.window ...]
 
 inspect: counts, shapes, value ranges after the window, channels, labels and groups,
          files skipped and why; and a PNG grid of images as the model will see them.
-Run 'selfsup data inspect --help' for the options.
+pack:    every split of DATA, read as a run reads it, written once as streaming shards
+         (litdata) that --data.path SHARDS then reads, from a local disk or an object store.
+Run 'selfsup data inspect --help' or 'selfsup data pack --help' for the options.
 """
 
 
@@ -54,12 +57,41 @@ def inspect(
     return 0
 
 
+def pack(data: PretrainDataModule, out: str, max_side: int | None = None, workers: int = 1) -> int:
+    """Write every split of --data.path (train, val, test: those it has), read as a run
+    reads it with the same --data.* options, as litdata shards in --out: decoded once, a
+    few large chunk files instead of many small ones. --data.path OUT then reads them, in
+    pretraining and every evaluator. An interrupted pack is run again with the same command.
+
+    Args:
+        out: the folder the shards go to (one sub-folder per split, selfsup.json)
+        max_side: cap the longest side of every image (and mask) at this many pixels
+        workers: processes that read and write
+    """
+    from selfsup.data.packing import pack as write_shards
+
+    if data.path is None:
+        raise ConfigError("--data.path is not set: give the source to pack.")
+    if max_side is not None and max_side < 8:
+        raise ConfigError(f"--max_side {max_side}: give at least 8 pixels, or leave it out.")
+    meta = write_shards(data, out, max_side, max(1, workers))
+    for split, info in meta["splits"].items():
+        print(f"{split:>8}: {info['samples']} samples, {len(info['skipped'])} files skipped",
+              file=sys.stderr)  # fmt: skip
+    print(json.dumps({"task": "pack", "out": str(out), **meta}), flush=True)
+    return 0
+
+
+ACTIONS = {"inspect": inspect, "pack": pack}
+
+
 def data(argv: list[str]) -> int:
     from selfsup.commands.options import run_with_options
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    if argv[0] != "inspect":
-        raise ConfigError(f"selfsup data {argv[0]}: the data command has one action, inspect.")
-    return run_with_options("selfsup data inspect", inspect, argv[1:])
+    if argv[0] not in ACTIONS:
+        raise ConfigError(f"selfsup data {argv[0]}: the data command's actions are "
+                          f"{', '.join(ACTIONS)}.")  # fmt: skip
+    return run_with_options(f"selfsup data {argv[0]}", ACTIONS[argv[0]], argv[1:])

@@ -52,7 +52,7 @@ def open_dataset(
     reading: Reading | None = None,
 ) -> Dataset:
     """Turn ``DATA`` into the ``split`` dataset: an ``.npz``, a manifest (``.csv``/``.tsv``),
-    a folder of volumes (NIfTI), an image/DICOM folder (``train/<class>/`` and
+    shards written by ``selfsup data pack``, a folder of volumes (NIfTI), an image/DICOM folder (``train/<class>/`` and
     ``test/<class>/``, or an unlabelled tree), or a named set. ``reading`` says how
     DICOM files and volumes become pixels (its intensity policy replaces ``intensity``);
     ``strict``: fail on unreadable files instead of skipping them."""
@@ -95,6 +95,10 @@ def open_dataset(
             f"{path} is a file but neither an .npz archive, a manifest (.csv, .tsv) nor a "
             "volume; point DATA at one of those or at a folder."
         )
+    from selfsup.data.readers.shards import ShardDataset, is_shards
+
+    if is_shards(path):
+        return ShardDataset(path, split)
     split_dir = path / split
     if split_dir.is_dir():
         return ImageFolderDataset(split_dir, True, strict=strict, reading=reading)

@@ -39,6 +39,7 @@ from selfsup.data.readers.masks import (
     read_folders,
     read_manifest,
     read_npz,
+    read_shards,
 )
 
 __all__ = ["ImagesOnly", "SegmentationSet", "check_mask", "has_masks", "open_segmentation"]
@@ -55,6 +56,8 @@ def has_masks(data: str | None, split: str) -> bool:
             return f"m_{split}" in np.load(path, allow_pickle=False).files
         except Exception:
             return False
+    if path.is_dir() and _packed_masks(path):
+        return True
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
         from selfsup.data.readers.manifest import read_table
 
@@ -72,6 +75,8 @@ def open_segmentation(
     path = Path(data).expanduser()
     if path.is_file() and path.suffix == ".npz":
         return read_npz(path, split, intensity)
+    if path.is_dir() and _packed_masks(path):
+        return read_shards(path, split)
     if (path / split / "masks").is_dir():
         return read_folders(path, split, reading or Reading(intensity=intensity))
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
@@ -81,3 +86,12 @@ def open_segmentation(
         f"with {split}/images/ and {split}/masks/ (same file stems), or a manifest with a "
         "mask column."
     )
+
+
+def _packed_masks(path: Path) -> bool:
+    """Shards ``selfsup data pack`` wrote from data with masks."""
+    import json
+
+    from selfsup.data.readers.shards import is_shards
+
+    return is_shards(path) and "mask_classes" in json.loads((path / "selfsup.json").read_text())

@@ -49,6 +49,9 @@ def _file_id(path: str) -> dict[str, Any]:
 def _data_id(data: str, dataset: Dataset | None) -> dict[str, Any]:
     """The data's identity: the file's (an .npz), or every image file's (a folder), so a
     replaced, mended or added image means new features; else the set's name."""
+    content = getattr(dataset, "content_id", None)
+    if content is not None:  # shards: their own index says what they hold
+        return {"content": content}
     files = getattr(dataset, "files", None)
     if files is None:
         return _file_id(data)

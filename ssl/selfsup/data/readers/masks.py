@@ -87,6 +87,7 @@ class ImagesOnly(Dataset):
     def __init__(self, data: SegmentationSet) -> None:
         self.data = data
         self.files = data.files
+        self.content_id = getattr(data, "content_id", None)  # shards: the feature cache's key
 
     def __len__(self) -> int:
         return len(self.data)
@@ -179,6 +180,36 @@ def read_label_slice(
     return labels, (float(spacing[0]), float(spacing[1]))
 
 
+class _ArrayImages:
+    """Image ``i`` of an array (picklable, for spawned workers)."""
+
+    def __init__(self, images: np.ndarray, intensity: Intensity) -> None:
+        self.images, self.intensity = images, intensity
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return to_tensor_image(self.images[i], self.intensity)
+
+
+class _FileImages:
+    """Image ``i`` of a list of files."""
+
+    def __init__(self, files: list[str], reading: Reading) -> None:
+        self.files, self.reading = files, reading
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return _read_with_spacing(Path(self.files[i]), self.reading)[0]
+
+
+class _DatasetImages:
+    """Image ``i`` of a dataset of ``(image, label)`` pairs."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __call__(self, i: int) -> torch.Tensor:
+        return self.dataset[i][0]
+
+
 def read_npz(path: Path, split: Split, intensity: Intensity) -> SegmentationSet:
     from selfsup.data.readers.arrays import _array, _check_images
 
@@ -212,7 +243,7 @@ def read_npz(path: Path, split: Split, intensity: Intensity) -> SegmentationSet:
                            f"{path}: groups_{split}")  # fmt: skip
     spacing = _npz_spacing(data, path, split, len(images))
     channels_last = images if images.ndim == 4 else images[..., None]
-    return SegmentationSet(lambda i: to_tensor_image(channels_last[i], intensity), masks,
+    return SegmentationSet(_ArrayImages(channels_last, intensity), masks,
                            classes, groups, spacing, source=str(path))  # fmt: skip
 
 
@@ -263,7 +294,7 @@ def read_folders(root: Path, split: Split, reading: Reading) -> SegmentationSet:
     groups = np.array([str(Path(f).relative_to(image_dir).parent) for f in files])
     has_groups = any(g != "." for g in groups)  # patient sub-folders, when the tree has them
     return SegmentationSet(
-        lambda i: _read_with_spacing(Path(files[i]), reading)[0], masks, classes,
+        _FileImages(files, reading), masks, classes,
         groups if has_groups else None, spacing, files, source=str(root),
     )  # fmt: skip
 
@@ -342,7 +373,7 @@ def read_manifest(path: Path, split: Split, reading: Reading) -> SegmentationSet
     if classes is None:
         k = max(int(m.max()) for m in masks) + 1
         classes = ["background", *[str(i) for i in range(1, max(k, 2))]]
-    return SegmentationSet(lambda i: images[i][0], masks, classes, images.groups, spacing,
+    return SegmentationSet(_DatasetImages(images), masks, classes, images.groups, spacing,
                            [str(f) for f in images.files], source=str(path))  # fmt: skip
 
 
@@ -370,3 +401,21 @@ def _dicom_spacing(path: Path) -> tuple[float, float] | None:
         if spacing is not None:
             return float(spacing[0]), float(spacing[1])
     return None
+
+
+def read_shards(root: Path, split: Split) -> SegmentationSet:
+    """A pack of images with masks (``selfsup data pack``): the masks and spacings held in
+    memory (read once), the images read from the shards."""
+    from selfsup.data.readers.shards import ShardDataset
+
+    shards = ShardDataset(root, split)
+    masks, spacing = [], []
+    for i in range(len(shards)):
+        sample = shards.sample(i)
+        masks.append(np.asarray(sample["mask"]))
+        s = np.asarray(sample["spacing"], dtype=float)
+        spacing.append((float(s[0]), float(s[1])) if s[0] > 0 else None)
+    data = SegmentationSet(_DatasetImages(shards), masks, shards.classes, shards.groups, spacing,
+                           source=shards.source)  # fmt: skip
+    data.content_id = shards.content_id
+    return data
