@@ -32,10 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data.pixels import DataError
-
-SHARDS_FORMAT = "selfsup-shards-1"
-INDEX = "selfsup_index.npz"
-META = "selfsup.json"
+from selfsup.data.readers.shards import INDEX, META, SHARDS_FORMAT
 
 
 class _Sampler:

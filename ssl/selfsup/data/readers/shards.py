@@ -22,11 +22,15 @@ from torch.utils.data import Dataset
 from selfsup.data.labels import Labelled
 from selfsup.data.pixels import DataError, to_tensor_image
 
+#: What ``selfsup data pack`` writes: its format name, the pack's description beside the
+#: splits, and each split's index of labels, groups and sources.
+SHARDS_FORMAT = "selfsup-shards-1"
+META = "selfsup.json"
+INDEX = "selfsup_index.npz"
+
 
 def is_shards(path: Path) -> bool:
     """Whether ``path`` is a folder ``selfsup data pack`` wrote."""
-    from selfsup.data.packing import META, SHARDS_FORMAT
-
     meta = path / META
     if not meta.is_file():
         return False
@@ -41,8 +45,6 @@ class ShardDataset(Labelled, Dataset):
     stored sample (mask, spacing, source)."""
 
     def __init__(self, root: Path, split: str, max_cache_size: str = "50GB") -> None:
-        from selfsup.data.packing import INDEX, META
-
         meta = json.loads((root / META).read_text())
         directory = root / split
         if not (directory / INDEX).is_file():
