@@ -50,3 +50,18 @@ def test_two_process_pretraining_writes_one_run_and_its_checkpoint(tiny_npz, tmp
     )
     assert knn.returncode == 0, knn.stderr[-2000:]
     assert json.loads(knn.stdout.strip().splitlines()[-1])["task"] == "knn"
+
+
+def test_two_processes_over_shards_take_one_epoch_of_every_sample(tiny_npz, tmp_path):
+    """96 packed images, two processes with batches of 8: one epoch is 96 / 16 = 6 steps,
+    every sample once (the samplers that split files split shards the same way)."""
+    from selfsup.cli import main
+
+    shards = tmp_path / "shards"
+    assert main(["data", "pack", "--data.path", str(tiny_npz), "--out", str(shards)]) == 0
+    run = tmp_path / "ddp-shards"
+    ddp_pretrain("configs/simclr/resnet18_cifar.yaml", shards, run, "--trainer.max_epochs", "1",
+                 "--model.init_args.projection_hidden_dim", "64",
+                 "--knn_monitor.every_n_epochs", "0")  # fmt: skip
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 0
