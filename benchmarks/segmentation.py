@@ -110,6 +110,12 @@ def pretrain(name: str, out: Path, minutes: float, epochs: int | None) -> tuple[
     return ckpt, took, epochs
 
 
+def epochs_trained(out: Path, name: str) -> int:
+    """The epochs a run finished (the time cap may end it before its schedule)."""
+    status = json.loads((out / name / "status.json").read_text())
+    return int(status["epoch"]) + (status.get("state") == "finished")
+
+
 def segment(ckpt: Path, out: Path, epochs: int, *extra: str) -> dict:
     result, _ = run_selfsup("segment", "--ckpt", str(ckpt), "--data.path", str(CXR),
                             "--out", str(out), "--data.num_workers", "1", "--epochs", str(epochs),
@@ -171,8 +177,14 @@ def main() -> None:
     )
     parser.add_argument("--segment_epochs", type=int, default=40)
     parser.add_argument("--out", default=str(REPO / "runs" / "segmentation"))
+    parser.add_argument("--render_only", action="store_true",
+                        help="write the RESULTS.md section again from the records")  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
+    if args.render_only:
+        write_section("Segmentation of chest X-rays (`segmentation`)",
+                      render(json.loads(RECORDS.read_text()), args))  # fmt: skip
+        return
     records: dict = {"machine": machine(), "minutes": args.minutes, "atlas": atlas_floor()}
     for name in RECIPES:
         ckpt, took, epochs = pretrain(name, out, args.minutes, args.epochs.get(name))
@@ -193,6 +205,7 @@ def main() -> None:
             records[key] = {
                 "pretrain_minutes": took if init == "pretrained" else 0,
                 "pretrain_epochs": epochs if init == "pretrained" else 0,
+                "epochs_trained": epochs_trained(out, name) if init == "pretrained" else 0,
                 "full": full,
             }
             if name == "dino":  # DINO is here for its attention maps
@@ -214,18 +227,21 @@ def render(records: dict, args: argparse.Namespace) -> str:
     atlas = records["atlas"]
     dino = {k: records[k]["full"]["attention"] for k in ("dino pretrained", "dino random init")}
     pre = {
-        k: (records[k]["pretrain_minutes"], records[k]["pretrain_epochs"])
+        k: (records[k]["pretrain_minutes"], records[k]["pretrain_epochs"],
+            records[k].get("epochs_trained", records[k]["pretrain_epochs"]))
         for k in records
         if k.endswith("pretrained")
-    }
+    }  # fmt: skip
     lines = [
         f"`python benchmarks/segmentation.py --minutes {args.minutes:g} --seeds {args.seeds}` "
         f"({records['machine']})",
         "",
         "`../shared/data/cxr_seg128.npz`: 81 training and 17 test films, split by patient. "
-        "Pretraining on the training films, bf16, wall minutes (epochs, sized by two short "
-        "runs so that the schedule ends near the budget): "
-        + ", ".join(f"{k} {m:.1f} ({e})" for k, (m, e) in pre.items()) + ". Each encoder and its random "
+        "Pretraining on the training films, bf16, wall minutes (epochs trained of the epochs "
+        "scheduled: two short runs size the schedule to end near the budget, and the time "
+        "cap stops a run that other work on the cores slowed): "
+        + ", ".join(f"{k} {m:.1f} ({t} of {e})" for k, (m, e, t) in pre.items())
+        + ". Each encoder and its random "
         "init through `selfsup segment --ckpt CKPT --data.path cxr_seg128.npz` (SimCLR's with "
         "`--size 128`): the linear head (BatchNorm + 1x1 convolution) on the frozen last "
         f"block or stage, {args.segment_epochs} epochs, learning rate picked on a validation split of 16 films "
