@@ -111,9 +111,9 @@ def pretrain(name: str, out: Path, minutes: float, epochs: int | None) -> tuple[
 
 
 def epochs_trained(out: Path, name: str) -> int:
-    """The epochs a run finished (the time cap may end it before its schedule)."""
-    status = json.loads((out / name / "status.json").read_text())
-    return int(status["epoch"]) + (status.get("state") == "finished")
+    """The epochs a run completed (Lightning's epoch count where it stopped: the time cap
+    may end it before its schedule)."""
+    return int(json.loads((out / name / "status.json").read_text())["epoch"])
 
 
 def segment(ckpt: Path, out: Path, epochs: int, *extra: str) -> dict:
@@ -274,8 +274,41 @@ def render(records: dict, args: argparse.Namespace) -> str:
                     for k, s in seconds.items()) + ".",
         "",
         "![MAE overlays](segmentation_overlays.png)",
+        "",
+        reading(records),
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def reading(records: dict) -> str:
+    """What the tables say (written for the run of 2026-12-07; its figures from the records)."""
+
+    def dice(key: str, fraction: float | None = None) -> float:
+        if fraction is None:
+            return records[key]["full"]["mean_foreground_dice"]
+        rows = records[key]["curve"]["label_curve"]
+        return next(r["mean"] for r in rows if r["fraction"] == fraction)
+
+    mae, mae_r = dice("mae pretrained"), dice("mae random init")
+    sim, sim_r = dice("simclr pretrained"), dice("simclr random init")
+    return (
+        f"What it says. The MAE ViT beats the atlas floor ({records['atlas']['mean_foreground_dice']:.3f}), "
+        f"and so does the same ViT at random init ({mae_r:.3f}): a ViT's patch tokens carry their position "
+        "embeddings, so a linear head can learn where each structure usually lies and refine it "
+        f"by intensity. Ten minutes of MAE add {mae - mae_r:+.3f} on all labels and "
+        f"{dice('mae pretrained', 0.25) - dice('mae random init', 0.25):+.3f} on a quarter "
+        "of them: on 81 films, no gain this run can claim. Its Dice is above the atlas "
+        "while its HD95 is not everywhere: the overlay shows why, a few predicted islands "
+        "outside the chest or below the diaphragm that Dice barely counts and the 95th "
+        "percentile distance does. The ResNets score far below the atlas "
+        f"({sim:.3f} pretrained, {sim_r:.3f} random): a convolution's features hold little "
+        "absolute position, and the right and left lungs look alike, so the per-pixel "
+        "linear head paints both lungs in both colours (their overlay); SimCLR doubles the "
+        "random figure by finding lung texture, but for a ResNet this protocol measures "
+        "texture, not anatomy, and needs `--finetune true` or a decoder. DINO's attention "
+        "after ten minutes is at the level of its random init: with about 41 % of each film "
+        "foreground, keeping 60 % of a flat attention map already gives a Jaccard near 0.33."
+    )
 
 
 if __name__ == "__main__":
