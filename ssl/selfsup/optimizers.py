@@ -93,6 +93,14 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: weights (two or more dimensions) with ``weight_decay``; norms,
+    biases and other vectors without."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]  # fmt: skip
+
+
 def layer_decay_groups(vit: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
     """BEiT/MAE layer-wise decay: embeddings are layer 0, block i layer i + 1, the rest
     (final norm) layer L + 1; layer l trains at ``decay^(L + 1 - l)`` of the head's rate.

@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from selfsup.checkpoints import LoadedBackbone
 from selfsup.data.module import default_num_workers
 from selfsup.data.streams import TransformedDataset
-from selfsup.optimizers import layer_decay_groups
+from selfsup.optimizers import decay_groups, layer_decay_groups
 from selfsup.precision import cpu_precision
 from selfsup.schedules import warmup_cosine
 
@@ -116,8 +116,8 @@ class FineTune(pl.LightningModule):
         if backbone.is_vit:
             groups = layer_decay_groups(backbone.model, hp["weight_decay"], hp["layer_decay"])
         else:
-            groups = _decay_groups(backbone, hp["weight_decay"])
-        groups += _decay_groups(self.classifier.head, hp["weight_decay"])
+            groups = decay_groups(backbone, hp["weight_decay"])
+        groups += decay_groups(self.classifier.head, hp["weight_decay"])
         for group in groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         opt = torch.optim.AdamW(groups, lr=lr)
@@ -175,13 +175,6 @@ class BestEpoch(pl.Callback):
     def fields(self) -> dict[str, Any]:
         metric = "macro_auroc" if self.multilabel else "top1"
         return {"epoch": self.epoch, f"val_{metric}": self.best, "val_curve": self.curve}
-
-
-def _decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay = [p for p in module.parameters() if p.ndim > 1]
-    no_decay = [p for p in module.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
 
 
 def train_transform(loaded: LoadedBackbone) -> v2.Compose:

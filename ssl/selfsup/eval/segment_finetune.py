@@ -27,7 +27,7 @@ from selfsup.data.mask_views import MaskViews
 from selfsup.eval.dense_features import DenseFeatures, DenseTransform
 from selfsup.eval.segment import SegmentationLoss, mean_foreground_dice, split_and_fit, upsampled
 from selfsup.eval.segmentation_metrics import image_figures, summarise
-from selfsup.optimizers import layer_decay_groups
+from selfsup.optimizers import decay_groups, layer_decay_groups
 from selfsup.schedules import warmup_cosine
 
 
@@ -57,19 +57,16 @@ class _Pairs(Dataset):
 
 
 def _param_groups(model: Segmenter, lr: float, weight_decay: float, layer_decay: float) -> list:
+    """The head at ``lr``; a ViT's layers decayed from it (BEiT/MAE), a ResNet at ``lr``;
+    weight decay on weights only."""
     backbone = model.features.backbone
-    head = [*model.norm.parameters(), *model.classify.parameters()]
-    groups = [{"params": head, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = decay_groups(nn.ModuleList([model.norm, model.classify]), weight_decay)
     if backbone.is_vit:
         groups += layer_decay_groups(backbone.model, weight_decay, layer_decay)
     else:
-        params = [p for p in backbone.parameters() if p.requires_grad]
-        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay,
-                    "lr_scale": 1.0},
-                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0,
-                    "lr_scale": 1.0}]  # fmt: skip
+        groups += decay_groups(backbone, weight_decay)
     for g in groups:
-        g["base_lr"] = lr * g["lr_scale"]
+        g["base_lr"] = lr * g.get("lr_scale", 1.0)
     return groups
 
 
