@@ -123,6 +123,8 @@ def test_knn_prints_json_last(simclr_run, tiny_npz, capsys):
                     str(tiny_npz),
                     "--data.num_workers",
                     "0",
+                    "--feature_precision",
+                    "32",  # the naive reference above runs in fp32
                 ]
             )
             == 0

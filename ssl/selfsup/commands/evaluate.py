@@ -37,6 +37,8 @@ class EvalSource:
         out: evaluation directory (default: RUN/eval/<task>-<data>)
         allow_group_overlap: evaluate even when the train and test splits share groups
             (patients: a manifest's group column, an npz's groups_* arrays); said in the JSON
+        feature_precision: feature extraction in bf16 autocast where the hardware runs bf16
+            natively (auto: GPUs with bf16, CPUs with AVX-512 bf16 or AMX), or 32 (fp32)
     """
 
     ckpt: str
@@ -47,11 +49,14 @@ class EvalSource:
     accelerator: str = "auto"
     out: str | None = None
     allow_group_overlap: bool = False
+    feature_precision: Literal["auto", "32"] = "auto"
 
     def load(self, overrides: dict[str, Any] | None = None) -> Any:
         from selfsup.checkpoints import load_backbone
 
-        return load_backbone(self.ckpt, self.backbone, self.pool, overrides, self.timm_model)
+        loaded = load_backbone(self.ckpt, self.backbone, self.pool, overrides, self.timm_model)
+        loaded.meta["eval_precision"] = self.feature_precision
+        return loaded
 
     def eval_dir(self, task: str, data: PretrainDataModule) -> Path:
         from selfsup.eval.report import eval_dir
@@ -120,8 +125,15 @@ def knn(
                               reading=data.reading,
                               allow_group_overlap=source.allow_group_overlap)  # fmt: skip
     if fabric is None or fabric.is_global_zero:
+        result["feature_precision"] = _feature_precision(source, device)
         _report(result, classes, source.eval_dir("knn", data))
     return 0
+
+
+def _feature_precision(source: EvalSource, device: Any) -> str:
+    from selfsup.precision import eval_precision
+
+    return eval_precision(device, source.feature_precision)
 
 
 def probe(
@@ -188,7 +200,8 @@ def probe(
     if fabric is not None and not fabric.is_global_zero:
         return 0  # features are on every rank; rank 0 reports
     result.update(backbone=loaded.meta["loaded"], pool=loaded.meta["pool"],
-                  features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path)  # fmt: skip
+                  features=loaded.meta.get("features", "pooled"), checkpoint=loaded.path,
+                  feature_precision=_feature_precision(source, device))  # fmt: skip
     if loaded.meta.get("init_from"):  # where the checkpoint's weights began
         result["init_from"] = loaded.meta["init_from"]
     _report(result, classes, source.eval_dir("probe", data))

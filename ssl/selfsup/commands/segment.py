@@ -82,6 +82,7 @@ def segment(
     from selfsup.eval.features import EvalNotes, check_group_overlap, split_features
     from selfsup.eval.label_curve import check_label_fractions
     from selfsup.eval.segment import run_segment
+    from selfsup.precision import eval_precision
 
     if not 0 < val_fraction < 1:
         raise ConfigError(f"--val_fraction {val_fraction}: give a fraction in (0, 1), e.g. 0.2.")
@@ -149,6 +150,7 @@ def segment(
     result.update(
         backbone=loaded.meta["loaded"], checkpoint=loaded.path, features=dense.backbone.describe(),
         size=dense.size, feature_grid=list(feats["train"].shape[-2:]),
+        feature_precision=eval_precision(device, source.feature_precision),
         seconds={"features": round(extracted - start, 1),
                  "heads": round(time.perf_counter() - extracted, 1)},
         **notes.fields(),

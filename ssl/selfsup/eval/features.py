@@ -63,9 +63,15 @@ def _data_id(data: str, dataset: Dataset | None) -> dict[str, Any]:
 
 
 def cache_key(
-    loaded: Any, data: str, split: str, transform: Any, dataset: Dataset | None = None
+    loaded: Any,
+    data: str,
+    split: str,
+    transform: Any,
+    dataset: Dataset | None = None,
+    precision: str = "32",
 ) -> str:
     parts = {
+        "precision": precision,
         "version": 2,  # entries carry which images were readable
         "checkpoint": _file_id(loaded.path),
         "weights": loaded.meta.get("loaded"),
@@ -218,15 +224,23 @@ def split_features(
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """Features and labels of every item of ``dataset`` (dataset order) through the
-    on-disk cache, which items were readable (bool ``(N,)``), and whether the cache hit."""
+    on-disk cache, which items were readable (bool ``(N,)``), and whether the cache hit.
+    The forward passes run in bf16 autocast where the hardware runs bf16 natively
+    (``loaded.meta["eval_precision"]``: ``auto``, or ``32`` for fp32; see
+    :func:`selfsup.precision.eval_precision`)."""
+    from selfsup.precision import eval_autocast, eval_precision
+
     transform = loaded.eval_transform()
-    path = cache_dir() / f"{cache_key(loaded, data, split, transform, dataset)}.pt"
+    asked = loaded.meta.get("eval_precision", "auto")
+    key = cache_key(loaded, data, split, transform, dataset, eval_precision(device, asked))
+    path = cache_dir() / f"{key}.pt"
     if use_cache and path.is_file():
         cached = torch.load(path, map_location="cpu", weights_only=True)
         return cached["features"], cached["labels"], cached["readable"], True
-    feats, labels, readable = _extract(
-        loaded.backbone, EvalViews(dataset, transform), batch_size, num_workers, device
-    )
+    with eval_autocast(device, asked):
+        feats, labels, readable = _extract(
+            loaded.backbone, EvalViews(dataset, transform), batch_size, num_workers, device
+        )
     if use_cache and rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
