@@ -56,6 +56,19 @@ def tiny_npz(tmp_path_factory) -> Path:
     return path
 
 
+def random_simclr_checkpoint(path: Path, in_chans: int = 3, image_size: int = 32) -> Path:
+    """A SimCLR ResNet-18 (CIFAR stem) at random init (seed 0), saved as selfsup saves
+    checkpoints: what the evaluators' tests evaluate without pretraining."""
+    from selfsup.methods import SimCLR
+
+    torch.manual_seed(0)
+    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True, "in_chans": in_chans},
+                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
+    meta = {**model.checkpoint_metadata(), "image_size": image_size}
+    torch.save({"state_dict": model.state_dict(), "selfsup": meta}, path)
+    return path
+
+
 def make_segmentation_set(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Gray images with a bright square (class 1) and a dim disc (class 2) on dark noise:
     ``(n, size, size)`` uint8 images and their class-index masks (some images lack a class)."""

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import free_port
+from conftest import free_port, random_simclr_checkpoint
 from selfsup.cli import main
 from selfsup.methods import SimCLR
 
@@ -112,12 +112,7 @@ def test_one_and_two_processes_give_the_same_multilabel_figures(evaluate, tmp_pa
 def test_one_and_two_processes_give_the_same_segmentation_figures(evaluate, seg_npz, tmp_path):
     """40 + 12 images over two processes: the dense features are gathered in dataset
     order, so the heads and every figure equal one process's."""
-    torch.manual_seed(0)
-    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True, "in_chans": 1},
-                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
-    ckpt = tmp_path / "simclr.ckpt"
-    torch.save({"state_dict": model.state_dict(),
-                "selfsup": {**model.checkpoint_metadata(), "image_size": 32}}, ckpt)  # fmt: skip
+    ckpt = random_simclr_checkpoint(tmp_path / "simclr.ckpt", in_chans=1)
     args = ("--cache", "false", "--epochs", "3", "--out", str(tmp_path / "seg"))
     one = evaluate("segment", ckpt, seg_npz, 1, *args)
     two = evaluate("segment", ckpt, seg_npz, 2, *args)

@@ -8,20 +8,14 @@ import json
 import pytest
 import torch
 
+from conftest import random_simclr_checkpoint
 from selfsup.cli import main
-from selfsup.methods import SimCLR
 from selfsup.precision import eval_precision
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True},
-                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
-    path = tmp_path_factory.mktemp("ckpt") / "simclr.ckpt"
-    torch.save({"state_dict": model.state_dict(),
-                "selfsup": {**model.checkpoint_metadata(), "image_size": 32}}, path)  # fmt: skip
-    return path
+    return random_simclr_checkpoint(tmp_path_factory.mktemp("ckpt") / "simclr.ckpt")
 
 
 def test_fp32_is_kept_where_asked_or_where_bf16_is_not_native(monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
+from conftest import random_simclr_checkpoint
 from selfsup.cli import main
 from selfsup.data.datasets import open_dataset
 from selfsup.data.pixels import Reading
@@ -66,14 +67,7 @@ def test_a_dicom_tree_packs_its_windowed_16_bit_pixels(tmp_path, capsys):
 
 def test_segment_on_shards_gives_the_figures_of_the_source(seg_npz, tmp_path, capsys):
     pack(capsys, "--data.path", str(seg_npz), "--out", str(tmp_path / "shards"))
-    torch.manual_seed(0)
-    from selfsup.methods import SimCLR
-
-    model = SimCLR(backbone="resnet18", backbone_kwargs={"cifar_stem": True, "in_chans": 1},
-                   projection_hidden_dim=32, projection_dim=16)  # fmt: skip
-    ckpt = tmp_path / "simclr.ckpt"
-    torch.save({"state_dict": model.state_dict(),
-                "selfsup": {**model.checkpoint_metadata(), "image_size": 32}}, ckpt)  # fmt: skip
+    ckpt = random_simclr_checkpoint(tmp_path / "simclr.ckpt", in_chans=1)
     results = []
     for data in (seg_npz, tmp_path / "shards"):
         assert main(["segment", "--ckpt", str(ckpt), "--data.path", str(data), "--epochs", "2",
