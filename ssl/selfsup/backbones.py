@@ -203,14 +203,24 @@ class Backbone(nn.Module):
         h, w = (size, size) if isinstance(size, int) else size
         return h // self.patch_size, w // self.patch_size
 
-    def patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def patch_tokens(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ViTs: ``(B, C, H, W)`` -> patch tokens ``(B, L, D)`` in row-major grid order and
         prefix tokens ``(B, P, D)``, each with its position embedding (resampled to the
-        image's grid, as timm's forward does)."""
+        image's grid, as timm's forward does). With ``mask`` ``(B, L)`` bool, the masked
+        patches' embeddings are replaced by ``mask_token`` ``(D,)`` before the position
+        embedding is added (iBOT, DINOv2's ``prepare_tokens_with_masks``)."""
         vit = self._vit()
         tokens = vit.patch_embed(x)  # (B, h, w, D): built with dynamic_img_size
         b, h, w, d = tokens.shape
         tokens = tokens.reshape(b, h * w, d)
+        if mask is not None:
+            fill = mask_token.to(tokens.dtype).reshape(1, 1, d)
+            tokens = torch.where(mask.reshape(b, h * w, 1), fill, tokens)
         n_prefix = vit.num_prefix_tokens
         prefix_list = [t.expand(b, -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
         prefix = torch.cat(prefix_list, 1) if prefix_list else tokens.new_zeros(b, 0, d)
@@ -224,16 +234,23 @@ class Backbone(nn.Module):
             return tokens + pos, prefix
         return tokens + pos[:, n_prefix:], prefix + pos[:, :n_prefix]
 
-    def encode_patches(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_patches(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ViTs: encode only the patches ``keep`` ``(B, K)`` (indices into the row-major grid).
 
         Returns the output tokens ``(B, P + K, D)`` after the final norm, the P prefix
         tokens first, in ``keep``'s order. ``keep=None`` encodes every patch, as timm's
-        ``forward_features``. Built from timm's public modules (patch_embed, blocks,
-        norm) rather than a private ViT copy, so any timm ViT works.
+        ``forward_features``. ``mask`` and ``mask_token``: as :meth:`patch_tokens`. Built
+        from timm's public modules (patch_embed, blocks, norm) rather than a private ViT
+        copy, so any timm ViT works.
         """
         vit = self._vit()
-        tokens, prefix = self.patch_tokens(x)
+        tokens, prefix = self.patch_tokens(x, mask, mask_token)
         if keep is not None:
             tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         tokens = vit.norm_pre(vit.pos_drop(torch.cat([prefix, tokens], 1)))

@@ -18,7 +18,7 @@ PACKAGE = REPO / "ssl" / "selfsup"
 FLOORS = {
     "errors": 0, "backbones": 1, "transforms": 1, "schedules": 1, "distributed": 1, "optimizers": 1,
     "precision": 1, "run_directory": 1,
-    "data": 2, "checkpoints": 2, "losses": 2, "heads": 2, "masks": 2, "knn": 2,
+    "data": 2, "checkpoints": 2, "losses": 2, "heads": 2, "masks": 2, "block_masks": 2, "knn": 2,
     "methods": 3,
     "train": 4, "eval": 4, "viz": 4,
     "commands": 5, "cli": 6,

@@ -68,18 +68,28 @@ def dino_loss(
         Scalar: the mean over the ``T x S - T`` pairs and the ``B`` images of
         ``-sum_k P_t[k] log P_s[k]``. Computed in float32 whatever the autocast precision.
     """
-    t, s = _stack(teacher).detach(), _stack(student)
-    n_t, n_s = t.shape[0], s.shape[0]
+    with torch.autocast(device_type=_stack(student).device.type, enabled=False):
+        p_t = teacher_probabilities(_stack(teacher).detach(), center, teacher_temp)  # (T, B, K)
+    return dino_cross_entropy(p_t, student, student_temp)
+
+
+def dino_cross_entropy(
+    teacher_probs: Views, student: Views, student_temp: float = 0.1
+) -> torch.Tensor:
+    """:func:`dino_loss` with the teacher's targets given as probabilities ``(T, B, K)``
+    (centred and sharpened, or Sinkhorn-Knopp's): the mean over the ``T x S - T`` pairs
+    of different views and the ``B`` images of ``-sum_k P_t[k] log P_s[k]``; float32."""
+    p_t, s = _stack(teacher_probs).detach(), _stack(student)
+    n_t, n_s = p_t.shape[0], s.shape[0]
     if n_t * n_s - min(n_t, n_s) == 0:
         raise ValueError(
             f"DINO's loss compares different views: {n_t} teacher and {n_s} student view(s) "
             "leave no pair."
         )
     with torch.autocast(device_type=s.device.type, enabled=False):
-        p_t = teacher_probabilities(t, center, teacher_temp)  # (T, B, K)
         log_p_s = F.log_softmax(s.float() / student_temp, dim=-1)  # (S, B, K)
         # Cross-entropy of every (teacher view, student view) pair, averaged over images.
-        ce = -torch.einsum("tbk,sbk->ts", p_t, log_p_s) / t.shape[1]  # (T, S)
+        ce = -torch.einsum("tbk,sbk->ts", p_t.float(), log_p_s) / p_t.shape[1]  # (T, S)
         different = ~torch.eye(n_t, n_s, dtype=torch.bool, device=ce.device)
         return ce[different].mean()
 
@@ -88,16 +98,20 @@ def dino_loss(
 def updated_center(center: torch.Tensor, teacher: Views, momentum: float) -> torch.Tensor:
     """``momentum * center + (1 - momentum) * mean(teacher)``, in float32.
 
-    The mean runs over every view and image of ``teacher`` (``(T, B, K)`` or ``T`` tensors
-    ``(B, K)``) and, when a process group exists, over all processes (one all-reduce;
-    equal batches per process, as ``drop_last`` makes them), so the centre stays the
-    same on every process and equals one process holding the whole batch.
+    The mean runs over every row of ``teacher`` (``(T, B, K)``, ``T`` tensors ``(B, K)``
+    or ``(N, K)``) and, when a process group exists, over all processes' rows (their sum
+    and count in one all-reduce, so processes may hold different numbers of rows, as
+    masked patches do), so the centre stays the same on every process and equals one
+    process holding every row.
     """
     t = _stack(teacher).float()
-    batch_center = t.reshape(-1, t.shape[-1]).mean(dim=0)  # (K,)
+    rows = t.reshape(-1, t.shape[-1])
+    total = torch.cat([rows.sum(dim=0), rows.new_tensor([len(rows)])])  # (K + 1,)
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(batch_center)
-        batch_center /= dist.get_world_size()
+        dist.all_reduce(total)
+    batch_center = total[:-1] / total[-1].clamp(min=1)
+    if total[-1] == 0:  # no rows anywhere (no masked patch): the centre stays
+        return center.float()
     return center.float() * momentum + batch_center.reshape(center.shape) * (1.0 - momentum)
 
 

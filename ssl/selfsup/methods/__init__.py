@@ -4,6 +4,7 @@ and :func:`method_class` look them up by name."""
 from selfsup.methods.base import SelfSupervisedMethod
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
+from selfsup.methods.dinov2 import DINOv2
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
 from selfsup.methods.registry import METHODS, method_class
@@ -17,6 +18,7 @@ __all__ = [
     "IJEPA",
     "MAE",
     "METHODS",
+    "DINOv2",
     "SelfSupervisedMethod",
     "SimCLR",
     "TeacherStudentMethod",

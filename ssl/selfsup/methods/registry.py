@@ -9,6 +9,7 @@ from selfsup.errors import ConfigError
 from selfsup.methods.base import SelfSupervisedMethod
 from selfsup.methods.byol import BYOL
 from selfsup.methods.dino import DINO
+from selfsup.methods.dinov2 import DINOv2
 from selfsup.methods.ijepa import IJEPA
 from selfsup.methods.mae import MAE
 from selfsup.methods.simclr import SimCLR
@@ -16,7 +17,7 @@ from selfsup.methods.triplet import Triplet
 
 #: Every pretraining method by class name, in the order the documentation lists them.
 METHODS: dict[str, type[SelfSupervisedMethod]] = {
-    cls.__name__: cls for cls in (SimCLR, Triplet, BYOL, DINO, MAE, IJEPA)
+    cls.__name__: cls for cls in (SimCLR, Triplet, BYOL, DINO, DINOv2, MAE, IJEPA)
 }
 
 

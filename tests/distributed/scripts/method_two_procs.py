@@ -2,9 +2,14 @@
 method's loss, its gradients and (DINO) its centre after the update.
 
 Run as a standalone script (never inside pytest's process):
-    python method_two_procs.py OUT.json METHOD      METHOD: byol | dino | mae | ijepa
+    python method_two_procs.py OUT.json METHOD
+    METHOD: byol | dino | dinov2 | dinov2_sk | mae | ijepa
 
-MAE and I-JEPA get the same masks in both runs (drawn once for the whole batch).
+MAE, I-JEPA and DINOv2 get the same masks in both runs (drawn once for the whole batch);
+DINOv2's masked patches then differ in number between the two processes. DINOv2 runs
+without KoLeo, which is per process by definition (nearest neighbours within each
+process's batch, as the reference); its centres (dinov2) and Sinkhorn-Knopp
+(dinov2_sk) are all-reduced.
 
 The backbone is a ViT and BYOL's heads have their BatchNorm replaced by identity:
 BN statistics are per process without SyncBatchNorm (which has no CPU kernel), so
@@ -20,8 +25,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from selfsup.block_masks import draw_masks
 from selfsup.masks import random_masking
-from selfsup.methods import BYOL, DINO, IJEPA, MAE
+from selfsup.methods import BYOL, DINO, IJEPA, MAE, DINOv2
 
 B = 3
 VIT = {"backbone": "vit_tiny", "backbone_kwargs": {"img_size": 16, "patch_size": 4}}
@@ -47,7 +53,18 @@ def build(method: str) -> nn.Module:
         vit = {"img_size": 16, "patch_size": 2, "class_token": False, "pool": "avg"}
         return IJEPA(backbone="vit_tiny", backbone_kwargs=vit, predictor_dim=32,
                      predictor_depth=1, predictor_heads=2, min_keep=4)  # fmt: skip
-    model = DINO(projection_hidden_dim=32, bottleneck_dim=16, out_dim=64, **VIT)
+    if method.startswith("dinov2"):
+        sk = (
+            {"centering": "sinkhorn_knopp", "separate_ibot_head": True}
+            if method == "dinov2_sk"
+            else {}
+        )
+        model = DINOv2(projection_hidden_dim=32, bottleneck_dim=16, out_dim=64, koleo_weight=0.0,
+                       gram_weight=1.0, **sk, **VIT)  # fmt: skip
+        model.mask_token.data.normal_(generator=torch.Generator().manual_seed(4))
+        model.patch_criterion.center.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))
+    else:
+        model = DINO(projection_hidden_dim=32, bottleneck_dim=16, out_dim=64, **VIT)
     model.criterion.center.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
     return model
 
@@ -55,7 +72,7 @@ def build(method: str) -> nn.Module:
 def make_views(method: str) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(2)
     views = [torch.randn(2 * B, 3, 16, 16, generator=g) for _ in range(2)]
-    if method == "dino":
+    if method.startswith("dino"):
         views += [torch.randn(2 * B, 3, 8, 8, generator=g) for _ in range(2)]
     return views
 
@@ -66,6 +83,10 @@ def make_masks(model: nn.Module, method: str) -> tuple[torch.Tensor, torch.Tenso
         return random_masking(2 * B, model.n_patches, 0.75, generator=g)
     if method == "ijepa":
         return model.mask_sampler.sample(2 * B, generator=g)
+    if method.startswith("dinov2"):
+        torch.manual_seed(3)
+        masks = draw_masks(4 * B, (4, 4))  # global crop 1's 2B images, then crop 2's
+        return masks[: 2 * B], masks[2 * B :]
     return None
 
 
@@ -76,6 +97,8 @@ def loss_of(model: nn.Module, method: str, views: list[torch.Tensor], masks, par
         return model.mae_step(views[0], masks[0][part], masks[1][part])[0]
     if method == "ijepa":
         return model.ijepa_loss(views[0], masks[0][part], masks[1][part])[0]
+    if method.startswith("dinov2"):
+        return model.dinov2_loss(views, torch.cat([masks[0][part], masks[1][part]]), 0.05)[0]
     return model.dino_loss(views, teacher_temp=0.05)[0]
 
 
@@ -123,13 +146,21 @@ def worker(rank: int, port: int, out: str, method: str) -> None:
             "grad_max_abs": scale,
             "n_grads": len(ref_grads),
         }
-        if method == "dino":
-            result["centre_diff"] = (
-                (model.criterion.center - ref_model.criterion.center).abs().max().item()
+        if method.startswith("dino"):
+            criteria = ["criterion"] + (["patch_criterion"] if method.startswith("dinov2") else [])
+            fresh = build(method)
+            result["centre_diff"] = max(
+                (getattr(model, c).center - getattr(ref_model, c).center).abs().max().item()
+                for c in criteria
             )
-            result["centre_moved"] = (
-                (model.criterion.center - build(method).criterion.center).abs().max().item()
+            result["centre_moved"] = min(
+                (getattr(model, c).center - getattr(fresh, c).center).abs().max().item()
+                for c in criteria
             )
+        if method.startswith("dinov2"):
+            masks = make_masks(model, method)
+            halves = [int(m[part].sum()) for part in (slice(0, B), slice(B, 2 * B)) for m in masks]
+            result["masked_per_process"] = [halves[0] + halves[1], halves[2] + halves[3]]
         with open(out, "w") as f:
             json.dump(result, f)
     dist.destroy_process_group()

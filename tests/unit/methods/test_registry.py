@@ -15,7 +15,7 @@ from selfsup.methods import METHODS, SelfSupervisedMethod, SimCLR, method_class
 
 
 def test_registry_holds_every_method_class_under_its_own_name():
-    assert list(METHODS) == ["SimCLR", "Triplet", "BYOL", "DINO", "MAE", "IJEPA"]
+    assert list(METHODS) == ["SimCLR", "Triplet", "BYOL", "DINO", "DINOv2", "MAE", "IJEPA"]
     for name, cls in METHODS.items():
         assert cls.__name__ == name and getattr(methods, name) is cls
         assert issubclass(cls, SelfSupervisedMethod)
@@ -44,7 +44,7 @@ def test_unknown_names_are_a_config_error_with_close_matches(name, suggestion):
         method_class(name)
     message = str(error.value)
     assert f"Unknown method {name!r}" in message
-    assert "SimCLR, Triplet, BYOL, DINO, MAE, IJEPA" in message
+    assert "SimCLR, Triplet, BYOL, DINO, DINOv2, MAE, IJEPA" in message
     assert "selfsup.methods.<Method>" in message and f"Did you mean {suggestion}" in message
     with pytest.raises(ConfigError, match="methods are") as error:
         method_class("Xyzzy")
