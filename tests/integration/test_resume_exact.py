@@ -1,7 +1,8 @@
 """Seeded runs stopped and resumed end with exactly the weights of the run gone straight
 through, with 2 DataLoader workers: at an epoch's end (DINO with drop path and its centre
 buffer; I-JEPA, whose masks the workers draw) and inside an epoch (MAE, whose masks the
-training step draws; its straight run loads without workers). 96 images, batch 16:
+training step draws; its straight run loads without workers), from an npz and from its
+shards. 96 images, batch 16:
 6 steps per epoch, 2 epochs."""
 
 import os
@@ -69,13 +70,21 @@ class StopInsideFirstEpoch(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_resume_inside_an_epoch_gives_the_uninterrupted_weights(tiny_npz, tmp_path):
+@pytest.mark.parametrize("source", ["npz", "shards"])
+def test_resume_inside_an_epoch_gives_the_uninterrupted_weights(tiny_npz, tmp_path, source):
     """The resumed run trains on the first epoch's last 2 batches (the same images, views
     and masks), then on the second epoch, as the straight run does; that one loads its
-    data without worker processes (the draws do not depend on who loads)."""
+    data without worker processes (the draws do not depend on who loads). The same over
+    the npz packed to shards (``selfsup data pack``)."""
+    from selfsup.cli import main
+
+    data = tiny_npz
+    if source == "shards":
+        data = tmp_path / "shards"
+        assert main(["data", "pack", "--data.path", str(tiny_npz), "--out", str(data)]) == 0
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert pretrain(straight, tiny_npz, "MAE", workers=0) == 0
-    stopped = stopped_then_resumed(resumed, tiny_npz, "MAE", StopInsideFirstEpoch)
+    assert pretrain(straight, data, "MAE", workers=0) == 0
+    stopped = stopped_then_resumed(resumed, data, "MAE", StopInsideFirstEpoch)
     assert stopped["global_step"] == STOP_AT
     assert stopped["PretrainDataModule"] == {"epoch": 0, "batches": STOP_AT}
     assert final_state(straight) == final_state(resumed) == (12, 1)
