@@ -46,7 +46,10 @@ ATTENTION = RESULTS_DIR / "dinov2_attention.png"
 REG4 = "vit_small_patch14_reg4_dinov2"
 ARCH = {"img_size": 64, "patch_size": 8, "in_chans": 1, "embed_dim": 192, "num_heads": 3,
         "drop_path_rate": 0.1}  # fmt: skip
-CONFIGS = {"dino": "configs/dino/vit_tiny_gray64.yaml", "dinov2": "configs/dinov2/vit_tiny_gray64.yaml"}
+CONFIGS = {
+    "dino": "configs/dino/vit_tiny_gray64.yaml",
+    "dinov2": "configs/dinov2/vit_tiny_gray64.yaml",
+}
 #: data -> (path, options that shape an epoch, steps per epoch, warm-up and teacher-temperature
 #: warm-up in epochs: 25 and 50 steps on both)
 SETS = {
@@ -138,7 +141,15 @@ def attention_png(ckpt: Path, out: Path) -> None:
     for i in (0, 5, 10, 15):
         paths.append(images / f"film{i}.png")
         Image.fromarray(x_test[i]).save(paths[-1])
-    run_selfsup("attention", "--ckpt", str(ckpt), "--image", *map(str, paths), "--out", str(out / "attention"))
+    run_selfsup(
+        "attention",
+        "--ckpt",
+        str(ckpt),
+        "--image",
+        *map(str, paths),
+        "--out",
+        str(out / "attention"),
+    )
     pngs = sorted((out / "attention").glob("*.png"))
     shutil.copy(pngs[0], ATTENTION)
 
@@ -164,7 +175,9 @@ def dinov2_file_start(out: Path) -> dict:
         "--pictures.every_n_epochs", "0", "--data.num_workers", "1",
         "--trainer.default_root_dir", str(run), "--resume", "never",
     )  # fmt: skip
-    lines = [ln for ln in log.splitlines() if ln.startswith("selfsup: init ") or "kNN monitor" in ln]
+    lines = [
+        ln for ln in log.splitlines() if ln.startswith("selfsup: init ") or "kNN monitor" in ln
+    ]
     return {"lines": lines}
 
 
@@ -227,18 +240,26 @@ def render(records: dict) -> str:
         "|---|---|---|---|",
     ]
     for method in ("dino", "dinov2"):
-        rows.append(f"| {method}, cxr films | mean foreground Dice | {' | '.join(cells(method + '-cxr-s{s}', 'dice'))} |")
+        rows.append(
+            f"| {method}, cxr films | mean foreground Dice | {' | '.join(cells(method + '-cxr-s{s}', 'dice'))} |"
+        )
     for method in ("dino", "dinov2"):
-        rows.append(f"| {method}, PneumoniaMNIST | probe AUROC | {' | '.join(cells(method + '-pneumonia-s{s}', 'auroc'))} |")
-    rows.append(f"| start (DINOv2 on PneumoniaMNIST), no continuation | Dice | {' | '.join(cells('start-s{s}', 'dice'))} |")
+        rows.append(
+            f"| {method}, PneumoniaMNIST | probe AUROC | {' | '.join(cells(method + '-pneumonia-s{s}', 'auroc'))} |"
+        )
+    rows.append(
+        f"| start (DINOv2 on PneumoniaMNIST), no continuation | Dice | {' | '.join(cells('start-s{s}', 'dice'))} |"
+    )
     for w in ("0", "1"):
-        rows.append(f"| continued on cxr, Gram weight {w} | Dice | {' | '.join(cells('continue-gram' + w + '-s{s}', 'dice'))} |")
+        rows.append(
+            f"| continued on cxr, Gram weight {w} | Dice | {' | '.join(cells('continue-gram' + w + '-s{s}', 'dice'))} |"
+        )
     st = records["step_time"]
     init = "\n".join(f"    {ln}" for ln in records.get("init_from", {}).get("lines", []))
     steps = records["steps"]
-    return f"""Machine: {records['machine']}.
+    return f"""Machine: {records["machine"]}.
 
-    python benchmarks/dinov2.py --steps {steps} --seeds {' '.join(map(str, seeds))}
+    python benchmarks/dinov2.py --steps {steps} --seeds {" ".join(map(str, seeds))}
 
 One ViT everywhere: the DINOv2 layout (4 registers, LayerScale) at ViT-T width with 8 px
 patches, 64 px grayscale views (2 global + 4 local of 32 px), bf16. Per seed DINO and DINOv2
@@ -251,8 +272,8 @@ PneumoniaMNIST DINOv2 checkpoint, Gram anchoring to that start at weight 1 again
 {chr(10).join(rows)}
 
 Step time (forward + backward + AdamW step on one batch of 16 with 2 + 4 crops, alternated
-in one process, median of {st['rounds']}): DINO {st['dino']:.3f} s, DINOv2 {st['dinov2']:.3f} s,
-ratio **{st['ratio']:.2f}**.
+in one process, median of {st["rounds"]}): DINO {st["dino"]:.3f} s, DINOv2 {st["dinov2"]:.3f} s,
+ratio **{st["ratio"]:.2f}**.
 
 A DINOv2-layout ViT-S/14 with 4 registers, saved by timm with random weights, continued with
 `init_from` at 56 px (10 steps on PneumoniaMNIST); the run said:

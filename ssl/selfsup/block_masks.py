@@ -105,20 +105,25 @@ def check_mask_options(mask_ratio: tuple[float, float], mask_probability: float)
 class BlockMaskCollator:
     """collate_fn for multi-crop batches: ``(default_collate(batch), masks)`` with
     ``masks`` ``(2B, H * W)`` bool for the two global crops (crop 1's images first, as
-    ``torch.cat(views[:2])``), the grid being the global crops' size over ``patch_size``.
-    A plain object, so it pickles into worker processes."""
+    ``torch.cat(views[:2])``). The grid is ``grid`` when given (the global crops' size over
+    the patch size; needed when the workers send images and the views are made on the
+    device), else read from the first global crop of the batch. A plain object, so it
+    pickles into worker processes."""
 
     def __init__(self, patch_size: int, mask_ratio: tuple[float, float] = (0.1, 0.5),
-                 mask_probability: float = 0.5) -> None:  # fmt: skip
+                 mask_probability: float = 0.5, grid: tuple[int, int] | None = None) -> None:  # fmt: skip
         check_mask_options(mask_ratio, mask_probability)
         self.patch_size = patch_size
         self.mask_ratio = tuple(mask_ratio)
         self.mask_probability = mask_probability
+        self.grid = grid
 
     def __call__(self, batch: list) -> tuple[Any, torch.Tensor]:
         collated = default_collate(batch)
-        first_global = collated[0][0]  # views are [global_1, global_2, local_1, ...]
-        h, w = first_global.shape[-2:]
-        grid = (h // self.patch_size, w // self.patch_size)
-        masks = draw_masks(2 * len(first_global), grid, self.mask_ratio, self.mask_probability)
+        images, labels = collated[0], collated[1]
+        grid = self.grid
+        if grid is None:
+            h, w = images[0].shape[-2:]  # views are [global_1, global_2, local_1, ...]
+            grid = (h // self.patch_size, w // self.patch_size)
+        masks = draw_masks(2 * len(labels), grid, self.mask_ratio, self.mask_probability)
         return collated, masks

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from selfsup.data.datasets import DataError, Intensity, Reading, open_dataset
+from selfsup.data.device_views import DeviceViews, LoadTransform, default_load_size, with_views
 from selfsup.data.streams import (
     EpochSeededLoader,
     SeededTransforms,
@@ -71,6 +72,11 @@ class PretrainDataModule(pl.LightningDataModule):
         volume_cache: volumes: decoded volumes kept in memory per process (or worker).
         label_columns: manifests: the 0/1 columns that are the labels, one finding each
             (multi-label; the kNN monitor then reports macro AUROC).
+        device_augment: pretraining: the workers only decode and resize to ``load_size``,
+            and the views are made on the accelerator, per sample (kornia;
+            :mod:`selfsup.data.device_views`), with the CPU pipeline's distributions.
+        load_size: with ``device_augment``: the square the workers resize each image to
+            (default: the largest view size x 8/7).
     """
 
     def __init__(
@@ -94,6 +100,8 @@ class PretrainDataModule(pl.LightningDataModule):
         square_pixels: bool = False,
         volume_cache: int = 4,
         label_columns: list[str] | None = None,
+        device_augment: bool = False,
+        load_size: int | None = None,
     ) -> None:
         super().__init__()
         #: The options as given (the view pipeline aside): what a job passes on as a
@@ -117,6 +125,9 @@ class PretrainDataModule(pl.LightningDataModule):
         self.download = download
         # A method that draws its masks in the loader workers sets this (I-JEPA).
         self.collate_fn: Callable[[list[Any]], Any] | None = None
+        self.device_augment = device_augment
+        self.load_size = load_size
+        self._device_views: DeviceViews | None = None
         self._train: Dataset | None = None
 
     # -- datasets -------------------------------------------------------------------
@@ -200,11 +211,22 @@ class PretrainDataModule(pl.LightningDataModule):
         if trainer is not None and trainer.training:
             index = trainer.fit_loop.epoch_loop.batch_progress.current.ready
             seed_step(trainer.current_epoch, index, trainer.global_rank)
+            if self.device_augment:  # the views, from the step's seeded streams
+                if self._device_views is None:
+                    self._device_views = DeviceViews(self.transform)
+                batch = with_views(batch, self._device_views)
         return batch
+
+    def worker_transform(self) -> Callable[[torch.Tensor], Any]:
+        """What the training loader's workers do to an image: the views, or with
+        ``device_augment`` only the resize to ``load_size``."""
+        if not self.device_augment:
+            return self.transform
+        return LoadTransform(self.load_size or default_load_size(self.transform))
 
     def train_dataloader(self) -> DataLoader:
         return EpochSeededLoader(
-            SeededTransforms(self.train_dataset, self.transform),
+            SeededTransforms(self.train_dataset, self.worker_transform()),
             batch_size=self.batch_size,
             shuffle=True,
             # Every process must gather batches of equal shape.

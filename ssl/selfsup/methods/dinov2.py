@@ -150,9 +150,10 @@ class DINOv2(DINO):
             self.gram_teacher.load_state_dict(self.backbone.state_dict())
 
     def train_collate_fn(self) -> Callable[[list], Any]:
-        hp = self.hparams
+        hp, view = self.hparams, self.data_view
+        grid = self.backbone.grid_size(view.size) if view is not None else None
         return BlockMaskCollator(
-            self.backbone.patch_size, tuple(hp.mask_ratio), hp.mask_probability
+            self.backbone.patch_size, tuple(hp.mask_ratio), hp.mask_probability, grid
         )
 
     # -- the teacher's targets ---------------------------------------------------------

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from selfsup.data.summary import base_dataset
 from selfsup.distributed import gather_uneven, rank, world_size
 from selfsup.knn import knn_macro_auroc, knn_top1
+from selfsup.precision import eval_autocast
 
 
 class KNNMonitor(pl.Callback):
@@ -20,7 +21,8 @@ class KNNMonitor(pl.Callback):
     queries, logged as ``val/knn_top1``. Before the first step of a new run it
     also measures the random-init backbone (``val/knn_top1_random_init``), or the
     starting weights of a run with ``init_from`` (``val/knn_top1_init``, "init weights"),
-    and at the end prints both side by side. On multi-label data (several 0/1 findings per
+    and at the end prints both side by side. Features are computed in bf16 where the
+    hardware has native bf16 (GPUs, AVX-512 bf16 CPUs), as the evaluators' are. On multi-label data (several 0/1 findings per
     image) the figure is the macro AUROC of the kNN's vote shares
     (:func:`knn_macro_auroc`), logged as ``val/knn_macro_auroc`` (and
     ``val/knn_macro_auroc_random_init``).
@@ -82,7 +84,9 @@ class KNNMonitor(pl.Callback):
         # Each process embeds its own share (no padding, so no sample counts twice).
         shard = torch.utils.data.Subset(ds, list(range(rank(), len(ds), world_size())))
         feats, labels = [], []
-        with trainer.precision_plugin.forward_context():
+        # The run's precision, and bf16 autocast where the hardware runs it natively even
+        # in an fp32 run, as the evaluators do (selfsup.precision.eval_autocast).
+        with trainer.precision_plugin.forward_context(), eval_autocast(pl_module.device):
             for x, y in DataLoader(shard, batch_size=self.batch_size, num_workers=0):
                 feats.append(pl_module.extract_features(x.to(pl_module.device)).float())
                 labels.append(torch.as_tensor(y, device=pl_module.device))

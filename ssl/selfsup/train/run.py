@@ -152,10 +152,10 @@ class PretrainCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        # What the method needs from the training loader (I-JEPA: its mask collator).
-        self.datamodule.collate_fn = self.model.train_collate_fn()
         # What the checkpoints record of the data: the size and normalisation evaluators use.
         self.model.data_view = self.datamodule.transform
+        # What the method needs from the training loader (I-JEPA, DINOv2: mask collators).
+        self.datamodule.collate_fn = self.model.train_collate_fn()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         run_dir = config["default_root_dir"]
@@ -213,6 +213,10 @@ class PretrainCLI(LightningCLI):
         if trainer.is_global_zero:
             print(f"selfsup: data {one_line(describe(data.train_dataset, samples=4))}",
                   file=sys.stderr, flush=True)  # fmt: skip
+            if data.device_augment:
+                load = data.worker_transform().load_size
+                print(f"selfsup: views made on the {trainer.strategy.root_device.type} (kornia), per "
+                      f"sample, from {load} px squares the workers load", file=sys.stderr, flush=True)  # fmt: skip
         channels = data.data_channels()
         if channels != backbone.in_chans:
             raise ConfigError(
