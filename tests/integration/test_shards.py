@@ -98,3 +98,73 @@ def test_pack_options_that_cannot_work_are_one_line(tmp_path, capsys, bad):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A local S3 endpoint (moto's server) that boto3 and litdata reach through AWS_ENDPOINT_URL."""
+    boto3 = pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    from conftest import free_port
+
+    server = server_module.ThreadedMotoServer(
+        ip_address="127.0.0.1", port=free_port(), verbose=False
+    )
+    server.start()
+    url = f"http://127.0.0.1:{server._port}"
+    for key, value in {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    # The local endpoint is plain http, which litdata's obstore client refuses unless told.
+    import litdata.streaming.downloader as downloader
+
+    monkeypatch.setattr(
+        downloader,
+        "_OBSTORE_CLIENT_OPTIONS",
+        {**downloader._OBSTORE_CLIENT_OPTIONS, "allow_http": "true"},
+    )
+    client = boto3.client("s3", endpoint_url=url)
+    client.create_bucket(Bucket="packs")
+    yield client
+    server.stop()
+
+
+def test_a_pack_in_an_object_store_reads_as_the_local_pack_with_a_bounded_cache(
+    tiny_npz, tmp_path, capsys, s3
+):
+    local = tmp_path / "shards"
+    pack(capsys, "--data.path", str(tiny_npz), "--out", str(local), "--chunk_bytes", "40KB")
+    chunks = sorted(local.glob("train/*.bin"))
+    assert len(chunks) > 4  # so that a small cache must let chunks go
+    for path in local.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "packs", f"tiny/{path.relative_to(local)}")
+    cache = tmp_path / "cache"
+    reading = Reading(shard_cache=str(cache), shard_cache_size="100KB")
+    for split in ("train", "test"):
+        remote, here = (
+            open_dataset("s3://packs/tiny", split, reading=reading),
+            open_dataset(str(local), split),
+        )
+        assert len(remote) == len(here) and np.array_equal(remote.targets, here.targets)
+        for i in range(len(here)):
+            assert torch.equal(remote[i][0], here[i][0]) and remote[i][1] == here[i][1]
+    cached = [f for f in cache.rglob("*.bin")]
+    held, packed = sum(f.stat().st_size for f in cached), sum(c.stat().st_size for c in chunks)
+    assert held <= 100_000 + max(c.stat().st_size for c in chunks) < packed, (
+        len(cached),
+        held,
+        packed,
+    )
+    # Pretraining streams it too (a DataLoader worker opens its own stream).
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", "configs/quickstart.yaml", "--data.path", "s3://packs/tiny",
+                 "--data.shard_cache", str(cache), "--trainer.max_steps", "2", "--data.batch_size", "16",
+                 "--data.num_workers", "1", "--knn_monitor.every_n_epochs", "0", "--pictures.every_n_epochs", "0",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(run)]) == 0  # fmt: skip
+    assert main(["knn", "--ckpt", str(run), "--data.path", "s3://packs/tiny", "--data.shard_cache",
+                 str(cache)]) == 0  # fmt: skip
+    # A URL that holds no pack is one line.
+    assert main(["knn", "--ckpt", str(run), "--data.path", "s3://packs/nothing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Cannot read s3://packs/nothing/selfsup.json" in err

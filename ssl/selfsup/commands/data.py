@@ -57,7 +57,8 @@ def inspect(
     return 0
 
 
-def pack(data: PretrainDataModule, out: str, max_side: int | None = None, workers: int = 1) -> int:
+def pack(data: PretrainDataModule, out: str, max_side: int | None = None, workers: int = 1,
+         chunk_bytes: str = "64MB") -> int:  # fmt: skip
     """Write every split of --data.path (train, val, test: those it has), read as a run
     reads it with the same --data.* options, as litdata shards in --out: decoded once, a
     few large chunk files instead of many small ones. --data.path OUT then reads them, in
@@ -67,6 +68,7 @@ def pack(data: PretrainDataModule, out: str, max_side: int | None = None, worker
         out: the folder the shards go to (one sub-folder per split, selfsup.json)
         max_side: cap the longest side of every image (and mask) at this many pixels
         workers: processes that read and write
+        chunk_bytes: the size of each chunk file (litdata's; ``64MB`` suits object stores)
     """
     from selfsup.data.packing import pack as write_shards
 
@@ -74,7 +76,7 @@ def pack(data: PretrainDataModule, out: str, max_side: int | None = None, worker
         raise ConfigError("--data.path is not set: give the source to pack.")
     if max_side is not None and max_side < 8:
         raise ConfigError(f"--max_side {max_side}: give at least 8 pixels, or leave it out.")
-    meta = write_shards(data, out, max_side, max(1, workers))
+    meta = write_shards(data, out, max_side, max(1, workers), chunk_bytes)
     for split, info in meta["splits"].items():
         print(f"{split:>8}: {info['samples']} samples, {len(info['skipped'])} files skipped",
               file=sys.stderr)  # fmt: skip

@@ -75,6 +75,10 @@ def open_dataset(
         return _torchvision_dataset(name, split, root, download)
     if name.startswith("medmnist:"):
         return _medmnist_download(name.split(":", 1)[1], split, root, download, intensity)
+    from selfsup.data.readers.shards import ShardDataset, is_remote, is_shards
+
+    if is_remote(data):  # a pack in an object store
+        return ShardDataset(data, split, reading.shard_cache_size, reading.shard_cache)
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(
@@ -95,10 +99,8 @@ def open_dataset(
             f"{path} is a file but neither an .npz archive, a manifest (.csv, .tsv) nor a "
             "volume; point DATA at one of those or at a folder."
         )
-    from selfsup.data.readers.shards import ShardDataset, is_shards
-
     if is_shards(path):
-        return ShardDataset(path, split)
+        return ShardDataset(path, split, reading.shard_cache_size)
     split_dir = path / split
     if split_dir.is_dir():
         return ImageFolderDataset(split_dir, True, strict=strict, reading=reading)

@@ -72,6 +72,8 @@ class PretrainDataModule(pl.LightningDataModule):
         volume_cache: volumes: decoded volumes kept in memory per process (or worker).
         label_columns: manifests: the 0/1 columns that are the labels, one finding each
             (multi-label; the kNN monitor then reports macro AUROC).
+        shard_cache: shards in an object store (``s3://...``): the local cache folder.
+        shard_cache_size: shards: the most disk the cached chunks take (``50GB``).
         device_augment: pretraining: the workers only decode and resize to ``load_size``,
             and the views are made on the accelerator, per sample (kornia;
             :mod:`selfsup.data.device_views`), with the CPU pipeline's distributions.
@@ -100,6 +102,8 @@ class PretrainDataModule(pl.LightningDataModule):
         square_pixels: bool = False,
         volume_cache: int = 4,
         label_columns: list[str] | None = None,
+        shard_cache: str | None = None,
+        shard_cache_size: str = "50GB",
         device_augment: bool = False,
         load_size: int | None = None,
     ) -> None:
@@ -110,7 +114,7 @@ class PretrainDataModule(pl.LightningDataModule):
         self.reading = Reading(
             intensity, window, frames, slice_axis, slice_context, slices_per_volume,
             foreground_threshold, volumes_4d, square_pixels, volume_cache,
-            None if label_columns is None else tuple(label_columns),
+            None if label_columns is None else tuple(label_columns), shard_cache, shard_cache_size,
         )  # fmt: skip
         self.strict = strict
         # (epoch, batches of it trained on) of a checkpoint being resumed.

@@ -69,6 +69,11 @@ class Reading:
         label_columns: manifests: the columns that are the labels, one 0/1 finding each
             (multi-label; ``1``/``0``, ``1.0``/``0.0``, ``true``/``false``); None reads
             the table's ``label`` or ``labels`` column.
+        shard_cache: shards in an object store: the local folder their indexes and the
+            chunks being read are cached in (default ``~/.cache/selfsup/shards``, or
+            ``SELFSUP_SHARD_CACHE``).
+        shard_cache_size: shards: the most disk their cached chunks take (litdata deletes
+            the oldest beyond it), e.g. ``50GB``.
     """
 
     intensity: Intensity = "dtype"
@@ -82,6 +87,8 @@ class Reading:
     square_pixels: bool = False
     volume_cache: int = 4
     label_columns: tuple[str, ...] | None = None
+    shard_cache: str | None = None
+    shard_cache_size: str = "50GB"
 
     def __post_init__(self) -> None:
         # Checked here, before any file is read: a bad value found while reading would

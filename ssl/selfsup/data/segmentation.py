@@ -92,6 +92,15 @@ def _packed_masks(path: Path) -> bool:
     """Shards ``selfsup data pack`` wrote from data with masks."""
     import json
 
-    from selfsup.data.readers.shards import is_shards
+    from selfsup.data.readers.shards import (
+        META,
+        default_cache,
+        fetch_description,
+        is_remote,
+        is_shards,
+    )
 
-    return is_shards(path) and "mask_classes" in json.loads((path / "selfsup.json").read_text())
+    if not is_shards(path):
+        return False
+    local = fetch_description(str(path), "train", default_cache()) if is_remote(path) else path
+    return "mask_classes" in json.loads((local / META).read_text())
