@@ -38,7 +38,10 @@ from lib.common import REPO, RESULTS_DIR, write_section
 CONFIGS = [
     "simclr/resnet18_cifar", "triplet/resnet18_cifar", "byol/resnet18_cifar",
     "dino/resnet18_cifar", "mae/vit_tiny_cifar", "ijepa/vit_tiny_cifar", "dino/vit_tiny_cifar",
+    "dinov2/vit_tiny_gray64",
 ]  # fmt: skip
+#: Options a config needs on the check's RGB data.
+EXTRA = {"dinov2/vit_tiny_gray64": ["--data.channels", "1"]}
 ATTENTION = "dino/vit_tiny_cifar"
 HEADING = "GPU: every method on one CUDA device (`gpu_check`)"
 
@@ -81,7 +84,7 @@ def pretrain(config: str, data: Path, n_train: int, steps: int, workers: int, ru
     argv = ["--config", str(path), "--data.path", str(data), "--data.num_workers", str(workers),
             "--trainer.max_steps", str(steps), "--trainer.accelerator", accelerator,
             "--trainer.devices", "1", "--trainer.default_root_dir", str(run_dir),
-            "--data.batch_size", str(batch)]  # fmt: skip
+            "--data.batch_size", str(batch), *EXTRA.get(config, [])]  # fmt: skip
     cli = build_pretrain_cli(argv)
     epochs = steps * batch / n_train
     compress_schedule(cli.model, epochs / config_epochs)
@@ -101,6 +104,39 @@ def pretrain(config: str, data: Path, n_train: int, steps: int, workers: int, ru
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "run_dir": str(run_dir),
     }  # fmt: skip
+
+
+def device_augment_rates(device: str, batch: int = 128, rounds: int = 5) -> dict[str, dict]:
+    """Images/s of each method's 224 px views made on ``device`` from 256 px uint8 squares
+    (``--data.device_augment``), beside the CPU pipeline's on one core."""
+    from selfsup.data.device_views import DeviceViews
+    from selfsup.transforms import DINOTransform, IJEPATransform, MAETransform, SimCLRTransform
+
+    transforms = {"SimCLR 2x224": SimCLRTransform(224), "DINO 2x224+10x96": DINOTransform(224, 96, 10),
+                  "MAE 1x224": MAETransform(224), "I-JEPA 1x224": IJEPATransform(224)}  # fmt: skip
+    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8)
+    rates = {}
+    for name, transform in transforms.items():
+        views, x = DeviceViews(transform), images.to(device)
+        for _ in range(2):
+            views(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            views(x)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        on_device = rounds * batch / (time.perf_counter() - start)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        for image in images[:16]:
+            transform(image)
+        cpu_core = 16 / (time.perf_counter() - start)
+        torch.set_num_threads(threads)
+        rates[name] = {"device": on_device, "cpu_core": cpu_core}
+    return rates
 
 
 def selfsup(*args: str) -> tuple[dict | None, float]:
@@ -130,6 +166,9 @@ def check(args: argparse.Namespace, n_train: int, test_images: np.ndarray) -> No
 
     def save() -> None:
         results_file.write_text(json.dumps(results, indent=1) + "\n")
+
+    results["device_augment"] = device_augment_rates("cuda" if args.accelerator == "gpu" else "cpu")
+    save()
 
     def late() -> bool:
         return time.perf_counter() - begin > args.deadline_s
@@ -193,6 +232,16 @@ def render(results_file: Path) -> None:
                     f"{r['images_per_s']:,.0f} | {1000 * r['step_s']:.1f} | {r['wall_s']:.0f} | "
                     f"{num(r['peak_gib'], 1)} | {pct(r.get('knn'))} | {pct(r.get('probe'))} | "
                     f"{num(r.get('knn_s'))} | {num(r.get('probe_s'))} |")  # fmt: skip
+    augment = results.get("device_augment") or {}
+    if augment:
+        rows += ["", "Views made on the device from 256 px uint8 squares (`--data.device_augment true`), "
+                 "batch 128, against the CPU pipeline on one core:", "",
+                 "| views | device images/s | one CPU core images/s | cores the device replaces |",
+                 "|---|---|---|---|"]  # fmt: skip
+        for name, r in augment.items():
+            rows.append(
+                f"| {name} | {r['device']:,.0f} | {r['cpu_core']:,.1f} | {r['device'] / r['cpu_core']:,.0f} |"
+            )
     figure = results_file.parent / "attention_overview.png"
     body = [
         f"`benchmarks/gpu_check.py --data {results['data']} --steps {results['steps']} "
