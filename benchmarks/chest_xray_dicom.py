@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.dicom_files import write_dicom
+
 REPO = Path(__file__).resolve().parents[1]
 PNEUMONIA = REPO.parent / "shared" / "data" / "pneumoniamnist.npz"
 
@@ -34,9 +36,6 @@ def write_dicom_tree(npz: Path, out: Path, limit: int | None = None) -> Path:
     """Every image of the npz's train and test splits as an 8-bit MONOCHROME2 DICOM file
     (Secondary Capture, no window: read back as stored / 255), one folder per split, and
     ``manifest.csv`` (path, label, group, split) beside them; returns the manifest."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
     data = np.load(npz)
     rows = []
     for split in ("train", "test"):
@@ -45,25 +44,10 @@ def write_dicom_tree(npz: Path, out: Path, limit: int | None = None) -> Path:
         images, labels = images[pick], labels[pick]
         (out / split).mkdir(parents=True, exist_ok=True)
         for i in range(len(images)):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = (
-                meta.MediaStorageSOPClassUID,
-                meta.MediaStorageSOPInstanceUID,
-            )
-            ds.Modality, ds.PatientID = "CR", f"{split}-{i:05d}"
-            ds.Rows, ds.Columns = images[i].shape
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-            ds.PixelData = np.ascontiguousarray(images[i]).tobytes()
             name = f"{split}/{i:05d}.dcm"
-            ds.save_as(out / name, enforce_file_format=True)
+            write_dicom(out / name, images[i], f"{split}-{i:05d}")
             rows.append(
-                {"path": name, "label": int(labels[i]), "group": ds.PatientID, "split": split}
+                {"path": name, "label": int(labels[i]), "group": f"{split}-{i:05d}", "split": split}
             )
     manifest = out / "manifest.csv"
     with open(manifest, "w", newline="") as f:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from lib.common import REPO, RESULTS_DIR, machine, run_selfsup, write_section
+from lib.dicom_files import write_dicom
 
 CXR = REPO.parent / "shared/data/cxr_seg128.npz"
 RECORDS = RESULTS_DIR / "input_224_runs.json"
@@ -55,8 +56,6 @@ WORK = {"SimCLR": 2.0, "BYOL": 2 + 2 / 3, "DINO": 2 + 10 * 36 / 196 + 2 / 3, "MA
 def write_sources(out: Path, n: int, side: int) -> dict[str, Path]:
     """The JPEG folder, the DICOM tree and its shards (made once)."""
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     d = np.load(CXR)
     films = np.concatenate([d["x_train"], d["x_test"]])[:n]
@@ -67,22 +66,9 @@ def write_sources(out: Path, n: int, side: int) -> dict[str, Path]:
         for i, film in enumerate(films):
             big = Image.fromarray(film).resize((side, side), Image.BICUBIC)
             big.save(jpeg / "train" / "film" / f"{i:04d}.jpg", quality=90)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID, ds.SOPInstanceUID = (
-                SecondaryCaptureImageStorage,
-                meta.MediaStorageSOPInstanceUID,
+            write_dicom(
+                dicom / f"{i:04d}.dcm", np.asarray(big).astype(np.uint16) * 257, f"p{i:04d}"
             )
-            ds.Modality, ds.PatientID = "CR", f"p{i:04d}"
-            ds.Rows = ds.Columns = side
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-            ds.PixelData = (np.asarray(big).astype(np.uint16) * 257).tobytes()
-            ds.save_as(dicom / f"{i:04d}.dcm", enforce_file_format=True)
     shards = out / "shards"
     if not (shards / "selfsup.json").is_file():
         run_selfsup("data", "pack", "--data.path", str(dicom), "--out", str(shards))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -32,6 +33,8 @@ CONFIG = str(REPO / "configs/simclr/resnet18_cifar.yaml")
 
 
 def chest_xray_script():
+    if str(REPO / "benchmarks") not in sys.path:  # the script imports the benchmarks' lib
+        sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("chest", REPO / "benchmarks/chest_xray_dicom.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
