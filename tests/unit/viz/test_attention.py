@@ -114,3 +114,19 @@ def test_same_named_images_in_different_folders_get_their_own_maps(tmp_path):
         shown = Image.open(out / f"{folder}_0" / "image.png").convert("RGB").getpixel((16, 16))
         assert all(abs(s - c) <= 2 for s, c in zip(shown, colour, strict=True)), (folder, shown)
     assert not (out / "0").exists()
+
+
+def test_a_register_model_maps_the_class_token_over_patches_only():
+    """DINOv2's layout (class token + 4 registers): the map is the class token's attention
+    to the patches, renormalised without the mass on the class token and the registers."""
+    torch.manual_seed(0)
+    backbone = Backbone("vit_small_patch14_reg4_dinov2", img_size=28, patch_size=7, depth=2,
+                        embed_dim=32, num_heads=2).eval()  # fmt: skip
+    x = torch.randn(2, 3, 28, 28)
+    weights = last_block_attention(backbone, x)
+    assert weights.shape == (2, 2, 5 + 16, 5 + 16)
+    maps, from_cls = attention_maps(backbone, x)
+    assert from_cls and maps.shape == (2, 2, 4, 4)
+    expected = weights[:, :, 0, 5:] / weights[:, :, 0, 5:].sum(-1, keepdim=True)
+    assert torch.allclose(maps.flatten(2), expected, atol=1e-6)
+    assert weights[:, :, 0, 1:5].sum() > 0  # the registers did take some of the mass
