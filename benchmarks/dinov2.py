@@ -10,9 +10,10 @@ start from the same weights (same seed, same construction order) and train the s
 number of steps:
 
 - on ``cxr_seg128.npz``'s 81 training films, then ``selfsup segment`` (linear head on the
-  frozen patch features at 128 px: a 16 x 16 grid) gives the mean foreground Dice on the 17
-  test films;
+  frozen patch features at the runs' 64 px: an 8 x 8 grid) gives the mean foreground Dice
+  on the 17 test films;
 - on ``pneumoniamnist.npz`` (epochs of 25 batches), then ``selfsup probe`` gives the AUROC;
+- the same ViT at its random init (seed 0's start) through both evaluators;
 - Gram anchoring: DINOv2 continued on the cxr films from the seed's PneumoniaMNIST DINOv2
   checkpoint (``init_from``) for half the steps, Gram weight 1 (anchor: the start) against
   0, then ``segment``.
@@ -37,7 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.common import REPO, RESULTS_DIR, machine, run_selfsup, write_section
+from lib.common import (
+    REPO,
+    RESULTS_DIR,
+    machine,
+    random_init_checkpoint,
+    run_selfsup,
+    write_section,
+)
 
 DATA = REPO.parent / "shared/data"
 CXR, PNEUMONIA = DATA / "cxr_seg128.npz", DATA / "pneumoniamnist.npz"
@@ -82,9 +90,10 @@ def pretrain(method: str, data: str, seed: int, steps: int, run: Path, *extra: s
 
 
 def segment(ckpt: Path, out: Path) -> dict:
+    """At the views' 64 px (an 8 x 8 grid, the resolution the runs trained at)."""
     if not (out / "metrics.json").is_file():
         run_selfsup("segment", "--ckpt", str(ckpt), "--data.path", str(CXR), "--out", str(out),
-                    "--size", "128", "--data.num_workers", "1", "--cache", "false")  # fmt: skip
+                    "--data.num_workers", "1", "--cache", "false")  # fmt: skip
     figures = json.loads((out / "metrics.json").read_text())
     per_class = {c: v["dice"]["mean"] for c, v in figures["per_class"].items()}
     return {"dice": figures["mean_foreground_dice"], "per_class": per_class}
@@ -202,7 +211,7 @@ def main() -> None:
             for data in ("cxr", "pneumonia"):
                 run = out / f"{method}-{data}-s{seed}"
                 ckpt = pretrain(method, data, seed, args.steps, run)
-                result = segment(ckpt, run / "segment") if data == "cxr" else probe(ckpt)
+                result = segment(ckpt, run / "segment64") if data == "cxr" else probe(ckpt)
                 result["minutes"] = json.loads((run / "took.json").read_text())["seconds"] / 60
                 records["runs"][run.name] = result
                 print(run.name, result, flush=True)
@@ -211,12 +220,16 @@ def main() -> None:
             run = out / f"continue-gram{weight:g}-s{seed}"
             ckpt = pretrain("dinov2", "cxr", seed, args.steps // 2, run, "--model.init_args.init_from",
                             str(start), "--model.init_args.gram_weight", str(weight))  # fmt: skip
-            result = segment(ckpt, run / "segment")
+            result = segment(ckpt, run / "segment64")
             result["minutes"] = json.loads((run / "took.json").read_text())["seconds"] / 60
             records["runs"][run.name] = result
             print(run.name, result, flush=True)
-        records["runs"][f"start-s{seed}"] = segment(start, out / f"start-s{seed}-segment")
+        records["runs"][f"start-s{seed}"] = segment(start, out / f"start-s{seed}-segment64")
         RECORDS.write_text(json.dumps(records, indent=1))
+    # The start every seed-0 run shares (the same seed builds the same backbone first).
+    first = out / f"dinov2-cxr-s{args.seeds[0]}" / "checkpoints" / "last.ckpt"
+    random = random_init_checkpoint(first, out / "random-init" / "random.ckpt")
+    records["random_init"] = {**segment(random, out / "random-init" / "segment64"), **probe(random)}
     attention_png(out / f"dinov2-cxr-s{args.seeds[0]}" / "checkpoints" / "last.ckpt", out)
     records["init_from"] = dinov2_file_start(out)
     RECORDS.write_text(json.dumps(records, indent=1))
@@ -265,8 +278,8 @@ One ViT everywhere: the DINOv2 layout (4 registers, LayerScale) at ViT-T width w
 patches, 64 px grayscale views (2 global + 4 local of 32 px), bf16. Per seed DINO and DINOv2
 start from the same weights and train {steps} steps (batch 16); the DINOv2 config keeps
 every value of the DINO one and adds iBOT (1.0, half the global crops masked at 0.1-0.5),
-KoLeo (0.1) and per-module clipping. Segmentation: `selfsup segment` at 128 px on the 17 test
-films. Gram: DINOv2 continued {steps // 2} steps on the cxr films from the seed's
+KoLeo (0.1) and per-module clipping. Segmentation: `selfsup segment` at the runs' 64 px (8 × 8
+patches) on the 17 test films. Gram: DINOv2 continued {steps // 2} steps on the cxr films from the seed's
 PneumoniaMNIST DINOv2 checkpoint, Gram anchoring to that start at weight 1 against 0.
 
 {chr(10).join(rows)}

@@ -2,7 +2,8 @@
 the same two-process run gone straight through: each process resumes its own shard of the
 epoch, and MAE's masks, drawn in the training step, are seeded per (epoch, batch, rank).
 
-Lightning re-runs sys.argv for rank 1, so the command runs in a subprocess.
+The same over the images packed to shards (`selfsup data pack`). Lightning re-runs sys.argv
+for rank 1, so the command runs in a subprocess.
 """
 
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from pytorch_lightning import Callback
 
@@ -53,16 +55,23 @@ def last(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
+@pytest.mark.parametrize("source", ["npz", "shards"])
 def test_two_processes_killed_inside_an_epoch_resume_to_the_uninterrupted_weights(
-    tiny_npz, tmp_path
+    tiny_npz, tmp_path, source
 ):
+    data = tiny_npz
+    if source == "shards":  # the same images packed with `selfsup data pack`
+        from selfsup.cli import main
+
+        data = tmp_path / "shards"
+        assert main(["data", "pack", "--data.path", str(tiny_npz), "--out", str(data)]) == 0
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = pretrain(straight, tiny_npz)
+    proc = pretrain(straight, data)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = pretrain(killed, tiny_npz, f"--trainer.callbacks+={__name__}.SigkillAfterCheckpoint")
+    proc = pretrain(killed, data, f"--trainer.callbacks+={__name__}.SigkillAfterCheckpoint")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert last(killed)["PretrainDataModule"] == {"epoch": 0, "batches": KILL_AFTER}
-    proc = pretrain(killed, tiny_npz)
+    proc = pretrain(killed, data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = last(straight), last(killed)
     assert a["global_step"] == b["global_step"] == 12
