@@ -202,12 +202,34 @@ The workers' part with the device pipeline (resize to the 256 px load square): {
 **Cores to feed one GPU** = the GPU's images/s ÷ one core's images/s for decoding + views
 (the two rates combined as 1 / (1/decode + 1/views)). GPU images/s: timm's RTX 3090 AMP
 training throughput of ViT-S/16 at 224 px (1052.9 images/s) ÷ each method's work per image
-(SimCLR 2, BYOL 2.67, DINO 4.5, MAE 0.55, I-JEPA 1.03 backbone passes). An H100 or H200 is
-roughly 2-3x an RTX 3090 here: stable-pretraining measured Barlow Twins ViT-S/16 (2 × 224)
-at 870.9 images/s on one H200 with the views on the GPU, against timm's 3090 rate / 2 = 526.
+(SimCLR 2, BYOL 2.67, DINO 4.5, MAE 0.55, I-JEPA 1.03 backbone passes). The one measured
+anchor on a current GPU: stable-pretraining's Barlow Twins ViT-S/16 (2 × 224) at 870.9
+images/s on one H200 with the views on the GPU, 1.7x the 3090-derived 526 for the same work:
+multiply the cores by about 1.7 for an H100/H200.
 
 {chr(10).join(cores)}
+
+{READING}
 """
+
+
+#: What the figures say, written after looking at them (records of 2026-12-07).
+READING = """What it says. At 224 px the views, not the decoding, take a worker's time for the
+contrastive and multi-crop methods: DINO's 2 + 10 crops run at 39 images/s per core in RGB,
+so one RTX 3090 needs 6 cores and an H100/H200 about 10, more than a node with 8 GPUs and 64
+cores gives; SimCLR needs 5-6 (9-10 on an H100). Grayscale views (medical data, `grayscale:
+true`: no saturation, hue or random grayscale) are 3-4x cheaper. MAE and I-JEPA views are
+cheap, and there the decoding sets the pace: a DICOM tree decodes at 870 images/s per core,
+shards and JPEGs at 2,050 (2.4x), which turns MAE's 3.9 cores into 2.7. With the device
+pipeline the workers only decode and resize (1,032 images/s per core), 0.3-0.8 cores per GPU
+for every method; kornia's views themselves run slower than torchvision's on a CPU (63
+against 102 images/s for SimCLR), so `device_augment` is for accelerators, and its GPU cost
+is `gpu_check`'s to measure on the day a GPU is lent. selfsup's views keep up with lightly's
+(SimCLR 102 against 106, DINO 39 against 36) and are 4x faster for MAE (1,110 against 266,
+lightly's PIL crop of the 512 px image); in a first run of this benchmark (on a loaded machine) they were 3.6x slower for
+SimCLR: torchvision's Gaussian blur convolves with the full 23 x 23 kernel (31 ms per view),
+now two banded matrix products (selfsup.transforms.SeparableGaussianBlur, the same output),
+and the crop now runs on the uint8 image before the conversion to float."""
 
 
 if __name__ == "__main__":
