@@ -2,7 +2,8 @@
 speed per core.
 
     python benchmarks/shards.py [--steps 200] [--seeds 0 1] [--out runs/shards]
-    python benchmarks/shards.py --speed_only      # only the reading speed (an idle machine)
+    python benchmarks/shards.py --speed_only      # the reading speed alone (an idle machine;
+                                                  # a later run keeps it)
 
 PneumoniaMNIST written as a DICOM tree with a manifest (``chest_xray_dicom.py``'s writer:
 2428 + 468 8-bit MONOCHROME2 files), packed with ``selfsup data pack``. SimCLR (ResNet-18,
@@ -78,18 +79,41 @@ def pretrain_and_probe(data: Path, npz: Path, seed: int, steps: int, run: Path) 
     return {"auroc": result["auroc"], "top1": result["top1"]}
 
 
+def weights_diff(out: Path, seeds: list[int]) -> dict[str, float]:
+    """Per seed run from both sources: the largest difference between their final weights."""
+    diffs = {}
+    for seed in seeds:
+        ckpts = [
+            out / f"simclr-{name}-s{seed}" / "checkpoints" / "last.ckpt"
+            for name in ("tree", "shards")
+        ]
+        if all(c.is_file() for c in ckpts):
+            a, b = (
+                torch.load(c, map_location="cpu", weights_only=True)["state_dict"] for c in ckpts
+            )
+            diffs[str(seed)] = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    return diffs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "shards")
     parser.add_argument("--speed_only", action="store_true")
+    parser.add_argument("--render_only", action="store_true", help="RESULTS.md from the records")
     args = parser.parse_args()
+    if args.render_only:
+        records = json.loads(RECORDS.read_text())
+        records["weights_max_diff"] = weights_diff(args.out, records["seeds"])
+        write_section("Shards against the DICOM tree (`shards`)", render(records))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     manifest, shards, npz = prepare(args.out)
     records = json.loads(RECORDS.read_text()) if RECORDS.is_file() else {}
     records.update(machine=machine(), steps=args.steps, seeds=args.seeds)
-    records["speed"] = {"tree": read_speed(manifest), "shards": read_speed(shards)}
+    if args.speed_only or "speed" not in records:  # timed alone: --speed_only on an idle machine
+        records["speed"] = {"tree": read_speed(manifest), "shards": read_speed(shards)}
     print(records["speed"], flush=True)
     if not args.speed_only:
         runs = {}
@@ -99,6 +123,7 @@ def main() -> None:
                                                              args.out / f"simclr-{name}-s{seed}")  # fmt: skip
                 print(name, seed, runs[f"{name}-s{seed}"], flush=True)
         records["runs"] = runs
+    records["weights_max_diff"] = weights_diff(args.out, args.seeds)
     RECORDS.write_text(json.dumps(records, indent=1))
     write_section("Shards against the DICOM tree (`shards`)", render(records))
 
@@ -109,12 +134,11 @@ def render(records: dict) -> str:
     rows = ["| source | " + " | ".join(f"seed {s}" for s in seeds) + " |",
             "|---|" + "---|" * len(seeds)]  # fmt: skip
     for name in ("tree", "shards"):
-        if all(f"{name}-s{s}" in runs for s in seeds):
-            rows.append(
-                f"| {name} | "
-                + " | ".join(f"{runs[f'{name}-s{s}']['auroc']:.4f}" for s in seeds)
-                + " |"
-            )
+        cells = [
+            f"{runs[f'{name}-s{s}']['auroc']:.4f}" if f"{name}-s{s}" in runs else "not run"
+            for s in seeds
+        ]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return f"""Machine: {records["machine"]}.
 
     python benchmarks/shards.py --steps {records["steps"]} --seeds {" ".join(map(str, seeds))}
@@ -130,6 +154,9 @@ of 3 passes): tree {tree:,.0f} samples/s, shards {shards:,.0f} samples/s: shards
 from each source with the same seed, probe AUROC on the PneumoniaMNIST test split:
 
 {chr(10).join(rows)}
+
+Largest difference between the final weights of the tree's and the shards' run, per seed:
+{", ".join(f"seed {k}: {v:.1e}" for k, v in records.get("weights_max_diff", {}).items()) or "none compared"}.
 """
 
 
