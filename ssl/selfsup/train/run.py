@@ -210,6 +210,10 @@ class PretrainCLI(LightningCLI):
                 check_input_size(backbone, size)
                 model.check_view_size(size)
         data.check(world_size=trainer.world_size)
+        if data.device_augment:  # a block with no device translation: one line, on every process
+            from selfsup.data.device_views import DeviceViews
+
+            DeviceViews(data.transform)
         if trainer.is_global_zero:
             print(f"selfsup: data {one_line(describe(data.train_dataset, samples=4))}",
                   file=sys.stderr, flush=True)  # fmt: skip
