@@ -109,9 +109,9 @@ def updated_center(center: torch.Tensor, teacher: Views, momentum: float) -> tor
     total = torch.cat([rows.sum(dim=0), rows.new_tensor([len(rows)])])  # (K + 1,)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
-    batch_center = total[:-1] / total[-1].clamp(min=1)
     if total[-1] == 0:  # no rows anywhere (no masked patch): the centre stays
         return center.float()
+    batch_center = total[:-1] / total[-1]
     return center.float() * momentum + batch_center.reshape(center.shape) * (1.0 - momentum)
 
 

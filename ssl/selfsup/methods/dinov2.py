@@ -28,12 +28,10 @@ Evaluation uses the teacher backbone.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from timm.layers import DropPath
 from torch import nn
 
 from selfsup.block_masks import BlockMaskCollator, check_mask_options
@@ -49,7 +47,7 @@ from selfsup.losses import (
     teacher_probabilities,
 )
 from selfsup.methods.dino import DINO
-from selfsup.methods.teacher import TeacherStudentMethod
+from selfsup.methods.teacher import TeacherStudentMethod, frozen_copy
 
 Centering = Literal["centering", "sinkhorn_knopp"]
 
@@ -127,15 +125,7 @@ class DINOv2(DINO):
             )
         # The patch tokens' own centre (as the reference's iBOT loss keeps one).
         self.patch_criterion = DINOLoss(patch_dim, hp.student_temp, hp.center_momentum)
-        self.gram_teacher = self._frozen_copy(b) if gram_weight > 0 else None
-
-    @staticmethod
-    def _frozen_copy(module: nn.Module) -> nn.Module:
-        copied = copy.deepcopy(module).requires_grad_(False)
-        for m in copied.modules():
-            if isinstance(m, DropPath):
-                m.drop_prob = 0.0
-        return copied
+        self.gram_teacher = frozen_copy(b) if gram_weight > 0 else None
 
     def _heads(self, teacher: bool) -> tuple[nn.Module, nn.Module]:
         """(DINO head, iBOT head) of the student or the teacher."""

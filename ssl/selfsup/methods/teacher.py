@@ -23,6 +23,18 @@ from selfsup.methods.base import SelfSupervisedMethod
 from selfsup.schedules import linear, warmup_cosine
 
 
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that takes no gradients and has no stochastic depth: a
+    teacher's targets are deterministic (the reference teachers are built with drop-path
+    rate 0). It stays in train mode otherwise, so a ResNet teacher's BatchNorm uses batch
+    statistics, as in BYOL and DINO."""
+    copied = copy.deepcopy(module).requires_grad_(False)
+    for m in copied.modules():
+        if isinstance(m, DropPath):
+            m.drop_prob = 0.0
+    return copied
+
+
 class TeacherStudentMethod(SelfSupervisedMethod):
     """Base of the methods with an EMA teacher.
 
@@ -48,14 +60,7 @@ class TeacherStudentMethod(SelfSupervisedMethod):
 
     def make_teacher(self, student: nn.Module) -> nn.Module:
         """A frozen copy of ``student`` that :meth:`update_teacher` moves."""
-        teacher = copy.deepcopy(student)
-        teacher.requires_grad_(False)
-        # The teacher's targets are deterministic: no stochastic depth (the reference
-        # teachers are built with drop-path rate 0). It stays in train mode otherwise,
-        # so a ResNet teacher's BatchNorm uses batch statistics, as in BYOL and DINO.
-        for module in teacher.modules():
-            if isinstance(module, DropPath):
-                module.drop_prob = 0.0
+        teacher = frozen_copy(student)
         self._ema_pairs.append((student, teacher))
         return teacher
 
